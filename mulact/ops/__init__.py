@@ -1,0 +1,16 @@
+"""Fused, autograd-aware region ops (SPEC §3).
+
+Every op has three backends: a pure-torch ``reference`` (the oracle for tests and the
+baseline for benchmarks), ``cpp`` (``mulact._C``, CPU) and ``triton`` (``mulact.kernels``,
+CUDA; CPU under ``TRITON_INTERPRET=1``). See :func:`resolve_backend` for how one is chosen
+and :func:`last_backend` to ask which one ran.
+"""
+from ._backend import BACKENDS, cpp_available, last_backend, resolve_backend, triton_available
+
+__all__ = [
+    "BACKENDS",
+    "cpp_available",
+    "last_backend",
+    "resolve_backend",
+    "triton_available",
+]

@@ -1,0 +1,87 @@
+"""Backend selection for the fused ops.
+
+Order of precedence: the op's ``backend=`` argument, then the ``MULACT_BACKEND`` environment
+variable, then the device of the input (CUDA -> ``triton``, CPU -> ``cpp``, anything else ->
+``reference``). A forced choice that cannot run raises; nothing falls back silently. Every
+call records the backend it used: ``last_backend("region_reduce")`` returns it and a DEBUG
+line goes to the ``mulact.ops`` logger.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+
+import torch
+
+BACKENDS = ("reference", "cpp", "triton")
+log = logging.getLogger("mulact.ops")
+_last: dict[str, str] = {}
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton kernels run under the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=None)
+def _import_error(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # report the real reason, e.g. a failed build or missing triton
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def cpp_available() -> bool:
+    return _import_error("mulact._C") is None
+
+
+def triton_available() -> bool:
+    return _import_error("triton") is None
+
+
+def _why_not(backend: str, device: torch.device) -> str | None:
+    """Why ``backend`` cannot run on ``device``, or None when it can."""
+    if backend == "reference":
+        return None
+    if backend == "cpp":
+        if device.type != "cpu":
+            return f"the C++ backend runs on CPU tensors only, got a {device.type} tensor"
+        err = _import_error("mulact._C")
+        return None if err is None else f"the extension mulact._C could not be imported ({err}); reinstall with `pip install -e .`"
+    if backend == "triton":
+        err = _import_error("triton")
+        if err is not None:
+            return f"triton could not be imported ({err})"
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and triton_interpreting():
+            return None
+        return (f"the Triton backend needs a CUDA tensor (got {device.type}); on the CPU it runs "
+                "only under TRITON_INTERPRET=1")
+    return f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}"
+
+
+def resolve_backend(op: str, device: torch.device, backend: str | None = None) -> str:
+    """Pick the backend for one call of ``op`` on ``device`` and record it."""
+    source = "argument"
+    if backend is None:
+        backend = os.environ.get("MULACT_BACKEND") or None
+        source = "MULACT_BACKEND"
+    if backend is None:
+        source = "auto"
+        backend = {"cuda": "triton", "cpu": "cpp"}.get(device.type, "reference")
+    backend = backend.lower()
+    reason = _why_not(backend, device)
+    if reason is not None:
+        raise RuntimeError(f"{op}: backend {backend!r} ({source}) cannot run: {reason}")
+    _last[op] = backend
+    log.debug("%s: backend=%s (%s, device=%s)", op, backend, source, device)
+    return backend
+
+
+def last_backend(op: str) -> str | None:
+    """The backend used by the most recent call of ``op`` in this process (None if never)."""
+    return _last.get(op)

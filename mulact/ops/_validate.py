@@ -1,0 +1,116 @@
+"""Input checks shared by every op.
+
+Cheap checks (types, shapes, devices) run up front in Python. Value checks that need a pass
+over the data (region ids >= R, NaN/Inf logits) are done *inside* the fused kernels, which
+report through a small ``status`` tensor so the check costs no extra pass over the logits;
+:func:`raise_on_status` turns it into the error. The reference backend uses
+:func:`check_region_ids` / :func:`check_finite` instead.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+INT_DTYPES = (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8)
+
+# status layout: [non-finite value seen (0/1), largest region id >= R seen (-1 if none)]
+STATUS_NONFINITE, STATUS_BAD_ID = 0, 1
+
+
+def _need_tensor(op: str, name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
+
+
+def check_regions(op: str, regions, num_regions) -> None:
+    """`regions` is an integer (B, H, W) tensor; `num_regions` a non-negative int."""
+    _need_tensor(op, "regions", regions)
+    if regions.dtype not in INT_DTYPES:
+        raise TypeError(f"{op}: `regions` must be an integer tensor of region ids, got {regions.dtype}")
+    if regions.dim() != 3:
+        raise ValueError(f"{op}: `regions` must have shape (B, H, W), got {tuple(regions.shape)}")
+    if isinstance(num_regions, bool) or not isinstance(num_regions, int) or num_regions < 0:
+        raise ValueError(f"{op}: `num_regions` must be a non-negative int, got {num_regions!r}")
+
+
+def check_float(op: str, name: str, t, ndim: int | tuple[int, ...], layout: str) -> None:
+    _need_tensor(op, name, t)
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: `{name}` must be float32/float16/bfloat16/float64, got {t.dtype}")
+    dims = (ndim,) if isinstance(ndim, int) else ndim
+    if t.dim() not in dims:
+        raise ValueError(f"{op}: `{name}` must have shape {layout}, got {tuple(t.shape)}")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        desc = ", ".join(f"`{n}` on {d}" for n, d in devices.items())
+        raise ValueError(f"{op}: all tensors must be on one device, got {desc}")
+
+
+def check_logits(op: str, logits, regions, name: str = "logits") -> None:
+    """`logits` is (B, C, H, W) float with B, H, W matching `regions`."""
+    check_float(op, name, logits, 4, "(B, C, H, W)")
+    b, _, h, w = logits.shape
+    if tuple(regions.shape) != (b, h, w):
+        raise ValueError(f"{op}: `{name}` has shape {tuple(logits.shape)} but `regions` has "
+                         f"{tuple(regions.shape)}; expected regions of shape ({b}, {h}, {w})")
+    check_same_device(op, **{name: logits, "regions": regions})
+
+
+def check_region_labels(op: str, region_labels, batch: int, num_regions: int, num_classes: int | None = None) -> None:
+    """`region_labels` is a multi-hot (B, R, C) bool/uint8 tensor."""
+    _need_tensor(op, "region_labels", region_labels)
+    if region_labels.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(f"{op}: `region_labels` must be bool or uint8 multi-hot, got {region_labels.dtype}")
+    if region_labels.dim() != 3 or region_labels.shape[0] != batch or region_labels.shape[1] != num_regions or (
+        num_classes is not None and region_labels.shape[2] != num_classes
+    ):
+        want = f"({batch}, {num_regions}, {num_classes if num_classes is not None else 'C'})"
+        raise ValueError(f"{op}: `region_labels` must have shape {want}, got {tuple(region_labels.shape)}")
+
+
+def check_temperature(op: str, temperature) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"{op}: `temperature` must be a float, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{op}: `temperature` must be a positive finite number, got {temperature}")
+    return temperature
+
+
+def check_choice(op: str, name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{op}: `{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def check_region_ids(op: str, regions: torch.Tensor, num_regions: int) -> None:
+    """Full scan for ids >= R (reference backend; fused kernels report through `status`)."""
+    if regions.numel() == 0:
+        return
+    worst = int(regions.max())
+    if worst >= num_regions:
+        raise ValueError(f"{op}: `regions` holds id {worst} but num_regions={num_regions}; ids must be < num_regions "
+                         "(use a negative id for pixels outside every region)")
+
+
+def check_finite(op: str, name: str, t: torch.Tensor) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{op}: `{name}` contains NaN or Inf")
+
+
+def new_status(device: torch.device) -> torch.Tensor:
+    """Fresh status buffer for a fused kernel (see module docstring)."""
+    return torch.tensor([0, -1], dtype=torch.int32, device=device)
+
+
+def raise_on_status(op: str, status: torch.Tensor, num_regions: int, name: str = "logits") -> None:
+    nonfinite, bad_id = (int(v) for v in status.tolist())
+    if bad_id >= 0:
+        raise ValueError(f"{op}: `regions` holds id {bad_id} but num_regions={num_regions}; ids must be < num_regions "
+                         "(use a negative id for pixels outside every region)")
+    if nonfinite:
+        raise ValueError(f"{op}: `{name}` contains NaN or Inf")
