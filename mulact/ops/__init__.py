@@ -17,3 +17,6 @@ __all__ = [
 from .region_uncertainty_stats import RegionUncertaintyStats, region_uncertainty_stats, region_uncertainty_stats_reference
 
 __all__ += ["RegionUncertaintyStats", "region_uncertainty_stats", "region_uncertainty_stats_reference"]
+from .region_reduce import region_reduce, region_reduce_reference
+
+__all__ += ["region_reduce", "region_reduce_reference"]
