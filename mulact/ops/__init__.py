@@ -20,3 +20,32 @@ __all__ += ["RegionUncertaintyStats", "region_uncertainty_stats", "region_uncert
 from .region_reduce import region_reduce, region_reduce_reference
 
 __all__ += ["region_reduce", "region_reduce_reference"]
+from .acquisition import (
+    ACQUISITION_METHODS,
+    PoolStatistics,
+    class_prior,
+    classbal_scores,
+    dominant_class,
+    dominant_class_fraction,
+    mean_uncertainty,
+    measure_for,
+    pixbal_scores,
+    random_scores,
+    region_scores,
+    selectable,
+)
+
+__all__ += [
+    "ACQUISITION_METHODS",
+    "PoolStatistics",
+    "class_prior",
+    "classbal_scores",
+    "dominant_class",
+    "dominant_class_fraction",
+    "mean_uncertainty",
+    "measure_for",
+    "pixbal_scores",
+    "random_scores",
+    "region_scores",
+    "selectable",
+]
