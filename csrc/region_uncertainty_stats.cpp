@@ -14,7 +14,9 @@
 // FP exception flags are never inspected here; without this GCC refuses to if-convert (and so
 // to vectorise) loops whose selects guard arithmetic that might raise a flag. It comes before
 // the includes so that header inline functions share the setting and still inline.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
+#endif
 
 #include <algorithm>
 #include <cmath>
