@@ -47,7 +47,8 @@ def _region_uncertainty_stats_kernel(
 
     zm = tl.where(cmask[:, None], z, float("-inf"))
     m1 = tl.max(zm, axis=0)
-    top = tl.argmax(zm, axis=0, tie_break_left=True)
+    # Smallest maximal class, spelled out rather than relying on tl.argmax's tie rule.
+    top = tl.min(tl.where(zm == m1[None, :], cls[:, None], C_PAD), axis=0)
     m2 = tl.max(tl.where(cls[:, None] == top[None, :], float("-inf"), zm), axis=0)
     d = tl.where(cmask[:, None], zm - m1[None, :], 0.0)  # padded classes: 0, not -inf, so e * d stays finite
     e = tl.where(cmask[:, None], tl.exp(d), 0.0)
