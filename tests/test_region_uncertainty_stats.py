@@ -199,6 +199,8 @@ def test_bad_inputs(backend):
         region_uncertainty_stats(logits[0], regions, 4, backend=backend)
     with pytest.raises(TypeError, match="logits"):
         region_uncertainty_stats(logits.long(), regions, 4, backend=backend)
+    with pytest.raises(ValueError, match="logits"):
+        region_uncertainty_stats(logits[:, :0], regions, 4, backend=backend)
     with pytest.raises(TypeError, match="regions"):
         region_uncertainty_stats(logits, regions.float(), 4, backend=backend)
     with pytest.raises(ValueError, match="measure"):

@@ -40,6 +40,22 @@ import math
 
 import torch
 
+__all__ = [
+    "ACQUISITION_METHODS",
+    "PoolStatistics",
+    "class_prior",
+    "classbal_scores",
+    "dominant_class",
+    "dominant_class_fraction",
+    "mean_uncertainty",
+    "measure_for",
+    "pixbal_scores",
+    "random_scores",
+    "region_scores",
+    "region_size",
+    "selectable",
+]
+
 OP = "region_scores"
 ACQUISITION_METHODS = ("random", "bvsb", "margin", "entropy", "least_confidence", "classbal", "pixbal")
 _MEASURE = {"random": "bvsb", "bvsb": "bvsb", "margin": "margin", "entropy": "entropy",
