@@ -3,8 +3,8 @@
 One program owns a tile of ``BLOCK`` pixels × ``C_PAD`` classes of one image. Loads run along
 pixels (the contiguous axis of ``(B, C, H, W)``), so each class row is a coalesced read; the
 softmax, top-1/top-2 and the pixel uncertainty stay in registers. Pre-aggregation inside the
-block: the tile's softmax sum is reduced in registers and added to ``prob_sum`` with one atomic
-per class; ``u`` and the count are summed over runs of consecutive pixels sharing (region,
+block: the tile's softmax sum is reduced in registers and stored as one ``(C,)`` row per
+program (rows summed afterwards, so ``prob_sum`` is deterministic); ``u`` and the count are summed over runs of consecutive pixels sharing (region,
 top-1 class) with a segmented scan (``_segments.py``), and only each run's last pixel issues the two atomics
 into ``(B, R, C)``.
 Region ids ``>= R`` and non-finite logits are reported through the shared status buffer.
@@ -70,8 +70,11 @@ def _region_uncertainty_stats_kernel(
         tl.atomic_max(status_ptr + 1, tl.minimum(worst, 2147483647).to(tl.int32))
     valid = pmask & (ids >= 0) & (ids < R)
 
+    # Per-program softmax sums go to their own row (summed on the host side afterwards): no
+    # same-address atomics from every program, and prob_sum is run-to-run deterministic.
     w = tl.where(valid, inv_s, 0.0)
-    tl.atomic_add(prob_ptr + cls, tl.sum(e * w[None, :], axis=1), mask=cmask)
+    row = b * tl.num_programs(0) + pid
+    tl.store(prob_ptr + row * C + cls, tl.sum(e * w[None, :], axis=1), mask=cmask)
 
     # Pre-aggregate runs of equal (region, top-1 class) along the pixel axis (superpixels are
     # spatially coherent) with a segmented scan; only the last pixel of each run issues the
@@ -99,10 +102,12 @@ def region_uncertainty_stats_triton(logits: torch.Tensor, regions: torch.Tensor,
         c_pad = triton.next_power_of_2(C)
         block = max(16, min(256, 4096 // c_pad))
         grid = (triton.cdiv(N, block), B)
+        prob_rows = torch.empty(B * grid[0], C, dtype=acc, device=logits.device)
         _region_uncertainty_stats_kernel[grid](
-            logits, regions, u, n, prob, status, C, N, R, inv_t,
+            logits, regions, u, n, prob_rows, status, C, N, R, inv_t,
             MEASURE=MEASURE_CODES[measure], C_PAD=c_pad, BLOCK=block, LOG2_BLOCK=log2(block),
             ACC_FP64=acc == torch.float64,
             num_warps=4,
         )
+        prob = prob_rows.sum(dim=0)
     return u.to(torch.float32), n, prob.to(torch.float32)

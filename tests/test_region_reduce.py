@@ -262,3 +262,18 @@ def test_cpp_is_deterministic():
     a = region_reduce(values, regions, 40, "mean", backend="cpp")
     b = region_reduce(values, regions, 40, "mean", backend="cpp")
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_low_precision_backward(backend, dtype, reduce):
+    R = 6
+    values, regions = make_case((2, 2, 5, 9), R, seed=17)
+    grad_out = torch.randn(2, R, 2, generator=torch.Generator().manual_seed(3)).to(dtype)
+    x_ref = values.to(dtype).requires_grad_(True)
+    region_reduce_reference(x_ref, regions, R, reduce).backward(grad_out)
+    dev = backend_device(backend)
+    x = values.to(dtype).to(dev).requires_grad_(True)
+    region_reduce(x, regions.to(dev), R, reduce, backend=backend).backward(grad_out.to(dev))
+    assert x.grad.dtype == dtype
+    torch.testing.assert_close(x.grad.cpu(), x_ref.grad)

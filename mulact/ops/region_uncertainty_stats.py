@@ -177,8 +177,9 @@ def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_re
 
     Determinism: top-1 assignment and ``count`` are exact on every backend. The C++ backend
     reduces per-thread partial sums in thread order (bitwise reproducible for a fixed thread
-    count). On CUDA, ``u_sum`` and ``prob_sum`` are accumulated with float atomics, so they are
-    not bitwise reproducible across runs (differences are rounding-level).
+    count). On CUDA, ``u_sum`` is accumulated with float atomics (after summing runs of
+    equal (region, class) pixels inside each block), so it is not bitwise reproducible across
+    runs (differences are rounding-level); ``prob_sum`` is reduced without atomics and is.
 
     Example:
         >>> logits = torch.randn(2, 19, 64, 64)
