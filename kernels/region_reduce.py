@@ -3,10 +3,11 @@
 A program owns ``BLOCK`` pixels of one image: it loads their region ids once and loops over
 the K value planes (each load a coalesced run along pixels), accumulating into the
 region-major ``(B, R, K)`` buffers with atomics. Runs of consecutive pixels with the same id
-are pre-reduced in registers with a segmented scan (``_segments.py``), so only a run's last pixel issues an
-atomic (superpixels are spatially coherent: this removes most same-address contention). Max/min/argmax take two passes so the result
-is deterministic: pass 1 finds the extremum with ``atomic_max`` (min is the max of −v, exact),
-pass 2 takes the smallest flat pixel index whose value equals it with ``atomic_min``.
+are pre-reduced in registers with a segmented scan (``_segments.py``), so only a run's last
+pixel issues an atomic (superpixels are spatially coherent: this removes most same-address
+contention). Max/min/argmax take two passes so the result is deterministic: pass 1 finds the
+extremum with ``atomic_max`` (min is the max of −v, exact), pass 2 takes the smallest flat
+pixel index whose value equals it with ``atomic_min``.
 """
 from __future__ import annotations
 

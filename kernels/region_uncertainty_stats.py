@@ -4,9 +4,9 @@ One program owns a tile of ``BLOCK`` pixels × ``C_PAD`` classes of one image. L
 pixels (the contiguous axis of ``(B, C, H, W)``), so each class row is a coalesced read; the
 softmax, top-1/top-2 and the pixel uncertainty stay in registers. Pre-aggregation inside the
 block: the tile's softmax sum is reduced in registers and stored as one ``(C,)`` row per
-program (rows summed afterwards, so ``prob_sum`` is deterministic); ``u`` and the count are summed over runs of consecutive pixels sharing (region,
-top-1 class) with a segmented scan (``_segments.py``), and only each run's last pixel issues the two atomics
-into ``(B, R, C)``.
+program (rows summed afterwards, so ``prob_sum`` is deterministic); ``u`` and the count are
+summed over runs of consecutive pixels sharing (region, top-1 class) with a segmented scan
+(``_segments.py``), and only each run's last pixel issues the two atomics into ``(B, R, C)``.
 Region ids ``>= R`` and non-finite logits are reported through the shared status buffer.
 """
 from __future__ import annotations

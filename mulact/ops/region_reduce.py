@@ -135,7 +135,8 @@ class _RegionReduceFn(torch.autograd.Function):
             (arg,) = ctx.saved_tensors
             # Each pixel lies in one region, so the chosen (image, plane, pixel) slots are distinct.
             out = torch.zeros(B * K * N, dtype=ctx.dtype, device=grad.device)
-            plane = (torch.arange(B, device=grad.device).view(B, 1, 1) * K + torch.arange(K, device=grad.device).view(1, 1, K))
+            dev = grad.device
+            plane = torch.arange(B, device=dev).view(B, 1, 1) * K + torch.arange(K, device=dev).view(1, 1, K)
             hit = arg >= 0
             out[(plane * N + arg)[hit]] = grad[hit].to(ctx.dtype)
             out = out.view(B, K, N)
