@@ -170,6 +170,12 @@ def region_reduce(values: torch.Tensor, regions: torch.Tensor, num_regions: int,
     (resp. the arg-min) reports, i.e. the smallest flat index among tied extrema —
     deterministic, unlike an even split. ``count`` and ``argmax`` are not differentiable.
 
+    Raises:
+        TypeError: ``values`` not a float tensor (except for ``count``), ``regions`` not integer.
+        ValueError: shapes that disagree, an id ``>= num_regions`` (checked inside the kernel's
+            own pass), an unknown ``reduce``, tensors on different devices.
+        RuntimeError: a forced ``backend`` that cannot run on the inputs' device.
+
     ``values`` should be finite: NaN propagates through sum/mean and makes max/min/argmax
     unspecified. Max/min/argmax/count are exact and identical on every backend; sums are
     reproducible for the C++ backend at a fixed thread count, and use float atomics on CUDA.

@@ -172,6 +172,13 @@ def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_re
         ``u_sum.sum(-1) / count.sum(-1)``; the mean softmax probability over the pixels seen is
         ``prob_sum / num_pixels`` (PixBal's P(c), Eq. 3).
 
+    Raises:
+        TypeError: non-float ``logits``, non-integer ``regions``, non-numeric ``temperature``.
+        ValueError: shapes that disagree, ``C == 0``, an id ``>= num_regions``, a NaN/Inf
+            logit (both found inside the kernel's single pass), unknown ``measure``,
+            ``temperature <= 0``, tensors on different devices.
+        RuntimeError: a forced ``backend`` that cannot run on the inputs' device.
+
     No autograd: acquisition runs under ``torch.no_grad()`` and this op is decorated with it,
     so the outputs never require grad.
 
