@@ -277,3 +277,23 @@ def test_low_precision_backward(backend, dtype, reduce):
     region_reduce(x, regions.to(dev), R, reduce, backend=backend).backward(grad_out.to(dev))
     assert x.grad.dtype == dtype
     torch.testing.assert_close(x.grad.cpu(), x_ref.grad)
+
+
+def test_long_runs_of_one_id(backend):
+    """Runs longer than a Triton block (256) and than half of it, crossing block edges, plus a
+    repeated id after a gap: exercises the run pre-aggregation (pointer jumping, doubling)."""
+    H, W = 9, 70
+    flat = torch.arange(H * W)
+    ids = (flat // 300) * 2  # runs of 300 pixels: ids 0, 2, 4
+    ids[200:210] = -1
+    ids[400:405] = 0  # id 0 again, inside the run of id 2
+    regions = ids.view(1, H, W)
+    values = torch.randn(1, 2, H, W, generator=torch.Generator().manual_seed(5))
+    dev = backend_device(backend)
+    for reduce in ("sum", "mean", "max", "min", "argmax", "count"):
+        out = region_reduce(values.to(dev), regions.to(dev), 5, reduce, backend=backend).cpu()
+        naive = naive_region_reduce(values, regions, 5, reduce)
+        if reduce in ("argmax", "count"):
+            assert torch.equal(out, naive), reduce
+        else:
+            torch.testing.assert_close(out.double(), naive, rtol=1e-5, atol=1e-4)
