@@ -77,10 +77,14 @@ void argmax_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintptr
           any |= act[j];
         }
         if (!any) continue;
+        // log_softmax_c = (z_c - max) - log1p(sum over the other classes of exp(z - max)):
+        // log1p keeps the confident pixels (where log of a sum ~1 would round to 0) apart.
         A mx[kArgTile], s[kArgTile];
+        int64_t amx[kArgTile];
         for (int64_t j = 0; j < n; ++j) {
           mx[j] = -std::numeric_limits<A>::infinity();
           s[j] = A(0);
+          amx[j] = 0;
         }
         for (int64_t c = 0; c < C; ++c) {
           const T* row = logits + (b * C + c) * HW + p0;
@@ -90,22 +94,25 @@ void argmax_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintptr
             const A v = static_cast<A>(to_float(row[j]));
             nonfinite |= !std::isfinite(v);
             out[j] = v * inv_t;
-            mx[j] = std::max(mx[j], out[j]);
+            if (out[j] > mx[j]) {
+              mx[j] = out[j];
+              amx[j] = c;
+            }
           }
         }
         for (int64_t c = 0; c < C; ++c) {
           const A* v = buf.data() + c * kArgTile;
           for (int64_t j = 0; j < n; ++j)
-            if (act[j]) s[j] += std::exp(v[j] - mx[j]);
+            if (act[j] && c != amx[j]) s[j] += std::exp(v[j] - mx[j]);
         }
         for (int64_t j = 0; j < n; ++j) {
           if (!act[j]) continue;
-          const A lse = mx[j] + std::log(s[j]);
+          const A off = std::log1p(s[j]);
           const int64_t base = (b * R + rid[j]) * C;
           const int64_t p = p0 + j;
           for (int64_t c = 0; c < C; ++c) {
             if (!labels[base + c]) continue;
-            const A v = buf[c * kArgTile + j] - lse;
+            const A v = (buf[c * kArgTile + j] - mx[j]) - off;
             if (better(v, p, bv[base + c], bi[base + c])) {
               bv[base + c] = v;
               bi[base + c] = p;

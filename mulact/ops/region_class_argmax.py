@@ -13,7 +13,10 @@ Backends: ``reference`` (``scatter_reduce`` amax, then amin of the index among t
 ``cpp`` (``csrc/region_class_argmax.cpp``: per-thread best tables merged by "larger value, then
 smaller index"), ``triton`` (``kernels/region_class_argmax.py``: one ``atomic_max`` over packed
 (value, index) int64 keys; float64 logits take a two-launch max-then-min-index path). All are
-deterministic. Only pixels of active regions are read; NaN/Inf among them and ids ``>= R``
+deterministic. Every backend evaluates ``log_softmax_c`` as ``(z_c - max) - log1p(sum of the
+other classes' exp(z - max))``: with ``tau = 0.1`` many confident pixels would otherwise all
+round to exactly 0 in float32 and the "smallest index" tie rule would pick among them
+arbitrarily. Only pixels of active regions are read; NaN/Inf among them and ids ``>= R``
 raise ``ValueError``. The output is integer: there is no autograd.
 """
 from __future__ import annotations
@@ -57,7 +60,11 @@ def region_class_argmax_reference(logits, regions, region_labels, temperature=0.
         act = valid & active_r.gather(1, rid.clamp(min=0))  # (B, HW)
         z = logits.detach().to(acc_dtype(logits)).reshape(batch, num_classes, hw) / temperature
         check_finite(OP, "logits", z.transpose(1, 2)[act])
-        lsm = torch.log_softmax(z, dim=1)
+        # (z - max) - log1p(sum of the other classes' exp(z - max)): like the fused kernels,
+        # so confident pixels do not all round to log_softmax = 0 in float32.
+        top = z.max(dim=1, keepdim=True)
+        e = torch.exp(z - top.values).scatter(1, top.indices, 0.0)
+        lsm = (z - top.values) - torch.log1p(e.sum(1, keepdim=True))
         slot = torch.where(act, rid, num_regions).unsqueeze(1).expand(batch, num_classes, hw)
         best = torch.full((batch, num_classes, num_regions + 1), float("-inf"), dtype=lsm.dtype, device=lsm.device)
         best = best.scatter_reduce(2, slot, lsm, "amax", include_self=True)
