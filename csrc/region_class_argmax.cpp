@@ -5,6 +5,11 @@
 // index) table over (B, R, C); "larger value, then smaller index" is associative and
 // commutative and every pixel's value is computed by the same code, so merging the tables in
 // any order gives the same answer: the result is independent of thread count and scheduling.
+// Without trapping math GCC may if-convert the float selects of the tile loops (clamps in
+// fast_exp, masked maxima) and vectorise them; no kernel here reads the FP exception flags.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
