@@ -1,3 +1,4 @@
+import importlib
 import math
 
 import pytest
@@ -237,3 +238,32 @@ def test_large_logit_gaps_stay_finite(backend):
         torch.testing.assert_close(ce.double().cpu(), n_ce, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(mp.double().cpu(), n_mp, rtol=1e-5, atol=1e-4)
         _close_grad(g, n_g)
+
+
+@pytest.mark.parametrize("backend_", ["cpp", "triton"])
+@pytest.mark.parametrize("use", ["both", "ce", "mp"])
+def test_one_backward_launch_and_unused_term_is_skipped(monkeypatch, backend_, use):
+    module = importlib.import_module("mulact.ops.partial_label_loss")  # the package re-exports the function
+
+    calls = []
+    forward, backward = module._LAUNCH[backend_]
+
+    def spy(logits, regions, labels, scale, temperature):
+        calls.append(scale.clone())
+        return backward(logits, regions, labels, scale, temperature)
+
+    monkeypatch.setitem(module._LAUNCH, backend_, (forward, spy))
+    device = backend_device(backend_)
+    logits, regions, labels = make_case(2, 4, 6, 5, 6, seed=11, device=device)
+    x = logits.clone().requires_grad_(True)
+    ce, mp = partial_label_loss(x, regions, labels, 0.2, backend=backend_)
+    loss = {"both": 16 * ce + 8 * mp, "ce": ce, "mp": mp}[use]
+    loss.backward()
+    assert len(calls) == 1
+    terms = labels.sum(-1).clamp(max=2)
+    scale = calls[0]
+    # A term outside the graph has a None upstream gradient: its regions get scale 0, so the
+    # kernel does not even read their logits.
+    assert bool((scale[terms == 1] != 0).all()) == (use in ("both", "ce"))
+    assert bool((scale[terms == 2] != 0).all()) == (use in ("both", "mp"))
+    assert (scale[terms == 0] == 0).all()
