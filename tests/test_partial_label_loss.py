@@ -267,3 +267,15 @@ def test_one_backward_launch_and_unused_term_is_skipped(monkeypatch, backend_, u
     assert bool((scale[terms == 1] != 0).all()) == (use in ("both", "ce"))
     assert bool((scale[terms == 2] != 0).all()) == (use in ("both", "mp"))
     assert (scale[terms == 0] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4, 2), (2, 3, 0, 4, 2), (1, 3, 2, 2, 0)], ids=["B0", "H0", "R0"])
+def test_empty_shapes(backend, shape):
+    device = backend_device(backend)
+    batch, classes, height, width, num_regions = shape
+    x = torch.randn(batch, classes, height, width, device=device, requires_grad=True)
+    regions = torch.full((batch, height, width), -1, device=device)
+    labels = torch.ones(batch, num_regions, classes, dtype=torch.bool, device=device)
+    ce, mp = partial_label_loss(x, regions, labels, backend=backend)
+    (ce + mp).backward()
+    assert ce.item() == 0 and mp.item() == 0 and (x.grad == 0).all()

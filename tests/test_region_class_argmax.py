@@ -140,3 +140,14 @@ def test_bad_inputs(backend):
     poisoned.flatten(2)[b, 0, (regions[b].flatten() == r).nonzero()[0]] = float("inf")
     with pytest.raises(ValueError, match="logits"):
         region_class_argmax(poisoned, regions, labels, backend=backend)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4, 2), (2, 3, 0, 4, 2), (1, 3, 2, 2, 0)], ids=["B0", "H0", "R0"])
+def test_empty_shapes(backend, shape):
+    device = backend_device(backend)
+    batch, classes, height, width, num_regions = shape
+    logits = torch.randn(batch, classes, height, width, device=device)
+    regions = torch.full((batch, height, width), -1, device=device)
+    labels = torch.ones(batch, num_regions, classes, dtype=torch.bool, device=device)
+    out = region_class_argmax(logits, regions, labels, backend=backend)
+    assert out.shape == labels.shape and (out == -1).all()

@@ -53,6 +53,8 @@ def region_class_argmax_reference(logits, regions, region_labels, temperature=0.
     check_region_ids(OP, regions, num_regions)
     batch, num_classes, height, width = logits.shape
     hw = height * width
+    if num_regions == 0 or hw == 0:
+        return torch.full(tuple(region_labels.shape), -1, dtype=torch.int64, device=logits.device)
     with torch.no_grad():
         active_r = num_labels(region_labels) >= min_classes  # (B, R)
         rid = regions.reshape(batch, hw).long()
@@ -101,6 +103,8 @@ def _argmax_triton(logits, regions, labels, active, temperature, status):
     grid = (triton.cdiv(hw, block_p), batch)
     shape = (batch, num_regions, num_classes)
     keys = torch.full(shape, INT64_MIN, dtype=torch.int64, device=logits.device)
+    if batch * hw == 0:
+        return torch.full(shape, -1, dtype=torch.int64, device=logits.device)
     args = (num_classes, hw, num_regions, 1.0 / temperature)
     meta = dict(BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
     if logits.dtype != torch.float64:
