@@ -108,3 +108,19 @@ def saved_tensor_sizes(fn):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     return out, saved
+
+
+def small_triton_blocks(monkeypatch, block_p=16):
+    """Force tiny Triton pixel blocks so the tiny test images span several programs (the
+    cross-program partial sums and atomics are then exercised, not just one program)."""
+    import mulact.kernels.partial_label_loss as pll
+    import mulact.kernels.region_class_argmax as rca
+
+    original = pll.block_sizes
+
+    def blocks(num_classes, hw):
+        block_c, _ = original(num_classes, hw)
+        return block_c, block_p
+
+    monkeypatch.setattr(pll, "block_sizes", blocks)
+    monkeypatch.setattr(rca, "block_sizes", blocks)

@@ -3,11 +3,17 @@ import math
 
 import pytest
 import torch
-from _partial_labels import make_case, naive_partial_label_loss, saved_tensor_sizes
+from _partial_labels import make_case, naive_partial_label_loss, saved_tensor_sizes, small_triton_blocks
 from _util import backend_device
 
 from mulact import ops
 from mulact.ops import partial_label_loss, partial_label_loss_reference
+
+
+@pytest.fixture(autouse=True)
+def _many_triton_programs(monkeypatch):
+    small_triton_blocks(monkeypatch)
+
 
 SHAPES = [  # (B, C, H, W, R)
     (1, 3, 1, 1, 2),
@@ -279,3 +285,16 @@ def test_empty_shapes(backend, shape):
     ce, mp = partial_label_loss(x, regions, labels, backend=backend)
     (ce + mp).backward()
     assert ce.item() == 0 and mp.item() == 0 and (x.grad == 0).all()
+
+
+def test_default_triton_blocks(monkeypatch):
+    # The other tests shrink the Triton blocks; run the shipped block sizes once.
+    monkeypatch.undo()
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 5, 17, 19, 12, seed=4, device=device)
+    for normalize in NORMALIZE:
+        ce, mp, g = _loss_and_grad(logits, regions, labels, 0.1, normalize, "triton")
+        r_ce, r_mp, r_g = _loss_and_grad(logits, regions, labels, 0.1, normalize, "reference")
+        torch.testing.assert_close(ce, r_ce, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mp, r_mp, rtol=1e-5, atol=1e-6)
+        _close_grad(g, r_g.double())

@@ -1,10 +1,16 @@
 import pytest
 import torch
-from _partial_labels import make_case, naive_prototypical_pixel_loss, naive_region_class_argmax, saved_tensor_sizes
+from _partial_labels import make_case, naive_prototypical_pixel_loss, naive_region_class_argmax, saved_tensor_sizes, small_triton_blocks
 from _util import backend_device
 
 from mulact import ops
 from mulact.ops import prototypical_pixel_loss
+
+
+@pytest.fixture(autouse=True)
+def _many_triton_programs(monkeypatch):
+    small_triton_blocks(monkeypatch)
+
 
 SHAPES = [  # (B, C, H, W, R)
     (1, 3, 1, 1, 2),

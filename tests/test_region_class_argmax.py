@@ -1,10 +1,16 @@
 import pytest
 import torch
-from _partial_labels import make_case, naive_region_class_argmax
+from _partial_labels import make_case, naive_region_class_argmax, small_triton_blocks
 from _util import backend_device
 
 from mulact import ops
 from mulact.ops import region_class_argmax, region_class_argmax_reference
+
+
+@pytest.fixture(autouse=True)
+def _many_triton_programs(monkeypatch):
+    small_triton_blocks(monkeypatch)
+
 
 SHAPES = [  # (B, C, H, W, R)
     (1, 3, 1, 1, 2),
@@ -151,3 +157,12 @@ def test_empty_shapes(backend, shape):
     labels = torch.ones(batch, num_regions, classes, dtype=torch.bool, device=device)
     out = region_class_argmax(logits, regions, labels, backend=backend)
     assert out.shape == labels.shape and (out == -1).all()
+
+
+def test_default_triton_blocks(monkeypatch):
+    monkeypatch.undo()
+    device = backend_device("triton")
+    for dtype in (torch.float32, torch.float64):
+        logits, regions, labels = make_case(2, 5, 17, 19, 12, seed=4, dtype=dtype, device=device)
+        out = region_class_argmax(logits, regions, labels, backend="triton")
+        assert torch.equal(out.cpu(), naive_region_class_argmax(logits.cpu(), regions.cpu(), labels.cpu(), 0.1, 1))
