@@ -1,6 +1,12 @@
 import pytest
 import torch
-from _partial_labels import make_case, naive_prototypical_pixel_loss, naive_region_class_argmax, saved_tensor_sizes, small_triton_blocks
+from _partial_labels import (
+    make_case,
+    naive_prototypical_pixel_loss,
+    naive_region_class_argmax,
+    saved_tensor_sizes,
+    small_triton_blocks,
+)
 from _util import backend_device
 
 from mulact import ops

@@ -33,7 +33,7 @@ import torch
 
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
-from ._labels import acc_dtype, labels_u8, num_labels, region_pixel_counts, triton_acc
+from ._labels import acc_dtype, device_guard, labels_u8, num_labels, region_pixel_counts, triton_acc
 from ._validate import (
     check_choice,
     check_finite,
@@ -141,10 +141,11 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
     counts = torch.zeros(batch, nprog, 2, dtype=torch.int32, device=logits.device)
     if sums.numel() == 0:
         return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
-    kern.partial_label_loss_fwd_kernel[(nprog, batch)](
-        logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
-        num_classes, hw, labels.shape[1], 1.0 / temperature,
-        HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+    with device_guard(logits):
+        kern.partial_label_loss_fwd_kernel[(nprog, batch)](
+            logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
+            num_classes, hw, labels.shape[1], 1.0 / temperature,
+            HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
     return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
 
 
@@ -159,9 +160,10 @@ def _backward_triton(logits, regions, labels, scale, temperature):
     grad = torch.empty_like(logits)
     if grad.numel() == 0:
         return grad
-    kern.partial_label_loss_bwd_kernel[(triton.cdiv(hw, block_p), batch)](
-        logits, regions, labels, scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
-        BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+    with device_guard(logits):
+        kern.partial_label_loss_bwd_kernel[(triton.cdiv(hw, block_p), batch)](
+            logits, regions, labels, scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
+            BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
     return grad
 
 

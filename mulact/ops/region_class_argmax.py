@@ -25,7 +25,7 @@ import torch
 
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
-from ._labels import acc_dtype, labels_u8, num_labels, triton_acc
+from ._labels import acc_dtype, device_guard, labels_u8, num_labels, triton_acc
 from ._validate import (
     check_finite,
     check_labeled_logits,
@@ -107,14 +107,16 @@ def _argmax_triton(logits, regions, labels, active, temperature, status):
         return torch.full(shape, -1, dtype=torch.int64, device=logits.device)
     args = (num_classes, hw, num_regions, 1.0 / temperature)
     meta = dict(BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
-    if logits.dtype != torch.float64:
-        kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, keys, status, *args, PASS=0, **meta)
-        found = keys != INT64_MIN
-        return torch.where(found, kern.MAX_INDEX - (keys & 0xFFFFFFFF), -1)
-    index = torch.full(shape, hw, dtype=torch.int64, device=logits.device)
-    kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, index, status, *args, PASS=1, **meta)
-    kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, index, status, *args, PASS=2, **meta)
-    return torch.where(index < hw, index, -1)
+    launch = kern.region_class_argmax_kernel[grid]
+    with device_guard(logits):
+        if logits.dtype != torch.float64:
+            launch(logits, regions, labels, active, keys, keys, status, *args, PASS=0, **meta)
+            found = keys != INT64_MIN
+            return torch.where(found, kern.MAX_INDEX - (keys & 0xFFFFFFFF), -1)
+        index = torch.full(shape, hw, dtype=torch.int64, device=logits.device)
+        launch(logits, regions, labels, active, keys, index, status, *args, PASS=1, **meta)
+        launch(logits, regions, labels, active, keys, index, status, *args, PASS=2, **meta)
+        return torch.where(index < hw, index, -1)
 
 
 _LAUNCH = {"cpp": _argmax_cpp, "triton": _argmax_triton}
