@@ -4,8 +4,8 @@ Providers, side by side per shape (``16 * L_CE + 8 * L_MP``, pixel normalisation
 * ``mulact``    — :func:`mulact.ops.partial_label_loss`, automatic backend (C++ on CPU,
   Triton on CUDA);
 * ``reference`` — the library's pure-torch oracle;
-* ``loop``      — per image: ``log_softmax``; per labeled region: boolean mask, logsumexp
-  over the label set, collected per term and averaged;
+* ``loop``      — per image, per labeled region: boolean mask, ``log_softmax`` of the
+  region's pixels, ``logsumexp`` over the label set; pixel losses collected per term, averaged;
 * ``composite`` — vectorised torch: ``log_softmax`` + masked ``logsumexp`` with label masks
   gathered per pixel + ``scatter_add`` sums/counts per term.
 
@@ -35,14 +35,13 @@ if torch.cuda.is_available():
 def loop(logits, regions, labels, temperature=TAU):
     terms = {1: [], 2: []}
     for b in range(logits.shape[0]):
-        lsm = torch.log_softmax(logits[b].float() / temperature, dim=0)
         for r in labels[b].any(-1).nonzero().flatten().tolist():
             mask = regions[b] == r
             if not mask.any():
                 continue
             y = labels[b, r]
-            ell = -lsm[:, mask][y].logsumexp(0)
-            terms[1 if int(y.sum()) == 1 else 2].append(ell)
+            lsm = torch.log_softmax(logits[b][:, mask].float() / temperature, dim=0)  # (C, n)
+            terms[1 if int(y.sum()) == 1 else 2].append(-lsm[y].logsumexp(0))
     zero = logits.sum() * 0
     return tuple(torch.cat(terms[t]).mean() if terms[t] else zero for t in (1, 2))
 
