@@ -6,11 +6,20 @@ CUDA; CPU under ``TRITON_INTERPRET=1``). See :func:`resolve_backend` for how one
 and :func:`last_backend` to ask which one ran.
 """
 from ._backend import BACKENDS, cpp_available, last_backend, resolve_backend, triton_available
+from .partial_label_loss import partial_label_loss, partial_label_loss_reference
+from .prototypical_pixel_loss import prototypical_pixel_loss, prototypical_pixel_loss_reference
+from .region_class_argmax import region_class_argmax, region_class_argmax_reference
 
 __all__ = [
     "BACKENDS",
     "cpp_available",
     "last_backend",
+    "partial_label_loss",
+    "partial_label_loss_reference",
+    "prototypical_pixel_loss",
+    "prototypical_pixel_loss_reference",
+    "region_class_argmax",
+    "region_class_argmax_reference",
     "resolve_backend",
     "triton_available",
 ]
