@@ -142,6 +142,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self.load_regions(i)
         return self._num_regions[i]
 
+    def adjacency(self, i: int) -> torch.Tensor:
+        """8-connected region adjacency of image ``i``: ``(E, 2)`` int64 pairs ``u < v`` (memoised)."""
+        i = self._index(i)
+        if not self.superpixels.exists(self.samples[i].name):
+            self.load_regions(i)
+        return self.superpixels.adjacency(self.samples[i].name)
+
     def raw(self, i: int) -> dict:
         """Untransformed full-resolution ``image`` (uint8 RGB), ``label``, ``regions``, ``num_regions``."""
         i = self._index(i)

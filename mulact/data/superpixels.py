@@ -36,7 +36,9 @@ Decisions (SPEC is silent):
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -51,6 +53,7 @@ MAX_REGIONS = 65535 + 1  # ids 0..65535 fit a uint16 PNG
 SEEDS_DEFAULTS = {"num_levels": 5, "prior": 3, "histogram_bins": 10, "double_step": True, "iterations": 10}
 SLIC_DEFAULTS = {"compactness": 10.0, "sigma": 0.0, "max_num_iter": 10}
 MANIFEST = "manifest.json"
+log = logging.getLogger("mulact.data")
 FORMAT_VERSION = 1
 
 
@@ -286,8 +289,27 @@ class SuperpixelCache:
         if p.exists():
             try:
                 return read_png16(p)
-            except ValueError:
-                pass  # a foreign/corrupt file: recompute and overwrite atomically below
+            except ValueError as exc:
+                log.warning("%s; recomputing it", exc)
         labels = self.compute(image_loader())
         self.save(name, labels)
         return labels
+
+    def adjacency(self, name: str):
+        """8-connected region adjacency ``(E, 2)`` int64 of the cached map ``name``.
+
+        Memoised per process by (path, mtime, size) of the PNG, so a recomputed map gets a
+        fresh graph; see :func:`mulact.ops.region_adjacency`.
+        """
+        st = os.stat(self.path(name))
+        return _adjacency_of_file(str(self.path(name)), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8192)
+def _adjacency_of_file(path: str, mtime_ns: int, size: int):
+    import torch
+
+    from mulact.ops import region_adjacency
+
+    labels = read_png16(path)
+    return region_adjacency(torch.from_numpy(labels)[None], int(labels.max()) + 1)[0]
