@@ -2,8 +2,8 @@
 // the region minus the trim band (thick boundaries dilated by a trim x trim square), then the
 // multi-hot label, the dominant class and the click cost.
 //
-// Per image, each thread owns a contiguous block of rows and streams through it: thick
-// boundary flags and their horizontal window OR for the block plus a halo of trim/2 rows
+// Per image, threads take chunks of 32 rows (dynamic schedule) and stream through them: thick
+// boundary flags and their horizontal window OR for the chunk plus a halo of trim/2 rows
 // (byte-wise loops the compiler vectorises), then per row the vertical window OR (the band)
 // and the histogram update into per-thread int32 partials (whole region, and band pixels
 // only: trimmed = whole - band, which halves the scattered increments). Partials are summed in thread
@@ -62,7 +62,9 @@ std::tuple<int64_t, int64_t, bool> labels_impl(const index_t* regions, const gt_
   // Per-thread partial histograms are capped at ~64 MiB in total.
   const int64_t slots = std::max<int64_t>(R * C1, 1);
   const int64_t by_memory = std::max<int64_t>(1, (int64_t(64) << 20) / (slots * 2 * int64_t(sizeof(int32_t))));
-  const int nt = static_cast<int>(std::min<int64_t>({num_threads(), by_memory, std::max<int64_t>(H, 1)}));
+  constexpr int64_t kChunk = 32;
+  const int64_t n_chunks = (H + kChunk - 1) / kChunk;
+  const int nt = static_cast<int>(std::min<int64_t>({num_threads(), by_memory, std::max<int64_t>(n_chunks, 1)}));
   std::vector<int32_t> part_w(static_cast<size_t>(nt) * slots), part_b(static_cast<size_t>(nt) * slots);
 
   int64_t bad_id = -1;
@@ -80,23 +82,26 @@ std::tuple<int64_t, int64_t, bool> labels_impl(const index_t* regions, const gt_
       int32_t* pb = part_b.data() + static_cast<size_t>(t) * slots;
       std::fill(pw, pw + slots, 0);
       std::fill(pb, pb + slots, 0);
-      // Contiguous row block per thread; its band needs the horizontally dilated boundary rows
-      // [y0 - lo, y1 - 1 + hi], computed here (halo rows are recomputed by both neighbours).
-      const int64_t y0 = H * t / nt, y1 = H * (t + 1) / nt;
-      const int64_t h0 = std::max<int64_t>(y0 - lo, 0), h1 = std::min<int64_t>(y1 + hi, H);
-      std::vector<uint8_t> hb(trim > 0 ? static_cast<size_t>((h1 - h0) * W) : 0), tmp(W), dh(W), dv(W);
+      std::vector<uint8_t> hb(trim > 0 ? static_cast<size_t>((kChunk + lo + hi) * W) : 0), tmp(W), dh(W), dv(W);
       std::vector<uint8_t> band(static_cast<size_t>(W), 0);
-      if (trim > 0) {
-        if (h0 > 0) {  // seed the "row above differs" flags of the first row
-          const index_t* u = reg + (h0 - 1) * W;
-          for (int64_t x = 0; x < W; ++x) dv[x] = u[x] != u[x + W];
-        }
-        for (int64_t k = h0; k < h1; ++k) {
-          boundary_row(reg, H, W, k, tmp.data(), dh.data(), dv.data());
-          hdilate_row(tmp.data(), W, lo, hi, hb.data() + (k - h0) * W);
-        }
-      }
       int64_t my_bad_id = -1, my_bad_pos = std::numeric_limits<int64_t>::max();
+      // Chunks of kChunk rows are handed out dynamically, so a thread that the OS descheduled
+      // (shared machines) does not hold up the others. A chunk's band needs the horizontally
+      // dilated boundary rows [y0 - lo, y1 - 1 + hi]; the halo rows are recomputed.
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+        const int64_t y0 = chunk * kChunk, y1 = std::min<int64_t>(y0 + kChunk, H);
+        const int64_t h0 = std::max<int64_t>(y0 - lo, 0), h1 = std::min<int64_t>(y1 + hi, H);
+        if (trim > 0) {
+          if (h0 > 0) {  // seed the "row above differs" flags of the first row
+            const index_t* u = reg + (h0 - 1) * W;
+            for (int64_t x = 0; x < W; ++x) dv[x] = u[x] != u[x + W];
+          }
+          for (int64_t k = h0; k < h1; ++k) {
+            boundary_row(reg, H, W, k, tmp.data(), dh.data(), dv.data());
+            hdilate_row(tmp.data(), W, lo, hi, hb.data() + (k - h0) * W);
+          }
+        }
       for (int64_t y = y0; y < y1; ++y) {
         if (trim > 0) {
           const int64_t a = std::max<int64_t>(y - lo, 0), e = std::min<int64_t>(y + hi, H - 1);
@@ -108,6 +113,10 @@ std::tuple<int64_t, int64_t, bool> labels_impl(const index_t* regions, const gt_
         }
         const index_t* rr = reg + y * W;
         const gt_t* gg = g + y * W;
+        // Runs of equal (region, class) along a row are accumulated in registers and flushed
+        // once: real maps have long runs, and it keeps the band test branch-free.
+        int64_t run_s = -1;
+        int32_t run_n = 0, run_b = 0;
         for (int64_t x = 0; x < W; ++x) {
           const int64_t id = static_cast<int64_t>(rr[x]);
           const int64_t gv = static_cast<int64_t>(gg[x]);
@@ -121,9 +130,23 @@ std::tuple<int64_t, int64_t, bool> labels_impl(const index_t* regions, const gt_
             continue;
           }
           const int64_t s = id * C1 + (ign ? C : gv);
-          ++pw[s];
-          if (band[x]) ++pb[s];  // band pixels; the trimmed count is whole - band
+          if (s != run_s) {
+            if (run_s >= 0) {
+              pw[run_s] += run_n;
+              pb[run_s] += run_b;  // band pixels; the trimmed count is whole - band
+            }
+            run_s = s;
+            run_n = 0;
+            run_b = 0;
+          }
+          ++run_n;
+          run_b += band[x];
         }
+        if (run_s >= 0) {
+          pw[run_s] += run_n;
+          pb[run_s] += run_b;
+        }
+      }
       }
       t_bad_id[t] = my_bad_id;
       t_bad_pos[t] = my_bad_pos;
