@@ -18,6 +18,15 @@
 #include "common.h"
 #include "registry.h"
 
+// The byte-wise row loops gain from 256-bit vectors (e.g. 64-bit id compares need SSE4.1+),
+// but the extension is built for the baseline ISA: let GCC emit an AVX2 clone as well and
+// pick one at load time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MULACT_ROW_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MULACT_ROW_CLONES
+#endif
+
 namespace mulact {
 namespace {
 
@@ -25,8 +34,8 @@ namespace {
 // `dv_prev` holds row k-1's "differs from the row below" flags on entry (ignored for k == 0)
 // and row k's on exit, so every vertical comparison is made once.
 template <typename index_t>
-inline void boundary_row(const index_t* reg, int64_t H, int64_t W, int64_t k, uint8_t* out, uint8_t* dh,
-                         uint8_t* dv_prev) {
+MULACT_ROW_CLONES void boundary_row(const index_t* reg, int64_t H, int64_t W, int64_t k, uint8_t* out, uint8_t* dh,
+                                    uint8_t* dv_prev) {
   const index_t* r = reg + k * W;
   for (int64_t x = 0; x + 1 < W; ++x) dh[x] = r[x] != r[x + 1];
   dh[W - 1] = 0;
@@ -42,7 +51,7 @@ inline void boundary_row(const index_t* reg, int64_t H, int64_t W, int64_t k, ui
 }
 
 // Horizontal window OR: out[x] = any(in[x - lo .. x + hi]) (clipped to the row).
-inline void hdilate_row(const uint8_t* in, int64_t W, int64_t lo, int64_t hi, uint8_t* out) {
+MULACT_ROW_CLONES void hdilate_row(const uint8_t* in, int64_t W, int64_t lo, int64_t hi, uint8_t* out) {
   std::memcpy(out, in, static_cast<size_t>(W));
   for (int64_t e = 1; e <= hi && e < W; ++e)
     for (int64_t x = 0; x + e < W; ++x) out[x] |= in[x + e];
@@ -90,6 +99,7 @@ std::tuple<int64_t, int64_t, bool> labels_impl(const index_t* regions, const gt_
       // dilated boundary rows [y0 - lo, y1 - 1 + hi]; the halo rows are recomputed.
 #pragma omp for schedule(dynamic, 1)
       for (int64_t chunk = 0; chunk < n_chunks; ++chunk) {
+        bool runs_short = false;
         const int64_t y0 = chunk * kChunk, y1 = std::min<int64_t>(y0 + kChunk, H);
         const int64_t h0 = std::max<int64_t>(y0 - lo, 0), h1 = std::min<int64_t>(y1 + hi, H);
         if (trim > 0) {
@@ -102,51 +112,62 @@ std::tuple<int64_t, int64_t, bool> labels_impl(const index_t* regions, const gt_
             hdilate_row(tmp.data(), W, lo, hi, hb.data() + (k - h0) * W);
           }
         }
-      for (int64_t y = y0; y < y1; ++y) {
-        if (trim > 0) {
-          const int64_t a = std::max<int64_t>(y - lo, 0), e = std::min<int64_t>(y + hi, H - 1);
-          std::memcpy(band.data(), hb.data() + (a - h0) * W, static_cast<size_t>(W));
-          for (int64_t k = a + 1; k <= e; ++k) {
-            const uint8_t* in = hb.data() + (k - h0) * W;
-            for (int64_t x = 0; x < W; ++x) band[x] |= in[x];
-          }
-        }
-        const index_t* rr = reg + y * W;
-        const gt_t* gg = g + y * W;
-        // Runs of equal (region, class) along a row are accumulated in registers and flushed
-        // once: real maps have long runs, and it keeps the band test branch-free.
-        int64_t run_s = -1;
-        int32_t run_n = 0, run_b = 0;
-        for (int64_t x = 0; x < W; ++x) {
-          const int64_t id = static_cast<int64_t>(rr[x]);
-          const int64_t gv = static_cast<int64_t>(gg[x]);
-          const bool ign = gv == ignore;
-          if (!ign && static_cast<uint64_t>(gv) >= static_cast<uint64_t>(C)) {
-            my_bad_pos = std::min(my_bad_pos, y * W + x);
-            continue;
-          }
-          if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(R)) {
-            if (id >= R) my_bad_id = std::max(my_bad_id, id);
-            continue;
-          }
-          const int64_t s = id * C1 + (ign ? C : gv);
-          if (s != run_s) {
-            if (run_s >= 0) {
-              pw[run_s] += run_n;
-              pb[run_s] += run_b;  // band pixels; the trimmed count is whole - band
+        for (int64_t y = y0; y < y1; ++y) {
+          if (trim > 0) {
+            const int64_t a = std::max<int64_t>(y - lo, 0), e = std::min<int64_t>(y + hi, H - 1);
+            std::memcpy(band.data(), hb.data() + (a - h0) * W, static_cast<size_t>(W));
+            for (int64_t k = a + 1; k <= e; ++k) {
+              const uint8_t* in = hb.data() + (k - h0) * W;
+              for (int64_t x = 0; x < W; ++x) band[x] |= in[x];
             }
-            run_s = s;
-            run_n = 0;
-            run_b = 0;
           }
-          ++run_n;
-          run_b += band[x];
+          const index_t* rr = reg + y * W;
+          const gt_t* gg = g + y * W;
+          // Runs of equal (region, class) along a row are accumulated in registers and flushed
+          // once (real maps have long runs); rows after one with short runs (noisy labels)
+          // switch to plain branch-free increments, which then mispredict less.
+          const bool use_runs = !runs_short;
+          int64_t run_s = -1, changes = 0;
+          int32_t run_n = 0, run_b = 0;
+          for (int64_t x = 0; x < W; ++x) {
+            const int64_t id = static_cast<int64_t>(rr[x]);
+            const int64_t gv = static_cast<int64_t>(gg[x]);
+            const bool ign = gv == ignore;
+            if (!ign && static_cast<uint64_t>(gv) >= static_cast<uint64_t>(C)) {
+              my_bad_pos = std::min(my_bad_pos, y * W + x);
+              continue;
+            }
+            if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(R)) {
+              if (id >= R) my_bad_id = std::max(my_bad_id, id);
+              continue;
+            }
+            const int64_t s = id * C1 + (ign ? C : gv);
+            if (use_runs) {
+              if (s != run_s) {
+                if (run_s >= 0) {
+                  pw[run_s] += run_n;
+                  pb[run_s] += run_b;  // band pixels; the trimmed count is whole - band
+                }
+                run_s = s;
+                run_n = 0;
+                run_b = 0;
+                ++changes;
+              }
+              ++run_n;
+              run_b += band[x];
+            } else {
+              changes += s != run_s;
+              run_s = s;
+              ++pw[s];
+              pb[s] += band[x];
+            }
+          }
+          runs_short = 4 * changes > W;
+          if (use_runs && run_s >= 0) {
+            pw[run_s] += run_n;
+            pb[run_s] += run_b;
+          }
         }
-        if (run_s >= 0) {
-          pw[run_s] += run_n;
-          pb[run_s] += run_b;
-        }
-      }
       }
       t_bad_id[t] = my_bad_id;
       t_bad_pos[t] = my_bad_pos;

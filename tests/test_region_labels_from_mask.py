@@ -196,3 +196,19 @@ def test_bad_inputs(backend):
         region_labels_from_mask(gt, regions, 3, 2, ignore_index=1, backend=backend)
     with pytest.raises(ValueError, match="num_classes"):
         region_labels_from_mask(gt, regions, 3, 0, backend=backend)
+
+
+@pytest.mark.parametrize("trim", [4, 5])
+def test_piecewise_constant_and_noisy_rows(backend, trim):
+    """Long label runs next to rows of per-pixel noise, over several 32-row chunks."""
+    gen = torch.Generator().manual_seed(11)
+    B, H, W, R, C = 1, 70, 90, 50, 6
+    regions = blocky(gen, B, H, W, R, 7)
+    gt = torch.randint(0, C, (B, H // 10 + 1, W // 15 + 1), generator=gen)
+    gt = gt.repeat_interleave(10, 1).repeat_interleave(15, 2)[:, :H, :W].clone()
+    gt[:, 30:36] = random_gt(gen, (B, 6, W), C)
+    gt[:, 50:52, 40:] = IGN
+    dev = backend_device(backend)
+    out = region_labels_from_mask(gt.to(dev), regions.to(dev), R, C, trim=trim, backend=backend)
+    ref = region_labels_from_mask_reference(gt, regions, R, C, trim=trim)
+    check_all(out, ref, brute_force(gt, regions, R, C, trim=trim))
