@@ -84,8 +84,12 @@ std::tuple<int64_t, int64_t, bool> labels_impl(const index_t* regions, const gt_
     const index_t* reg = regions + b * N;
     const gt_t* g = gt + b * N;
     std::vector<int64_t> t_bad_id(nt, -1), t_bad_pos(nt, std::numeric_limits<int64_t>::max());
-#pragma omp parallel num_threads(nt)
-    {
+    if (N == 0) {  // empty image: every region is empty
+      std::fill(part_w.begin(), part_w.end(), 0);
+      std::fill(part_b.begin(), part_b.end(), 0);
+    }
+#pragma omp parallel num_threads(nt) if (N > 0)
+    if (N > 0) {
       const int t = thread_id();
       int32_t* pw = part_w.data() + static_cast<size_t>(t) * slots;
       int32_t* pb = part_b.data() + static_cast<size_t>(t) * slots;

@@ -54,6 +54,9 @@ def test_diagonal_only_and_odd_shapes(backend):
         got = region_adjacency(regions.to(dev), shape[1] * shape[2], backend=backend)[0].cpu().tolist()
         assert got == [list(p) for p in brute_force(regions)[0]]
     assert region_adjacency(torch.zeros(0, 3, 3, dtype=torch.int64, device=dev), 1, backend=backend) == []
+    for shape in [(1, 0, 5), (2, 5, 0)]:
+        got = region_adjacency(torch.zeros(shape, dtype=torch.int64, device=dev), 1, backend=backend)
+        assert [e.shape for e in got] == [(0, 2)] * shape[0]
 
 
 def test_bad_ids(backend):

@@ -157,12 +157,14 @@ def test_dominant_ties_and_undefined(backend):
 
 def test_odd_shapes(backend):
     dev = backend_device(backend)
-    for shape in [(1, 1, 1), (1, 1, 9), (2, 7, 1), (0, 4, 4)]:
+    for shape in [(1, 1, 1), (1, 1, 9), (2, 7, 1), (0, 4, 4), (1, 0, 5), (2, 5, 0)]:
         regions = torch.zeros(shape, dtype=torch.int64)
         gt = torch.ones(shape, dtype=torch.uint8)
         out = region_labels_from_mask(gt.to(dev), regions.to(dev), 2, 2, trim=5, backend=backend)
         assert out.multi_hot.shape == (shape[0], 2, 3)
-        if shape[0]:
+        if shape[0] and shape[1] * shape[2] == 0:
+            assert not out.multi_hot.any() and (out.dominant.cpu() == -1).all() and not out.cost.any()
+        elif shape[0]:
             assert out.multi_hot[:, 0].cpu().tolist() == [[False, True, False]] * shape[0]
             assert (out.class_counts[:, 0, 1].cpu() == shape[1] * shape[2]).all()
             assert (out.dominant[:, 1].cpu() == -1).all()

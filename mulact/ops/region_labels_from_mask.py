@@ -126,7 +126,7 @@ def boundary_band_reference(regions: torch.Tensor, trim: int) -> torch.Tensor:
     bnd[:, :-1, :] |= dv
     bnd[:, :, 1:] |= dh
     bnd[:, :, :-1] |= dh
-    if trim == 0:
+    if trim == 0 or r.numel() == 0:
         return torch.zeros_like(bnd)
     lo, hi = (trim - 1) // 2, trim // 2  # band(y) = any boundary in [y - lo, y + hi]
     x = F.pad(bnd[:, None].to(torch.float32), (lo, hi, lo, hi), value=0.0)
