@@ -13,7 +13,6 @@ layout and loader. Usage::
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from .base import DatasetNotFoundError, Sample, SegmentationDataset, require_dir
