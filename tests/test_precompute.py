@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import signal
@@ -56,9 +57,11 @@ def test_resumes_after_kill(tiny_demo, tmp_path):
     ds = CityscapesDataset(tiny_demo, "train", superpixel_dir=split_dir, region_size=4)
     pngs = sorted(split_dir.rglob("*.png"))
     assert len(pngs) == N_TRAIN and not list(split_dir.rglob("*.tmp"))
+    counts = json.loads((split_dir / "region_counts.json").read_text())
+    assert len(counts) == N_TRAIN
     for i, s in enumerate(ds.samples):
         sp = read_png16(ds.superpixels.path(s.name))
-        assert validate_map(sp, cv2.imread(str(s.image)).shape[:2]) == ds.num_regions(i)
+        assert validate_map(sp, cv2.imread(str(s.image)).shape[:2]) == ds.num_regions(i) == counts[s.name]
     # a third run finds nothing to do
     proc = run_cli(*args)
     stdout, _ = proc.communicate(timeout=300)

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,14 @@ def test_cache_compute_on_miss_and_manifest(tmp_path, image):
     with pytest.raises(CacheMismatchError, match="slic"):
         SuperpixelCache(tmp_path / "sp", "slic", 16)
     assert not list((tmp_path / "sp").rglob("*.tmp"))
+
+
+def test_region_counts_file(tmp_path, image):
+    cache = SuperpixelCache(tmp_path, "grid", 16)
+    cache.save("a", compute_superpixels(image, "grid", 16))
+    assert cache.num_regions("a") == 32  # decoded: no counts file yet
+    cache.write_counts({"a": 999})
+    assert cache.num_regions("a") == 999  # the file is trusted for maps older than it
+    st = (tmp_path / "region_counts.json").stat()
+    os.utime(tmp_path / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cache.num_regions("a") == 32  # a map rewritten later is decoded again

@@ -139,7 +139,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Number of superpixels of image ``i`` (ids are ``0..R-1``)."""
         i = self._index(i)
         if i not in self._num_regions:
-            self.load_regions(i)
+            name = self.samples[i].name
+            if self.superpixels.exists(name):
+                self._num_regions[i] = self.superpixels.num_regions(name)
+            else:
+                self.load_regions(i)
         return self._num_regions[i]
 
     def adjacency(self, i: int) -> torch.Tensor:
