@@ -10,7 +10,9 @@ superpixel map)`` triples. ``ds[i]`` returns a dict
 
 and ``ds.raw(i)`` the untransformed full-resolution ``image`` (uint8 RGB ``(H, W, 3)`` tensor),
 ``label``, ``regions`` and ``num_regions`` for the oracle and for pool scoring.
-``ds.num_regions(i)`` is the region count of image ``i`` (loaded once, then memoised).
+``ds.num_regions(i)`` is the region count of image ``i`` (from ``region_counts.json`` when the
+split was precomputed, else by decoding the map; memoised), ``ds.adjacency(i)`` its 8-connected
+region adjacency ``(E, 2)`` (memoised per map file).
 
 Superpixel maps come from a :class:`~mulact.data.superpixels.SuperpixelCache`: computed on the
 first access and cached as 16-bit PNGs (precompute a whole split in parallel with the
