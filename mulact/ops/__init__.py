@@ -6,27 +6,50 @@ CUDA; CPU under ``TRITON_INTERPRET=1``). See :func:`resolve_backend` for how one
 and :func:`last_backend` to ask which one ran.
 """
 from ._backend import BACKENDS, cpp_available, last_backend, resolve_backend, triton_available
+from .acquisition import (
+    ACQUISITION_METHODS,
+    PoolStatistics,
+    class_prior,
+    classbal_scores,
+    dominant_class,
+    dominant_class_fraction,
+    mean_uncertainty,
+    measure_for,
+    pixbal_scores,
+    random_scores,
+    region_scores,
+    selectable,
+)
 from .partial_label_loss import partial_label_loss, partial_label_loss_reference
 from .prototypical_pixel_loss import prototypical_pixel_loss, prototypical_pixel_loss_reference
+from .region_adjacency import adjacency_csr, neighbor_lists, region_adjacency, region_adjacency_reference
 from .region_class_argmax import region_class_argmax, region_class_argmax_reference
+from .region_labels_from_mask import (
+    RegionLabels,
+    dominant_labels,
+    region_labels_from_mask,
+    region_labels_from_mask_naive,
+    region_labels_from_mask_reference,
+)
+from .region_reduce import region_reduce, region_reduce_reference
+from .region_uncertainty_stats import RegionUncertaintyStats, region_uncertainty_stats, region_uncertainty_stats_reference
 
 __all__ = [
-    "BACKENDS",
-    "cpp_available",
-    "last_backend",
-    "partial_label_loss",
-    "partial_label_loss_reference",
-    "prototypical_pixel_loss",
-    "prototypical_pixel_loss_reference",
-    "region_class_argmax",
-    "region_class_argmax_reference",
-    "resolve_backend",
-    "triton_available",
+    # dispatch
+    "BACKENDS", "cpp_available", "last_backend", "resolve_backend", "triton_available",
+    # 3.1
+    "region_reduce", "region_reduce_reference",
+    # 3.2
+    "RegionUncertaintyStats", "region_uncertainty_stats", "region_uncertainty_stats_reference",
+    "ACQUISITION_METHODS", "PoolStatistics", "class_prior", "classbal_scores", "dominant_class",
+    "dominant_class_fraction", "mean_uncertainty", "measure_for", "pixbal_scores", "random_scores",
+    "region_scores", "selectable",
+    # 3.3
+    "partial_label_loss", "partial_label_loss_reference",
+    "prototypical_pixel_loss", "prototypical_pixel_loss_reference",
+    "region_class_argmax", "region_class_argmax_reference",
+    # 3.5, 3.6
+    "adjacency_csr", "neighbor_lists", "region_adjacency", "region_adjacency_reference",
+    "RegionLabels", "dominant_labels", "region_labels_from_mask", "region_labels_from_mask_naive",
+    "region_labels_from_mask_reference",
 ]
-from .region_uncertainty_stats import RegionUncertaintyStats, region_uncertainty_stats, region_uncertainty_stats_reference  # noqa: E402,E501
-from .region_reduce import region_reduce, region_reduce_reference  # noqa: E402
-from .acquisition import *  # noqa: E402,F401,F403  (names listed in acquisition.__all__)
-from . import acquisition as _acquisition  # noqa: E402
-
-__all__ += ["RegionUncertaintyStats", "region_uncertainty_stats", "region_uncertainty_stats_reference",
-            "region_reduce", "region_reduce_reference", *_acquisition.__all__]
