@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common.h"
+#include "fast_exp.h"
 #include "registry.h"
 
 namespace mulact {
@@ -34,31 +35,6 @@ namespace {
 enum Measure : int { kBvsb = 0, kMargin = 1, kEntropy = 2, kLeastConfidence = 3 };
 
 constexpr int64_t kBlock = 64;
-
-// exp(x) for x <= 0 (softmax numerators after subtracting the max): range reduction to
-// [-ln2/2, ln2/2] plus a degree-6 polynomial (Cephes expf coefficients), ~1e-7 relative error.
-// Branch-free so loops over pixels vectorise. x <= -88 (and -inf) returns exactly 0: the
-// clamp makes the exponent field 0, flushing what would be a denormal to zero.
-inline float exp_nonpos(float x) {
-  x = x < -88.0f ? -88.0f : x;
-  const float log2e = 1.44269504088896341f;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const float k = (x * log2e + magic) - magic;
-  float r = x - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &e, sizeof scale);
-  return y * scale;
-}
-inline double exp_nonpos(double x) { return std::exp(x); }
 
 template <typename A>
 struct Partial {
@@ -127,7 +103,7 @@ MULACT_SIMD_CLONES bool block_stats(const T* __restrict xb, int64_t N, int64_t n
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         const A d = zc[i] - m1[i];
-        const A e = exp_nonpos(d);
+        const A e = fast_exp(d);
         zc[i] = e;
         s[i] += e;
         ent[i] += e * d;
@@ -138,7 +114,7 @@ MULACT_SIMD_CLONES bool block_stats(const T* __restrict xb, int64_t N, int64_t n
       A* __restrict zc = z + c * kBlock;
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
-        const A e = exp_nonpos(zc[i] - m1[i]);
+        const A e = fast_exp(zc[i] - m1[i]);
         zc[i] = e;
         s[i] += e;
       }
@@ -151,11 +127,11 @@ MULACT_SIMD_CLONES bool block_stats(const T* __restrict xb, int64_t N, int64_t n
   switch (measure) {
     case kBvsb:
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) u[i] = exp_nonpos(m2[i] - m1[i]);  // 0 when C == 1 (m2 = -inf)
+      for (int64_t i = 0; i < n; ++i) u[i] = fast_exp(m2[i] - m1[i]);  // 0 when C == 1 (m2 = -inf)
       break;
     case kMargin:
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) u[i] = A(1) - (A(1) - exp_nonpos(m2[i] - m1[i])) / s[i];
+      for (int64_t i = 0; i < n; ++i) u[i] = A(1) - (A(1) - fast_exp(m2[i] - m1[i])) / s[i];
       break;
     case kEntropy:
       for (int64_t i = 0; i < n; ++i) u[i] = std::log(s[i]) - ent[i] / s[i];
