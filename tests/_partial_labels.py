@@ -3,6 +3,7 @@
 The naive formulations loop over images and regions with boolean masks and use
 ``-log sum_{c in Y} softmax(z)_c`` directly, so they share no code with the library.
 """
+import pytest
 import torch
 
 
@@ -127,3 +128,16 @@ def small_triton_blocks(monkeypatch, block_p=16):
 
     monkeypatch.setattr(pll, "block_sizes", blocks)
     monkeypatch.setattr(rca, "block_sizes", blocks)
+
+
+@pytest.fixture(autouse=True)
+def many_triton_programs(monkeypatch):
+    """Autouse fixture: a test module that imports it runs every test with tiny Triton blocks."""
+    small_triton_blocks(monkeypatch)
+
+
+ODD_SHAPES = [(1, 3, 1, 1, 2), (3, 5, 7, 11, 9)]  # (B, C, H, W, R): 1x1 image, primes
+
+
+def shape_id(shape):
+    return "x".join(map(str, shape))

@@ -6,23 +6,15 @@ import sys
 
 import pytest
 import torch
-from _partial_labels import make_case, naive_partial_label_loss, saved_tensor_sizes, small_triton_blocks
+from _partial_labels import ODD_SHAPES, make_case, naive_partial_label_loss, saved_tensor_sizes, shape_id
+from _partial_labels import many_triton_programs  # noqa: F401 (autouse fixture)
 from _util import backend_device
 
 from mulact import ops
 from mulact.ops import partial_label_loss, partial_label_loss_reference
 
 
-@pytest.fixture(autouse=True)
-def _many_triton_programs(monkeypatch):
-    small_triton_blocks(monkeypatch)
-
-
-SHAPES = [  # (B, C, H, W, R)
-    (1, 3, 1, 1, 2),
-    (3, 5, 7, 11, 9),
-    (2, 4, 13, 5, 4),
-]
+SHAPES = [*ODD_SHAPES, (2, 4, 13, 5, 4)]  # (B, C, H, W, R)
 NORMALIZE = ["pixel", "region"]
 
 
@@ -45,7 +37,7 @@ def _naive(logits, regions, labels, temperature, normalize, w_ce=3.0, w_mp=2.0):
     return ce.detach(), mp.detach(), g
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("normalize", NORMALIZE)
 @pytest.mark.parametrize("temperature", [0.1, 0.7])
 def test_matches_naive_and_reference(backend, shape, normalize, temperature):

@@ -1,11 +1,13 @@
 import pytest
 import torch
 from _partial_labels import (
+    ODD_SHAPES,
     make_case,
+    many_triton_programs,  # noqa: F401 (autouse fixture)
     naive_prototypical_pixel_loss,
     naive_region_class_argmax,
     saved_tensor_sizes,
-    small_triton_blocks,
+    shape_id,
 )
 from _util import backend_device
 
@@ -13,16 +15,7 @@ from mulact import ops
 from mulact.ops import prototypical_pixel_loss
 
 
-@pytest.fixture(autouse=True)
-def _many_triton_programs(monkeypatch):
-    small_triton_blocks(monkeypatch)
-
-
-SHAPES = [  # (B, C, H, W, R)
-    (1, 3, 1, 1, 2),
-    (3, 5, 7, 11, 9),
-    (2, 6, 13, 5, 4),
-]
+SHAPES = [*ODD_SHAPES, (2, 6, 13, 5, 4)]  # (B, C, H, W, R)
 NORMALIZE = ["pair", "region"]
 
 
@@ -40,7 +33,7 @@ def _naive(logits, regions, labels, temperature, normalize):
     return loss.detach(), g
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("normalize", NORMALIZE)
 @pytest.mark.parametrize("temperature", [0.1, 0.6])
 def test_matches_naive(backend, shape, normalize, temperature):

@@ -1,25 +1,17 @@
 import pytest
 import torch
-from _partial_labels import make_case, naive_region_class_argmax, small_triton_blocks
+from _partial_labels import ODD_SHAPES, make_case, naive_region_class_argmax, shape_id
+from _partial_labels import many_triton_programs  # noqa: F401 (autouse fixture)
 from _util import backend_device
 
 from mulact import ops
 from mulact.ops import region_class_argmax, region_class_argmax_reference
 
 
-@pytest.fixture(autouse=True)
-def _many_triton_programs(monkeypatch):
-    small_triton_blocks(monkeypatch)
+SHAPES = [*ODD_SHAPES, (2, 6, 13, 5, 4)]  # (B, C, H, W, R)
 
 
-SHAPES = [  # (B, C, H, W, R)
-    (1, 3, 1, 1, 2),
-    (3, 5, 7, 11, 9),
-    (2, 6, 13, 5, 4),
-]
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 @pytest.mark.parametrize("min_classes", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_matches_naive(backend, shape, min_classes, dtype):
