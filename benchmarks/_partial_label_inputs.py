@@ -1,36 +1,9 @@
-"""Synthetic stage-1 inputs for the loss benchmarks.
-
-``blocky_regions`` has the signature of the shared ``benchmarks/_shapes.py::blocky_regions``
-(written on a sibling branch); this private copy keeps these suites self-contained until the
-branches meet. It draws a grid of compact cells with jittered borders and shuffled ids, so
-region reductions see superpixel-like locality.
-"""
+"""Synthetic stage-1 inputs for the loss benchmarks: logits, superpixel-like region maps
+(``_shapes.blocky_regions``) and multi-hot partial labels."""
 from __future__ import annotations
 
-import math
-
 import torch
-
-
-def blocky_regions(batch: int, height: int, width: int, num_regions: int, seed: int = 0,
-                   void_fraction: float = 0.0) -> torch.Tensor:
-    """``(batch, height, width)`` int64 ids in ``[0, num_regions)``; about ``void_fraction`` of
-    the cells are -1."""
-    g = torch.Generator().manual_seed(seed)
-    rows = max(1, min(height, round(math.sqrt(num_regions * height / width))))
-    cols = max(1, min(width, num_regions // rows))
-    cell_h, cell_w = height / rows, width / cols
-    maps = []
-    for _ in range(batch):
-        # Each row/column boundary wobbles by up to a third of a cell, per line of pixels.
-        y = torch.arange(height).view(-1, 1) + (torch.rand(1, width, generator=g) - 0.5) * cell_h * 0.6
-        x = torch.arange(width).view(1, -1) + (torch.rand(height, 1, generator=g) - 0.5) * cell_w * 0.6
-        cell = (y / cell_h).floor().clamp(0, rows - 1).long() * cols + (x / cell_w).floor().clamp(0, cols - 1).long()
-        ids = torch.randperm(num_regions, generator=g)[: rows * cols]
-        if void_fraction > 0:
-            ids = ids.masked_fill(torch.rand(rows * cols, generator=g) < void_fraction, -1)
-        maps.append(ids[cell])
-    return torch.stack(maps)
+from _shapes import blocky_regions
 
 
 def partial_labels(batch: int, num_regions: int, num_classes: int, labeled: float = 0.2,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _measure import cuda_peak_extra_bytes, gb_per_s
 from _partial_label_inputs import stage1_inputs
 
 from mulact.ops import last_backend, partial_label_loss, partial_label_loss_reference
@@ -90,13 +91,7 @@ def test_partial_label_loss_fwd_bwd(benchmark, shape, provider):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-3, atol=1e-4 * float(ref_grad.abs().max()))
     del ref_grad, grad
 
-    peak = None
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run(provider, logits, regions, labels)
-        peak = torch.cuda.max_memory_allocated() - base
+    peak = cuda_peak_extra_bytes(run, provider, logits, regions, labels) if device == "cuda" else None
 
     benchmark.group = f"partial_label_loss fwd+bwd {device} {batch}x{classes}x{height}x{width} R={num_regions}"
     rounds = {"loop": 2}.get(provider, 5) if device == "cpu" else 20
@@ -106,6 +101,6 @@ def test_partial_label_loss_fwd_bwd(benchmark, shape, provider):
     moved = 3 * logits.numel() * logits.element_size() + 2 * regions.numel() * regions.element_size()
     labeled = float((labels.any(-1).gather(1, regions.clamp(min=0).flatten(1)) & (regions >= 0).flatten(1)).float().mean())
     benchmark.extra_info["bytes"] = moved
-    benchmark.extra_info["GB/s"] = round(moved / benchmark.stats.stats.mean / 1e9, 2)
+    benchmark.extra_info["GB/s"] = gb_per_s(benchmark, moved)
     benchmark.extra_info["labeled_pixel_fraction"] = round(labeled, 3)
     benchmark.extra_info["peak_extra_bytes"] = peak

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _measure import cuda_peak_extra_bytes, gb_per_s
 from _partial_label_inputs import stage1_inputs
 
 from mulact.ops import last_backend, prototypical_pixel_loss, prototypical_pixel_loss_reference
@@ -92,13 +93,7 @@ def test_prototypical_pixel_loss_fwd_bwd(benchmark, shape, provider):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-3, atol=1e-4 * float(ref_grad.abs().max()))
     del ref_grad, grad
 
-    peak = None
-    if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        run(provider, logits, regions, labels)
-        peak = torch.cuda.max_memory_allocated() - base
+    peak = cuda_peak_extra_bytes(run, provider, logits, regions, labels) if device == "cuda" else None
 
     benchmark.group = f"prototypical_pixel_loss fwd+bwd {device} {batch}x{classes}x{height}x{width} R={num_regions}"
     rounds = {"loop": 2}.get(provider, 5) if device == "cpu" else 20
@@ -107,6 +102,6 @@ def test_prototypical_pixel_loss_fwd_bwd(benchmark, shape, provider):
         benchmark.extra_info["backend"] = last_backend("prototypical_pixel_loss")
     moved = 2 * logits.numel() * logits.element_size() + regions.numel() * regions.element_size()
     benchmark.extra_info["bytes"] = moved
-    benchmark.extra_info["GB/s"] = round(moved / benchmark.stats.stats.mean / 1e9, 2)
+    benchmark.extra_info["GB/s"] = gb_per_s(benchmark, moved)
     benchmark.extra_info["pairs"] = int((labels & (labels.sum(-1, keepdim=True) >= 2)).sum())
     benchmark.extra_info["peak_extra_bytes"] = peak

@@ -12,6 +12,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from _measure import gb_per_s, synced
 
 from mulact.data.demo import render_scene
 from mulact.data.superpixels import compute_superpixels
@@ -56,13 +57,10 @@ def test_region_adjacency(benchmark, provider, device):
     got = torch.as_tensor(got if provider == "numpy" else got[0]).cpu()
     assert torch.equal(got, want)
 
-    def run():
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+    run = synced(fn, device)
 
     benchmark.group = f"region_adjacency {device} 1x{H}x{W} R={R} E={want.shape[0]}"
     benchmark.pedantic(run, rounds=20 if provider == "mulact" else 3, iterations=1, warmup_rounds=1)
     moved = regions.numel() * regions.element_size() + want.numel() * 8
-    benchmark.extra_info.update(bytes_moved=moved, gb_per_s=round(moved / benchmark.stats.stats.mean / 1e9, 3),
+    benchmark.extra_info.update(bytes_moved=moved, gb_per_s=gb_per_s(benchmark, moved, 3),
                                 device=device, threads=torch.get_num_threads())

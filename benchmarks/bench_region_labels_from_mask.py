@@ -22,6 +22,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from _measure import gb_per_s, synced
 
 from mulact.data.cityscapes import ID_TO_TRAIN_ID
 from mulact.data.demo import render_scene
@@ -67,14 +68,11 @@ def test_region_labels_from_mask(benchmark, provider, device, gt_kind):
     for a, b in zip(got, want):
         assert torch.equal(a.cpu(), b)
 
-    def run():
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+    run = synced(fn, device)
 
     benchmark.group = f"region_labels_from_mask {device} {gt_kind} 1x{H}x{W} R={R}"
     rounds = {"mulact": 20, "reference": 3, "skimage": 3}[provider]
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
     moved = regions.numel() * regions.element_size() + gt.numel() * gt.element_size() + R * (C + 1) * (8 + 1) + R * 16
-    benchmark.extra_info.update(bytes_moved=moved, gb_per_s=round(moved / benchmark.stats.stats.mean / 1e9, 3),
+    benchmark.extra_info.update(bytes_moved=moved, gb_per_s=gb_per_s(benchmark, moved, 3),
                                 device=device, threads=torch.get_num_threads())

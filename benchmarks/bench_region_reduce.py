@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _measure import gb_per_s, synced
 from _shapes import blocky_regions
 
 from mulact.ops import region_reduce, region_reduce_reference
@@ -71,15 +72,10 @@ def test_region_reduce(benchmark, provider, reduce, shape):
     else:
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
-    if device == "cuda":
-        def run():
-            fn()
-            torch.cuda.synchronize()
-    else:
-        run = fn
+    run = synced(fn, device)
     benchmark.group = f"region_reduce[{reduce}] {device} {B}x{K}x{H}x{W} R={R}"
     benchmark.pedantic(run, rounds=5 if device == "cpu" else 20, iterations=1, warmup_rounds=1)
     out_bytes = B * R * K * (8 if reduce == "argmax" else values.element_size())
     moved = values.numel() * values.element_size() + regions.numel() * regions.element_size() + out_bytes
-    benchmark.extra_info.update(bytes_moved=moved, gb_per_s=round(moved / benchmark.stats.stats.mean / 1e9, 2),
+    benchmark.extra_info.update(bytes_moved=moved, gb_per_s=gb_per_s(benchmark, moved),
                                 device=device, threads=torch.get_num_threads())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _measure import gb_per_s, synced
 from _shapes import blocky_regions
 
 from mulact.ops import region_uncertainty_stats, region_uncertainty_stats_reference
@@ -83,15 +84,9 @@ def test_region_uncertainty_stats(benchmark, provider, shape):
     assert torch.equal(got[1].int(), want.count)
     torch.testing.assert_close(got[2].float(), want.prob_sum, rtol=1e-4, atol=1.0)
 
-    if device == "cuda":
-        def run():
-            fn()
-            torch.cuda.synchronize()
-    else:
-        run = fn
+    run = synced(fn, device)
     benchmark.group = f"region_uncertainty_stats {device} {B}x{C}x{H}x{W} R={R}"
     benchmark.pedantic(run, rounds=5 if device == "cpu" else 20, iterations=1, warmup_rounds=1)
     moved = logits.numel() * logits.element_size() + regions.numel() * regions.element_size() + B * R * C * 8 + C * 4
-    mean = benchmark.stats.stats.mean
-    benchmark.extra_info.update(bytes_moved=moved, gb_per_s=round(moved / mean / 1e9, 2), device=device,
+    benchmark.extra_info.update(bytes_moved=moved, gb_per_s=gb_per_s(benchmark, moved), device=device,
                                 threads=torch.get_num_threads())
