@@ -132,3 +132,12 @@ def check_labeled_logits(op: str, logits, regions, region_labels) -> int:
     check_region_labels(op, region_labels, int(logits.shape[0]), num_regions, int(logits.shape[1]))
     check_same_device(op, logits=logits, region_labels=region_labels)
     return num_regions
+
+
+def check_labeled_loss(op: str, logits, regions, region_labels, temperature, normalize, choices) -> tuple[int, float]:
+    """Checks shared by the stage-1 losses (logits, regions, region_labels, temperature,
+    normalize in ``choices``); returns (R, temperature as float)."""
+    num_regions = check_labeled_logits(op, logits, regions, region_labels)
+    temperature = check_temperature(op, temperature)
+    check_choice(op, "normalize", normalize, choices)
+    return num_regions, temperature

@@ -35,24 +35,15 @@ from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._labels import acc_dtype, device_guard, labels_u8, num_labels, region_pixel_counts, triton_acc
 from ._validate import (
-    check_choice,
     check_finite,
-    check_labeled_logits,
+    check_labeled_loss,
     check_region_ids,
-    check_temperature,
     new_status,
     raise_on_status,
 )
 
 OP = "partial_label_loss"
 NORMALIZE = ("pixel", "region")
-
-
-def _check(logits, regions, region_labels, temperature, normalize):
-    num_regions = check_labeled_logits(OP, logits, regions, region_labels)
-    temperature = check_temperature(OP, temperature)
-    check_choice(OP, "normalize", normalize, NORMALIZE)
-    return num_regions, temperature
 
 
 def region_terms(region_labels: torch.Tensor) -> torch.Tensor:
@@ -66,7 +57,7 @@ def region_terms(region_labels: torch.Tensor) -> torch.Tensor:
 def partial_label_loss_reference(logits, regions, region_labels, temperature=0.1, normalize="pixel"):
     """Pure-torch (L_CE, L_MP); same contract as :func:`partial_label_loss`. Differentiable
     through ordinary torch ops (it materialises several (B, C, H, W) temporaries)."""
-    num_regions, temperature = _check(logits, regions, region_labels, temperature, normalize)
+    num_regions, temperature = check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
     check_region_ids(OP, regions, num_regions)
     batch, num_classes, height, width = logits.shape
     acc = acc_dtype(logits)
@@ -256,7 +247,7 @@ def partial_label_loss(logits, regions, region_labels, temperature=0.1, normaliz
         >>> ce, mp = partial_label_loss(logits, regions, labels)
         >>> (16 * ce + 8 * mp).backward()
     """
-    _check(logits, regions, region_labels, temperature, normalize)
+    check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
     temperature = float(temperature)
     backend = resolve_backend(OP, logits.device, backend)
     if backend == "reference":

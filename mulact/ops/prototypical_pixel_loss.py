@@ -22,18 +22,11 @@ import torch
 
 from ._backend import resolve_backend
 from ._labels import acc_dtype
-from ._validate import check_choice, check_labeled_logits, check_temperature
+from ._validate import check_labeled_loss
 from .region_class_argmax import region_class_argmax_fused, region_class_argmax_reference
 
 OP = "prototypical_pixel_loss"
 NORMALIZE = ("pair", "region")
-
-
-def _check(logits, regions, region_labels, temperature, normalize):
-    num_regions = check_labeled_logits(OP, logits, regions, region_labels)
-    temperature = check_temperature(OP, temperature)
-    check_choice(OP, "normalize", normalize, NORMALIZE)
-    return num_regions, temperature
 
 
 def loss_from_prototypes(logits, index, temperature, normalize="pair"):
@@ -56,7 +49,7 @@ def loss_from_prototypes(logits, index, temperature, normalize="pair"):
 
 def prototypical_pixel_loss_reference(logits, regions, region_labels, temperature=0.1, normalize="pair"):
     """Pure-torch reference: :func:`region_class_argmax_reference` + the same gather."""
-    _, temperature = _check(logits, regions, region_labels, temperature, normalize)
+    _, temperature = check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
     index = region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes=2)
     return loss_from_prototypes(logits, index, temperature, normalize)
 
@@ -81,7 +74,7 @@ def prototypical_pixel_loss(logits, regions, region_labels, temperature=0.1, nor
         >>> ce, mp = partial_label_loss(logits, regions, labels)
         >>> loss = 16 * ce + 8 * mp + prototypical_pixel_loss(logits, regions, labels)
     """
-    _, temperature = _check(logits, regions, region_labels, temperature, normalize)
+    _, temperature = check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
     backend = resolve_backend(OP, logits.device, backend)
     if backend == "reference":
         index = region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes=2)
