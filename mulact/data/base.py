@@ -26,6 +26,7 @@ e, i))``; without a seed the transform uses torch's global RNG (seeded per DataL
 """
 from __future__ import annotations
 
+import abc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,8 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-class SegmentationDataset(torch.utils.data.Dataset):
-    """Base class; subclasses fill ``samples`` and implement :meth:`convert_label`."""
+class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
+    """Base class; subclasses implement :meth:`find_samples` and :meth:`convert_label`."""
 
     name = "segmentation"
     class_names: tuple[str, ...] = ()
@@ -81,12 +82,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self._num_regions: dict[int, int] = {}
 
     # -- subclass interface ---------------------------------------------------------------
+    @abc.abstractmethod
     def find_samples(self) -> list[Sample]:
-        raise NotImplementedError(f"{type(self).__name__} must implement find_samples()")
+        """The split's ``(name, image, label)`` files, in a fixed order."""
 
+    @abc.abstractmethod
     def convert_label(self, raw: np.ndarray) -> np.ndarray:
         """Stored label image -> int64 train ids with ``ignore_index`` for void."""
-        raise NotImplementedError(f"{type(self).__name__} must implement convert_label()")
 
     def read_label_file(self, path: Path) -> np.ndarray:
         lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
