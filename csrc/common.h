@@ -133,3 +133,52 @@ inline int thread_id() {
       default: ::mulact::fail(std::string(NAME) + ": unsupported index dtype code " + std::to_string(code)); \
     }                                                                                      \
   }()
+
+// Helpers shared by the fused kernels (appended; kept after the macros to keep merges clean).
+#include <algorithm>
+#include <limits>
+
+namespace mulact {
+
+// Threads in the current OpenMP team (1 outside a parallel region or without OpenMP).
+inline int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// Record a kernel's findings in the (nonfinite, bad_id) int32 status buffer that
+// mulact/ops/_validate.py::new_status creates as (0, -1). Several partials may report: the
+// largest bad id wins (clipped to int32), so the result does not depend on their order.
+inline void report_status(int32_t* status, bool nonfinite, int64_t bad_id) {
+  if (nonfinite) status[0] = 1;
+  if (bad_id >= 0) {
+    const int64_t clipped = std::min<int64_t>(bad_id, std::numeric_limits<int32_t>::max());
+    status[1] = std::max<int32_t>(status[1], static_cast<int32_t>(clipped));
+  }
+}
+
+// Gather the logits of n pixels (flat indices pos[j] of image b, C class rows of HW values)
+// into the class-major tile z (row stride `stride`), multiplied by inv_t. Returns whether a
+// loaded value is NaN/Inf; the check is folded into the vectorised scaling loop.
+template <typename T, typename A>
+inline bool load_scaled_tile(const T* logits, const int64_t* pos, int64_t n, int64_t b, int64_t C, int64_t HW,
+                             A inv_t, A* z, int64_t stride) {
+  int bad = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const T* row = logits + (b * C + c) * HW;
+    A* zc = z + c * stride;
+    for (int64_t j = 0; j < n; ++j) zc[j] = static_cast<A>(to_float(row[pos[j]]));
+#pragma omp simd reduction(| : bad)
+    for (int64_t j = 0; j < n; ++j) {
+      const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
+      bad |= d != d;
+      zc[j] *= inv_t;
+    }
+  }
+  return bad != 0;
+}
+
+}  // namespace mulact

@@ -60,21 +60,12 @@ struct Tile {
   // Returns true if a loaded logit is NaN/Inf.
   template <typename T>
   bool load(const T* logits, const uint8_t* labels, int64_t b, int64_t C, int64_t HW, int64_t R, A inv_t) {
-    int bad = 0;
+    const bool bad = load_scaled_tile(logits, pos.data(), n, b, C, HW, inv_t, z.data(), kTile);
     for (int64_t c = 0; c < C; ++c) {
-      const T* row = logits + (b * C + c) * HW;
-      A* zc = z.data() + c * kTile;
       A* yc = y.data() + c * kTile;
-      for (int64_t j = 0; j < n; ++j) zc[j] = static_cast<A>(to_float(row[pos[j]]));
-#pragma omp simd reduction(| : bad)
-      for (int64_t j = 0; j < n; ++j) {
-        const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
-        bad |= d != d;
-        zc[j] *= inv_t;
-      }
       for (int64_t j = 0; j < n; ++j) yc[j] = A(labels[(b * R + rid[j]) * C + c] != 0);
     }
-    return bad != 0;
+    return bad;
   }
 
   void stats(int64_t C) {
@@ -188,9 +179,7 @@ void forward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintpt
     sums[t] = s;
     counts[t] = n;
   }
-  int32_t* status = ptr<int32_t>(status_p);
-  if (nonfinite) status[0] = 1;
-  if (bad >= 0) status[1] = static_cast<int32_t>(std::min<int64_t>(bad, std::numeric_limits<int32_t>::max()));
+  report_status(ptr<int32_t>(status_p), nonfinite != 0, bad);
 }
 
 template <typename T, typename I>

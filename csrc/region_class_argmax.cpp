@@ -71,19 +71,7 @@ void argmax_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintptr
       const int64_t c1 = std::min(c0 + kArgChunk, HW);
       int64_t n = 0;
       auto flush = [&] {
-        int badv = 0;
-        for (int64_t c = 0; c < C; ++c) {
-          const T* row = logits + (b * C + c) * HW;
-          A* zc = z.data() + c * kArgTile;
-          for (int64_t j = 0; j < n; ++j) zc[j] = static_cast<A>(to_float(row[pos[j]]));
-#pragma omp simd reduction(| : badv)
-          for (int64_t j = 0; j < n; ++j) {
-            const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
-            badv |= d != d;
-            zc[j] *= inv_t;
-          }
-        }
-        nonfinite |= badv;
+        nonfinite |= load_scaled_tile(logits, pos.data(), n, b, C, HW, inv_t, z.data(), kArgTile) ? 1 : 0;
         // log_softmax_c = (z_c - max) - log1p(sum over the other classes of exp(z - max)):
         // log1p keeps confident pixels (where log of a sum ~1 rounds to 0) apart.
         for (int64_t j = 0; j < n; ++j) {
@@ -154,9 +142,7 @@ void argmax_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintptr
     }
     out[e] = i;
   }
-  int32_t* status = ptr<int32_t>(status_p);
-  if (nonfinite) status[0] = 1;
-  if (bad >= 0) status[1] = static_cast<int32_t>(std::min<int64_t>(bad, std::numeric_limits<int32_t>::max()));
+  report_status(ptr<int32_t>(status_p), nonfinite != 0, bad);
 }
 
 }  // namespace

@@ -48,11 +48,7 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
 #pragma omp parallel num_threads(T_max)
   {
     const int tid = thread_id();
-#ifdef _OPENMP
-    const int nt = omp_get_num_threads();
-#else
-    const int nt = 1;
-#endif
+    const int nt = team_size();
     Partial<A>& P = parts[tid];
     const int64_t q0 = total * tid / nt, q1 = total * (tid + 1) / nt;
     if (q0 < q1) {
@@ -153,12 +149,7 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
       }
     }
   }
-  for (const auto& Q : parts) {
-    if (Q.bad_id >= 0) {
-      const int64_t clipped = std::min<int64_t>(Q.bad_id, std::numeric_limits<int32_t>::max());
-      status[1] = std::max<int32_t>(status[1], static_cast<int32_t>(clipped));
-    }
-  }
+  for (const auto& Q : parts) report_status(status, false, Q.bad_id);
 }
 
 void forward(std::uintptr_t values, int dtype, std::uintptr_t regions, int index_dtype, int64_t B, int64_t K,

@@ -168,11 +168,7 @@ void stats_cpu(const T* x, const I* reg, int64_t B, int64_t C, int64_t N, int64_
 #pragma omp parallel num_threads(T_max)
   {
     const int tid = thread_id();
-#ifdef _OPENMP
-    const int nt = omp_get_num_threads();
-#else
-    const int nt = 1;
-#endif
+    const int nt = team_size();
 #pragma omp single
     used_threads = nt;
     Partial<A>& P = parts[tid];
@@ -240,11 +236,7 @@ void stats_cpu(const T* x, const I* reg, int64_t B, int64_t C, int64_t N, int64_
   }
   for (int t = 0; t < used_threads; ++t) {
     pixels += parts[t].pixels;
-    if (parts[t].nonfinite) status[0] = 1;
-    if (parts[t].bad_id >= 0) {
-      const int64_t clipped = std::min<int64_t>(parts[t].bad_id, std::numeric_limits<int32_t>::max());
-      status[1] = std::max<int32_t>(status[1], static_cast<int32_t>(clipped));
-    }
+    report_status(status, parts[t].nonfinite, parts[t].bad_id);
   }
   *pixels_out = pixels;
 }
