@@ -28,34 +28,42 @@ def run_layout(key, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def run_sum(v, head, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
-    """Inclusive segmented sum: lane i holds the sum of v over [head(i), i]."""
+def _combine(a, b, OP: tl.constexpr):
+    if OP == 0:
+        return a + b
+    elif OP == 1:
+        return tl.maximum(a, b)
+    else:
+        return tl.minimum(a, b)
+
+
+@triton.jit
+def _run_scan(v, head, OP: tl.constexpr, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
+    """Inclusive segmented scan (OP 0 sum, 1 max, 2 min): lane i combines v over [head(i), i]."""
     i = tl.arange(0, BLOCK)
     for step in tl.static_range(LOG2_BLOCK):
-        d: tl.constexpr = 1 << step
+        # `step` is a constexpr, so is the shift; annotating it would make it a constexpr that
+        # compiled Triton refuses to rebind on the next unrolled step.
+        d = 1 << step
         other = tl.gather(v, tl.maximum(i - d, 0), axis=0)
-        v = tl.where(i - d >= head, v + other, v)
+        v = tl.where(i - d >= head, _combine(v, other, OP), v)
     return v
+
+
+@triton.jit
+def run_sum(v, head, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
+    """Inclusive segmented sum: lane i holds the sum of v over [head(i), i]."""
+    return _run_scan(v, head, 0, BLOCK, LOG2_BLOCK)
 
 
 @triton.jit
 def run_max(v, head, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
-    i = tl.arange(0, BLOCK)
-    for step in tl.static_range(LOG2_BLOCK):
-        d: tl.constexpr = 1 << step
-        other = tl.gather(v, tl.maximum(i - d, 0), axis=0)
-        v = tl.where(i - d >= head, tl.maximum(v, other), v)
-    return v
+    return _run_scan(v, head, 1, BLOCK, LOG2_BLOCK)
 
 
 @triton.jit
 def run_min(v, head, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
-    i = tl.arange(0, BLOCK)
-    for step in tl.static_range(LOG2_BLOCK):
-        d: tl.constexpr = 1 << step
-        other = tl.gather(v, tl.maximum(i - d, 0), axis=0)
-        v = tl.where(i - d >= head, tl.minimum(v, other), v)
-    return v
+    return _run_scan(v, head, 2, BLOCK, LOG2_BLOCK)
 
 
 def log2(block: int) -> int:

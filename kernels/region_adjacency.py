@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._blocks import pixel_block, report_bad_ids
+
 _BLOCK = 256
 
 
@@ -24,18 +26,13 @@ def _pair_key(a, base, offs, m, R):
 
 @triton.jit
 def _adjacency_kernel(reg_ptr, key_ptr, status_ptr, H, W, R, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
     N = H * W
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pm = offs < N
+    b, offs, pm = pixel_block(N, BLOCK)
     y = offs // W
     x = offs % W
     base = reg_ptr + b * N
     a = tl.load(base + offs, mask=pm, other=-1).to(tl.int64)
-    worst = tl.max(tl.where(pm & (a >= R), a, -1), axis=0)
-    if worst >= 0:
-        tl.atomic_max(status_ptr + 1, tl.minimum(worst, 2147483647).to(tl.int32))
+    report_bad_ids(a, pm, R, status_ptr)
     va = pm & (a >= 0) & (a < R)
     down = y + 1 < H
     out = key_ptr + b * 4 * N

@@ -17,16 +17,15 @@ import torch
 import triton
 import triton.language as tl
 
+from ._blocks import pixel_block, report_bad_ids
+
 _BLOCK = 256
 
 
 @triton.jit
 def _boundary_kernel(reg_ptr, bnd_ptr, H, W, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
     N = H * W
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pm = offs < N
+    b, offs, pm = pixel_block(N, BLOCK)
     y = offs // W
     x = offs % W
     base = reg_ptr + b * N
@@ -45,11 +44,8 @@ def _boundary_kernel(reg_ptr, bnd_ptr, H, W, BLOCK: tl.constexpr):
 @triton.jit
 def _band_count_kernel(reg_ptr, gt_ptr, bnd_ptr, whole_ptr, trim_ptr, status_ptr, badgt_ptr, H, W, R, C, IGNORE,
                        TRIM: tl.constexpr, LO: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
     N = H * W
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pm = offs < N
+    b, offs, pm = pixel_block(N, BLOCK)
     y = offs // W
     x = offs % W
     band = tl.zeros([BLOCK], dtype=tl.int1)
@@ -63,9 +59,7 @@ def _band_count_kernel(reg_ptr, gt_ptr, bnd_ptr, whole_ptr, trim_ptr, status_ptr
                 band = band | (tl.load(bnd_ptr + b * N + yy * W + xx, mask=m, other=0) != 0)
     ids = tl.load(reg_ptr + b * N + offs, mask=pm, other=-1).to(tl.int64)
     g = tl.load(gt_ptr + b * N + offs, mask=pm, other=0).to(tl.int64)
-    worst = tl.max(tl.where(pm & (ids >= R), ids, -1), axis=0)
-    if worst >= 0:
-        tl.atomic_max(status_ptr + 1, tl.minimum(worst, 2147483647).to(tl.int32))
+    report_bad_ids(ids, pm, R, status_ptr)
     is_ign = g == IGNORE
     ok_cls = (g >= 0) & (g < C)
     bad = pm & ~is_ign & ~ok_cls

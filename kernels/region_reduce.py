@@ -15,41 +15,36 @@ import torch
 import triton
 import triton.language as tl
 
+from ._blocks import pixel_block, report_bad_ids, to_acc
 from ._segments import log2, run_layout, run_max, run_min, run_sum
 
 _BLOCK = 256
 
 
 @triton.jit
-def _report_bad_ids(ids, pmask, R, status_ptr):
-    worst = tl.max(tl.where(pmask & (ids >= R), ids, -1), axis=0)
-    if worst >= 0:
-        tl.atomic_max(status_ptr + 1, tl.minimum(worst, 2147483647).to(tl.int32))
+def _region_runs(reg_ptr, b, offs, pmask, N, R, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
+    """Region ids of the block, which lanes hold a valid id, and the run layout of the valid
+    ids (a run's tail lane is the one that issues its atomic)."""
+    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
+    valid = pmask & (ids >= 0) & (ids < R)
+    head, tail = run_layout(tl.where(valid, ids, -1), BLOCK, LOG2_BLOCK)
+    return ids, valid, head, tail & valid
 
 
 @triton.jit
 def _region_sum_kernel(x_ptr, reg_ptr, out_ptr, cnt_ptr, status_ptr, K, N, R,
                        WITH_VALUES: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr,
                        LOG2_BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pmask = offs < N
-    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
-    _report_bad_ids(ids, pmask, R, status_ptr)
-    valid = pmask & (ids >= 0) & (ids < R)
-    head, tail = run_layout(tl.where(valid, ids, -1), BLOCK, LOG2_BLOCK)
-    tail = tail & valid
+    b, offs, pmask = pixel_block(N, BLOCK)
+    ids, valid, head, tail = _region_runs(reg_ptr, b, offs, pmask, N, R, BLOCK, LOG2_BLOCK)
+    report_bad_ids(ids, pmask, R, status_ptr)
     n_run = run_sum(valid.to(tl.int32), head, BLOCK, LOG2_BLOCK)
     tl.atomic_add(cnt_ptr + b * R + ids, n_run, mask=tail)
     if WITH_VALUES:
         slot = (b * R + ids) * K
         for k in range(K):
             v = tl.load(x_ptr + (b * K + k) * N + offs, mask=valid, other=0.0)
-            if ACC_FP64:
-                v = v.to(tl.float64)
-            else:
-                v = v.to(tl.float32)
+            v = to_acc(v, ACC_FP64)
             v_run = run_sum(v, head, BLOCK, LOG2_BLOCK)
             tl.atomic_add(out_ptr + slot + k, v_run, mask=tail)
 
@@ -57,22 +52,13 @@ def _region_sum_kernel(x_ptr, reg_ptr, out_ptr, cnt_ptr, status_ptr, K, N, R,
 @triton.jit
 def _region_max_kernel(x_ptr, reg_ptr, best_ptr, status_ptr, K, N, R, sign,
                        ACC_FP64: tl.constexpr, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pmask = offs < N
-    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
-    _report_bad_ids(ids, pmask, R, status_ptr)
-    valid = pmask & (ids >= 0) & (ids < R)
-    head, tail = run_layout(tl.where(valid, ids, -1), BLOCK, LOG2_BLOCK)
-    tail = tail & valid
+    b, offs, pmask = pixel_block(N, BLOCK)
+    ids, valid, head, tail = _region_runs(reg_ptr, b, offs, pmask, N, R, BLOCK, LOG2_BLOCK)
+    report_bad_ids(ids, pmask, R, status_ptr)
     slot = (b * R + ids) * K
     for k in range(K):
         v = tl.load(x_ptr + (b * K + k) * N + offs, mask=valid, other=0.0)
-        if ACC_FP64:
-            v = v.to(tl.float64) * sign
-        else:
-            v = v.to(tl.float32) * sign
+        v = to_acc(v, ACC_FP64) * sign
         v_run = run_max(v, head, BLOCK, LOG2_BLOCK)
         tl.atomic_max(best_ptr + slot + k, v_run, mask=tail)
 
@@ -80,21 +66,12 @@ def _region_max_kernel(x_ptr, reg_ptr, best_ptr, status_ptr, K, N, R, sign,
 @triton.jit
 def _region_argbest_kernel(x_ptr, reg_ptr, best_ptr, arg_ptr, K, N, R, sign,
                            ACC_FP64: tl.constexpr, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pmask = offs < N
-    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
-    valid = pmask & (ids >= 0) & (ids < R)
-    head, tail = run_layout(tl.where(valid, ids, -1), BLOCK, LOG2_BLOCK)
-    tail = tail & valid
+    b, offs, pmask = pixel_block(N, BLOCK)
+    ids, valid, head, tail = _region_runs(reg_ptr, b, offs, pmask, N, R, BLOCK, LOG2_BLOCK)
     slot = (b * R + ids) * K
     for k in range(K):
         v = tl.load(x_ptr + (b * K + k) * N + offs, mask=valid, other=0.0)
-        if ACC_FP64:
-            v = v.to(tl.float64) * sign
-        else:
-            v = v.to(tl.float32) * sign
+        v = to_acc(v, ACC_FP64) * sign
         best = tl.load(best_ptr + slot + k, mask=valid, other=0.0)
         cand = tl.where(valid & (v == best), offs, N)
         c_run = run_min(cand, head, BLOCK, LOG2_BLOCK)
@@ -103,10 +80,7 @@ def _region_argbest_kernel(x_ptr, reg_ptr, best_ptr, arg_ptr, K, N, R, sign,
 
 @triton.jit
 def _region_gather_kernel(g_ptr, reg_ptr, out_ptr, K, N, R, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pmask = offs < N
+    b, offs, pmask = pixel_block(N, BLOCK)
     ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
     valid = pmask & (ids >= 0) & (ids < R)
     slot = (b * R + ids) * K

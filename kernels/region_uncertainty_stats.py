@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._blocks import pixel_block, report_bad_ids
 from ._segments import log2, run_layout, run_sum
 
 MEASURE_CODES = {"bvsb": 0, "margin": 1, "entropy": 2, "least_confidence": 3}
@@ -28,9 +29,7 @@ def _region_uncertainty_stats_kernel(
     ACC_FP64: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    pmask = offs < N
+    b, offs, pmask = pixel_block(N, BLOCK)
     cls = tl.arange(0, C_PAD)
     cmask = cls < C
     tile_mask = cmask[:, None] & pmask[None, :]
@@ -64,10 +63,7 @@ def _region_uncertainty_stats_kernel(
         u = 1.0 - inv_s
 
     ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1)
-    bad = pmask & (ids >= R)
-    worst = tl.max(tl.where(bad, ids, -1), axis=0)
-    if worst >= 0:
-        tl.atomic_max(status_ptr + 1, tl.minimum(worst, 2147483647).to(tl.int32))
+    report_bad_ids(ids, pmask, R, status_ptr)
     valid = pmask & (ids >= 0) & (ids < R)
 
     # Per-program softmax sums go to their own row (summed on the host side afterwards): no
