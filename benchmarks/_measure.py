@@ -34,3 +34,12 @@ def gb_per_s(benchmark, moved: int, digits: int = 2) -> float | None:
     if benchmark.stats is None:
         return None
     return round(moved / benchmark.stats.stats.mean / 1e9, digits)
+
+
+def loss_and_grad(loss, logits):
+    """Detached ``loss`` and its gradient w.r.t. ``logits``; waits for CUDA so that a timed
+    forward + backward includes the backward kernels."""
+    (grad,) = torch.autograd.grad(loss, logits)
+    if logits.is_cuda:
+        torch.cuda.synchronize()
+    return loss.detach(), grad

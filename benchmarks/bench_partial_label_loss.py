@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _measure import cuda_peak_extra_bytes, gb_per_s
+from _measure import cuda_peak_extra_bytes, gb_per_s, loss_and_grad
 from _partial_label_inputs import stage1_inputs
 
 from mulact.ops import last_backend, partial_label_loss, partial_label_loss_reference
@@ -74,10 +74,7 @@ def run(provider, logits, regions, labels):
     else:
         ce, mp = composite(logits, regions, labels)
     loss = 16 * ce + 8 * mp
-    (grad,) = torch.autograd.grad(loss, logits)
-    if logits.is_cuda:
-        torch.cuda.synchronize()
-    return loss.detach(), grad
+    return loss_and_grad(loss, logits)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _measure import cuda_peak_extra_bytes, gb_per_s
+from _measure import cuda_peak_extra_bytes, gb_per_s, loss_and_grad
 from _partial_label_inputs import stage1_inputs
 
 from mulact.ops import last_backend, prototypical_pixel_loss, prototypical_pixel_loss_reference
@@ -75,10 +75,7 @@ def run(provider, logits, regions, labels):
         loss = loop(logits, regions, labels)
     else:
         loss = composite(logits, regions, labels)
-    (grad,) = torch.autograd.grad(loss, logits)
-    if logits.is_cuda:
-        torch.cuda.synchronize()
-    return loss.detach(), grad
+    return loss_and_grad(loss, logits)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
