@@ -6,11 +6,21 @@ CUDA; CPU under ``TRITON_INTERPRET=1``). See :func:`resolve_backend` for how one
 and :func:`last_backend` to ask which one ran.
 """
 from ._backend import BACKENDS, cpp_available, last_backend, resolve_backend, triton_available
+from .prototype_pseudo_labels import (
+    PseudoLabelInfo,
+    prototype_pseudo_labels,
+    prototype_pseudo_labels_reference,
+    pseudo_labels_without_prototypes,
+)
 
 __all__ = [
     "BACKENDS",
+    "PseudoLabelInfo",
     "cpp_available",
     "last_backend",
+    "prototype_pseudo_labels",
+    "prototype_pseudo_labels_reference",
+    "pseudo_labels_without_prototypes",
     "resolve_backend",
     "triton_available",
 ]

@@ -366,12 +366,16 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
 
     Example::
 
-        >>> feats = torch.tensor([[[[1.0, 0.9, -1.0, 1.0]]]])           # (1, D=1, 1, 4)
-        >>> logits = torch.tensor([[[[3.0, 0.0, 0.0, 0.0]], [[0.0, 3.0, 0.0, 0.0]]]])
-        >>> regions = torch.tensor([[[0, 0, 1, 1]]])
+        >>> # D=2 features, one image of 1x6 pixels: region 0 (labeled {0, 1}) and region 1
+        >>> feats = torch.tensor([[[[1.0, 0.0, 0.9, 0.1, 1.0, 0.5]], [[0.0, 1.0, 0.1, 0.9, 0.05, 0.5]]]])
+        >>> logits = torch.tensor([[[[3.0, 0, 0, 0, 0, 0]], [[0, 3.0, 0, 0, 0, 0]]]])  # x* = pixels 0, 1
+        >>> regions = torch.tensor([[[0, 0, 0, 0, 1, 1]]])
         >>> region_labels = torch.tensor([[[True, True], [False, False]]])
-        >>> prototype_pseudo_labels(feats, logits, regions, region_labels, backend="reference")
-        tensor([[[  0,   0, 255,   0]]])
+        >>> labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, return_info=True)
+        >>> labels  # pixel 4 is close enough to prototype 0 (cos 0.9988 > alpha 0.9939); pixel 5 is not
+        tensor([[[  0,   1,   0,   1,   0, 255]]])
+        >>> info.num_localized, info.num_expanded
+        (tensor([4]), tensor([1]))
     """
     temperature = _validate(features, logits, regions, region_labels, expand, temperature)
     which = resolve_backend(OP, logits.device, backend)
