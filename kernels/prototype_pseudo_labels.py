@@ -17,6 +17,8 @@ Pipeline (the torch steps between launches are index bookkeeping on small tensor
    ``alpha``). Features are interpolated on the fly from a channels-last copy of the
    *low-resolution* features; the ``(B, D, H, W)`` upsampled tensor is never built. Each pixel is
    written by exactly one program, so no atomics are needed and the result is deterministic.
+   Divisions and square roots use the IEEE-rounded forms (``div_rn``, ``sqrt_rn``) so that
+   e.g. ``u / |u|`` is exactly +-1 for D=1, as on the CPU backends.
 5. Lower medians: ``torch.sort`` of the localization similarities by value and then stably by
    prototype, one gather per prototype (documented torch step between launches).
 """
@@ -55,7 +57,7 @@ def _log_softmax_rows(logits_ptr, b, p, rows, HW, C, tau, BLOCK_C: tl.constexpr)
     v = tl.load(logits_ptr + (b * C)[:, None] * HW + cc[None, :].to(tl.int64) * HW + p[:, None], mask=m2,
                 other=0.0).to(tl.float32)
     finite = tl.sum(tl.where(m2 & ((v != v) | (tl.abs(v) == float("inf"))), 1, 0), 1) == 0
-    z = v / tau
+    z = tl.math.div_rn(v, tau)
     mx = tl.where(rows, tl.max(tl.where(m2, z, float("-inf")), 1), 0.0)
     e = tl.where(m2, tl.exp(z - mx[:, None]), 0.0)
     tot = tl.where(rows, tl.sum(e, 1), 1.0)  # masked rows: keep log() away from 0
@@ -163,12 +165,12 @@ def _proto_kernel(feat_ptr, pix_ptr, out_ptr, K, HW, W, fh, fw, D, scale_h, scal
         msk = km[:, None] & (dd < D)[None, :]
         u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, msk)
         ss += tl.sum(u * u, 1)
-    nrm = tl.maximum(tl.sqrt(ss), eps)
+    nrm = tl.maximum(tl.sqrt_rn(ss), eps)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         msk = km[:, None] & (dd < D)[None, :]
         u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, msk)
-        tl.store(out_ptr + kk[:, None] * D + dd[None, :], u / nrm[:, None], mask=msk)
+        tl.store(out_ptr + kk[:, None] * D + dd[None, :], tl.math.div_rn(u, tl.broadcast_to(nrm[:, None], u.shape)), mask=msk)
 
 
 @triton.jit
@@ -202,8 +204,8 @@ def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
             ss += tl.sum(u * u, 1)
             pn = tl.load(protos_ptr + kid[:, None] * D + dd[None, :], mask=km[:, None] & dm[None, :], other=0.0)
             acc += tl.sum(u[:, None, :] * pn[None, :, :], 2)
-        nrm = tl.maximum(tl.sqrt(ss), eps)
-        s = tl.minimum(tl.maximum(acc / nrm[:, None], -1.0), 1.0)
+        nrm = tl.maximum(tl.sqrt_rn(ss), eps)
+        s = tl.minimum(tl.maximum(tl.math.div_rn(acc, tl.broadcast_to(nrm[:, None], acc.shape)), -1.0), 1.0)
         thr = tl.load(thr_ptr + kid, mask=km, other=float("inf"))
         cls = tl.load(kcls_ptr + kid, mask=km, other=C)
         cand = pm[:, None] & km[None, :] & (s > thr[None, :])
