@@ -1,6 +1,7 @@
 // Stage-2 pseudo labels from class prototypes (SPEC 3.4), CPU.
 //
 // Per image, in a few passes over the pixels (semantics: mulact/ops/prototype_pseudo_labels.py):
+//   0. (per image) the NaN/Inf check of the logits read and of the features (status[0] = 1 / 2);
 //   1. one pass over the region map: region-id check, labeled/unlabeled adjacency pairs
 //      (4 forward 8-neighbour shifts) and the prototype argmax of log_softmax(logits/tau) per
 //      (labeled region, labeled class), with per-thread partial maxima merged afterwards;
@@ -203,13 +204,23 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     // ---- prototypes, ordered by (region, class) ------------------------------------------
     // features (D, fh, fw) -> channels-last float32, in blocks of pixels so that both the
     // reads and the writes stay within a few cache lines
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+    // (the NaN/Inf check of the features rides along: status[0] = 2)
+    int32_t feat_bad = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(max : feat_bad)
     for (int64_t i0 = 0; i0 < FHW; i0 += 64) {
       const int64_t i1 = std::min(FHW, i0 + 64);
       for (int64_t d = 0; d < D; ++d) {
         const scalar_t* src = features + (b * D + d) * FHW;
-        for (int64_t i = i0; i < i1; ++i) feat[i * D + d] = static_cast<float>(to_float(src[i]));
+        for (int64_t i = i0; i < i1; ++i) {
+          const float v = static_cast<float>(to_float(src[i]));
+          feat_bad = std::isfinite(v) ? feat_bad : 2;
+          feat[i * D + d] = v;
+        }
       }
+    }
+    if (feat_bad) {
+      nonfinite = feat_bad;
+      break;
     }
     const Image img{feat.data(), D, fw, &ty, &tx, W};
 

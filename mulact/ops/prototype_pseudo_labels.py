@@ -83,7 +83,9 @@ class PseudoLabelInfo(NamedTuple):
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------
-def _validate(features, logits, regions, region_labels, expand, temperature) -> float:
+def _validate(features, logits, regions, region_labels, expand, temperature, check_features=True) -> float:
+    """Shape/type/device checks; ``check_features=False`` leaves the NaN/Inf scan of the
+    features to the C++ kernel, which does it while converting them."""
     _need_tensor(OP, "regions", regions)
     if regions.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8):
         raise TypeError(f"{OP}: `regions` must be an integer tensor of region ids, got {regions.dtype}")
@@ -106,7 +108,7 @@ def _validate(features, logits, regions, region_labels, expand, temperature) -> 
     if not isinstance(expand, bool):
         raise TypeError(f"{OP}: `expand` must be a bool, got {type(expand).__name__}")
     temperature = check_temperature(OP, temperature)
-    if features.numel() and not bool(torch.isfinite(features).all()):
+    if check_features and features.numel() and not bool(torch.isfinite(features).all()):
         raise ValueError(f"{OP}: `features` contains NaN or Inf")
     return temperature
 
@@ -329,6 +331,8 @@ def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
         ptr(feats), code(feats), ptr(lg), code(lg), ptr(reg), code(reg), ptr(lab),
         bsz, d, fh, fw, c, h, w, r_count, float(temperature), bool(expand),
         ptr(out), ptr(thresholds), ptr(proto_index), ptr(num_loc), ptr(num_exp), ptr(status))
+    if int(status[0]) == 2:
+        raise ValueError(f"{OP}: `features` contains NaN or Inf")
     raise_on_status(OP, status, r_count)
     return out, PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
 
@@ -377,8 +381,10 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
         >>> info.num_localized, info.num_expanded
         (tensor([4]), tensor([1]))
     """
-    temperature = _validate(features, logits, regions, region_labels, expand, temperature)
+    _need_tensor(OP, "logits", logits)
     which = resolve_backend(OP, logits.device, backend)
+    temperature = _validate(features, logits, regions, region_labels, expand, temperature,
+                            check_features=which != "cpp")
     if regions.numel() == 0:
         bsz, c, h, w = logits.shape
         r_count = region_labels.shape[1]
