@@ -152,22 +152,28 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
             pairs.push_back(labeled[r] ? q * R + r : r * R + q);  // key (unlabeled, labeled)
           }
           if (!labeled[r]) continue;
-          // log_softmax as torch computes it: (z - max) - log(sum exp(z - max))
+          // log_softmax_c = (z_c - max) - log1p(sum of the other classes' exp(z - max)), the
+          // evaluation of region_class_argmax: log1p keeps confident pixels apart
           float m = -std::numeric_limits<float>::infinity();
+          int64_t am = 0;
           bool fin = true;
           for (int64_t c = 0; c < C; ++c) {
             const float v = to_float(lg[c * HW + p]);
             fin = fin && std::isfinite(v);
             z[c] = v / tau;
-            m = std::max(m, z[c]);
+            if (z[c] > m) {
+              m = z[c];
+              am = c;
+            }
           }
           if (!fin || !std::isfinite(m)) {
             nf = 1;
             continue;
           }
-          float sum = 0.f;
-          for (int64_t c = 0; c < C; ++c) sum += std::exp(z[c] - m);
-          const float lse = std::log(sum);
+          float rest = 0.f;
+          for (int64_t c = 0; c < C; ++c)
+            if (c != am) rest += std::exp(z[c] - m);
+          const float lse = std::log1p(rest);
           for (int64_t c = 0; c < C; ++c) {
             const int64_t sl = slot[r * C + c];
             if (sl < 0) continue;

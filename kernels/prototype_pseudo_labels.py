@@ -50,18 +50,29 @@ def _source_index(o, in_size, scale):
 
 
 @triton.jit
+def _log1p(u):
+    # log(1 + u), accurate for tiny u: log(w) * u / (w - 1) with w = 1 + u (exact when w == 1)
+    w = 1.0 + u
+    d = w - 1.0
+    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
 def _log_softmax_rows(logits_ptr, b, p, rows, HW, C, tau, BLOCK_C: tl.constexpr):
-    # log_softmax over classes of the pixels `rows`, as torch computes it: (z - max) - log(sum exp)
+    # log_softmax over the classes of the pixels `rows`, evaluated like region_class_argmax:
+    # (z_c - max) - log1p(sum of the other classes' exp(z - max))
     cc = tl.arange(0, BLOCK_C)
     m2 = rows[:, None] & (cc < C)[None, :]
     v = tl.load(logits_ptr + (b * C)[:, None] * HW + cc[None, :].to(tl.int64) * HW + p[:, None], mask=m2,
                 other=0.0).to(tl.float32)
     finite = tl.sum(tl.where(m2 & ((v != v) | (tl.abs(v) == float("inf"))), 1, 0), 1) == 0
     z = tl.math.div_rn(v, tau)
-    mx = tl.where(rows, tl.max(tl.where(m2, z, float("-inf")), 1), 0.0)
-    e = tl.where(m2, tl.exp(z - mx[:, None]), 0.0)
-    tot = tl.where(rows, tl.sum(e, 1), 1.0)  # masked rows: keep log() away from 0
-    lsm = (z - mx[:, None]) - tl.log(tot)[:, None]
+    zm = tl.where(m2, z, float("-inf"))
+    mx = tl.where(rows, tl.max(zm, 1), 0.0)
+    first = tl.min(tl.where(zm == mx[:, None], cc[None, :], BLOCK_C), 1)
+    others = m2 & (cc[None, :] != first[:, None])
+    rest = tl.sum(tl.where(others, tl.exp(z - mx[:, None]), 0.0), 1)
+    lsm = (z - mx[:, None]) - _log1p(rest)[:, None]
     return lsm, m2, finite, cc
 
 

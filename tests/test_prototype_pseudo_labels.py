@@ -341,3 +341,16 @@ def test_bad_inputs_raise(backend):
     off = lg.clone()
     off[:, 1][~labeled_pix] = float("nan")
     assert torch.equal(call(logits=off).cpu(), call().cpu())
+
+
+def test_confident_pixels_stay_apart(backend):
+    # at tau = 0.1 the class-0 log-probabilities of these pixels are about -2e-9, -1e-11 and
+    # -9e-14: log(sum exp) rounds all three to 0 in float32, log1p keeps the last one the best
+    f = torch.randn(1, 3, 1, 4, generator=torch.Generator().manual_seed(0))
+    lg = torch.zeros(1, 3, 1, 4)
+    lg[0, 0, 0, :3] = torch.tensor([2.0, 2.5, 3.0])
+    reg = torch.tensor([[[0, 0, 0, 1]]])
+    lab = torch.zeros(1, 2, 3, dtype=torch.bool)
+    lab[0, 0, 0] = True
+    _, info = run(backend, f, lg, reg, lab, temperature=0.1)
+    assert info.prototype_index[0, 0, 0] == 2

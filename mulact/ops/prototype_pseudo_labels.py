@@ -6,7 +6,8 @@ Per image:
    ``Y(r)`` (single-class regions included) the prototypical pixel is
    ``x*_{r,c} = argmax_{x in r} log_softmax(z(x))_c`` with ``z = logits / temperature``; ties go
    to the smallest flat index ``h * W + w`` (the semantics of ``region_class_argmax`` with
-   ``min_classes=1``). The prototype is the (upsampled) feature at ``x*_{r,c}``.
+   ``min_classes=1``, including its evaluation ``log_softmax_c = (z_c - max) - log1p(sum of the
+   other classes' exp(z - max))``, which keeps confident pixels apart at small temperatures). The prototype is the (upsampled) feature at ``x*_{r,c}``.
 2. **Localization** (Eq. 11). Each pixel of a labeled region takes the class of its most
    cosine-similar prototype of that region (ties -> smaller class).
 3. **Thresholds** (Eq. 12). ``alpha_{r,c}`` is the lower median of the similarities of the
@@ -139,7 +140,12 @@ def _prototype_index_reference(logits, regions, region_labels, temperature):
         z = logits[b].reshape(c, hw)[:, pix].float() / temperature
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"{OP}: `logits` contains NaN or Inf")
-        lsm = torch.log_softmax(z, dim=0).T  # (N, C)
+        # log_softmax_c = (z_c - max) - log1p(sum of the other classes' exp(z - max)), as
+        # region_class_argmax evaluates it: with a small temperature, log(sum) of confident
+        # pixels rounds to 0 in float32 and would tie them all
+        top = z.max(0, keepdim=True)
+        rest = torch.exp(z - top.values).scatter(0, top.indices, 0.0).sum(0, keepdim=True)
+        lsm = ((z - top.values) - torch.log1p(rest)).T  # (N, C)
         r = reg[pix][:, None].expand(-1, c)
         best = torch.full((r_count, c), float("-inf"), device=logits.device)
         best = best.scatter_reduce(0, r, lsm, "amax")
