@@ -14,7 +14,8 @@
 // each pixel's feature is interpolated on the fly into a D-float scratch vector, so the
 // (D, H, W) upsampled tensor never exists. Every decision is a deterministic function of
 // per-pixel values, and the partial argmaxes merge by (value, smallest index): the result does
-// not depend on the number of threads.
+// not depend on the number of threads or on the (dynamic) schedule, which keeps a shared,
+// oversubscribed CPU from stalling every pass on one descheduled thread.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -132,7 +133,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
       bidx.assign(S, HW);
       std::vector<int64_t>& pairs = tpairs[t];
       std::vector<float> z(C);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 8)
       for (int64_t y = 0; y < H; ++y) {
         for (int64_t x = 0; x < W; ++x) {
           const int64_t p = y * W + x;
@@ -212,7 +213,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     // reads and the writes stay within a few cache lines
     // (the NaN/Inf check of the features rides along: status[0] = 2)
     int32_t feat_bad = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(max : feat_bad)
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16) reduction(max : feat_bad)
     for (int64_t i0 = 0; i0 < FHW; i0 += 64) {
       const int64_t i1 = std::min(FHW, i0 + 64);
       for (int64_t d = 0; d < D; ++d) {
@@ -264,7 +265,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
 #pragma omp parallel num_threads(nthreads) reduction(+ : nloc)
     {
       std::vector<float> u(D);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 2048)
       for (int64_t p = 0; p < HW; ++p) {
         const int64_t r = static_cast<int64_t>(reg[p]);
         o[p] = kIgnore;
@@ -299,7 +300,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
         if (rec_k[p] >= 0) vals[fill[rec_k[p]]++] = rec_s[p];
     }
     std::vector<float> alpha(K, 1.f);
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16) if (nloc > 65536)
     for (int64_t k = 0; k < K; ++k) {
       const int64_t n = cnt[k + 1] - cnt[k];
       if (n == 0) continue;
@@ -330,7 +331,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
 #pragma omp parallel num_threads(nthreads) reduction(+ : nexp)
       {
         std::vector<float> u(D);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 2048)
         for (int64_t p = 0; p < HW; ++p) {
           const int64_t r = static_cast<int64_t>(reg[p]);
           if (r < 0 || labeled[r] || nb_start[r] == nb_start[r + 1]) continue;
