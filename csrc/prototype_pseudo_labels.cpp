@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -357,21 +358,28 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     }
 
     // ---- prototypes, ordered by (region, class) ------------------------------------------
-    // features (D, fh, fw) -> channels-last float32, in blocks of pixels so that both the
-    // reads and the writes stay within a few cache lines
-    // (the NaN/Inf check of the features rides along: status[0] = 2)
+    // features (D, fh, fw) -> channels-last float32, transposed in 16-pixel x 64-channel tiles
+    // so that the reads and the writes of a tile stay in L1. The NaN/Inf check of the features
+    // rides along (status[0] = 2): a float is not finite iff its exponent bits are all set.
     int32_t feat_bad = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16) reduction(max : feat_bad)
-    for (int64_t i0 = 0; i0 < FHW; i0 += 64) {
-      const int64_t i1 = std::min(FHW, i0 + 64);
-      for (int64_t d = 0; d < D; ++d) {
-        const scalar_t* src = features + (b * D + d) * FHW;
-        for (int64_t i = i0; i < i1; ++i) {
-          const float v = static_cast<float>(to_float(src[i]));
-          feat_bad = std::isfinite(v) ? feat_bad : 2;
-          feat[i * D + d] = v;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 4) reduction(max : feat_bad)
+    for (int64_t i0 = 0; i0 < FHW; i0 += 16) {
+      const int64_t i1 = std::min(FHW, i0 + 16);
+      uint32_t expo_all = 0;
+      for (int64_t d0 = 0; d0 < D; d0 += 64) {
+        const int64_t d1 = std::min(D, d0 + 64);
+        for (int64_t d = d0; d < d1; ++d) {
+          const scalar_t* src = features + (b * D + d) * FHW;
+          for (int64_t i = i0; i < i1; ++i) {
+            const float v = static_cast<float>(to_float(src[i]));
+            uint32_t bits;
+            std::memcpy(&bits, &v, sizeof bits);
+            expo_all |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+            feat[i * D + d] = v;
+          }
         }
       }
+      if (expo_all) feat_bad = 2;
     }
     if (feat_bad) {
       nonfinite = feat_bad;

@@ -325,8 +325,10 @@ def test_bad_inputs_raise(backend):
         call(features=f[:1])
     with pytest.raises(TypeError, match="features"):
         call(features=f.to(torch.int64))
+    one_nan = f.clone()
+    one_nan[1, 2, 3, 1] = float("nan")  # a single value, in the second image
     with pytest.raises(ValueError, match="features"):
-        call(features=torch.full_like(f, float("inf")))
+        call(features=one_nan)
     with pytest.raises(ValueError, match="logits"):
         call(logits=lg[:, :, :5])
     with pytest.raises(ValueError, match="region_labels"):
