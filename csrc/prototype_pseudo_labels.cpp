@@ -357,25 +357,56 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
       pidx[sl] = bi < HW ? bi : -1;
     }
 
+    // adjacency pairs (unlabeled, labeled), sorted and unique
+    std::vector<int64_t> pairs;
+    for (auto& v : tpairs) pairs.insert(pairs.end(), v.begin(), v.end());
+    std::sort(pairs.begin(), pairs.end());
+    pairs.erase(std::unique(pairs.begin(), pairs.end()), pairs.end());
+
     // ---- prototypes, ordered by (region, class) ------------------------------------------
-    // features (D, fh, fw) -> channels-last float32, transposed in 16-pixel x 64-channel tiles
-    // so that the reads and the writes of a tile stay in L1. The NaN/Inf check of the features
-    // rides along (status[0] = 2): a float is not finite iff its exponent bits are all set.
+    // Low-resolution pixels that some pixel to label interpolates from: the taps of labeled
+    // regions and, with expansion, of the unlabeled regions touching them.
+    std::vector<uint8_t> need_region(labeled);
+    if (expand)
+      for (const int64_t key : pairs) need_region[key / R] = 1;
+    std::vector<uint8_t> need(FHW, 0);
+    for (int64_t p = 0; p < HW; ++p) {
+      const int64_t r = static_cast<int64_t>(reg[p]);
+      if (r < 0 || !need_region[r]) continue;
+      const Tap& a = ty[p / W];
+      const Tap& c = tx[p % W];
+      need[a.i0 * fw + c.i0] = need[a.i0 * fw + c.i1] = need[a.i1 * fw + c.i0] = need[a.i1 * fw + c.i1] = 1;
+    }
+    // features (D, fh, fw) -> channels-last float32 for the needed pixels, transposed in
+    // 16-pixel x 64-channel tiles so that the reads and the writes of a tile stay in L1. Every
+    // value is checked for NaN/Inf (status[0] = 2): a float is not finite iff its exponent bits
+    // are all set.
     int32_t feat_bad = 0;
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 4) reduction(max : feat_bad)
     for (int64_t i0 = 0; i0 < FHW; i0 += 16) {
       const int64_t i1 = std::min(FHW, i0 + 16);
+      bool any = false;
+      for (int64_t i = i0; i < i1; ++i) any = any || need[i];
       uint32_t expo_all = 0;
       for (int64_t d0 = 0; d0 < D; d0 += 64) {
         const int64_t d1 = std::min(D, d0 + 64);
         for (int64_t d = d0; d < d1; ++d) {
           const scalar_t* src = features + (b * D + d) * FHW;
-          for (int64_t i = i0; i < i1; ++i) {
-            const float v = static_cast<float>(to_float(src[i]));
-            uint32_t bits;
-            std::memcpy(&bits, &v, sizeof bits);
-            expo_all |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
-            feat[i * D + d] = v;
+          if (any) {
+            for (int64_t i = i0; i < i1; ++i) {
+              const float v = static_cast<float>(to_float(src[i]));
+              uint32_t bits;
+              std::memcpy(&bits, &v, sizeof bits);
+              expo_all |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+              feat[i * D + d] = v;
+            }
+          } else {
+            for (int64_t i = i0; i < i1; ++i) {
+              const float v = static_cast<float>(to_float(src[i]));
+              uint32_t bits;
+              std::memcpy(&bits, &v, sizeof bits);
+              expo_all |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+            }
           }
         }
       }
@@ -471,10 +502,6 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     // ---- expansion ----------------------------------------------------------------------------
     int64_t nexp = 0;
     if (expand) {
-      std::vector<int64_t> pairs;
-      for (auto& v : tpairs) pairs.insert(pairs.end(), v.begin(), v.end());
-      std::sort(pairs.begin(), pairs.end());
-      pairs.erase(std::unique(pairs.begin(), pairs.end()), pairs.end());
       // CSR: unlabeled region -> prototypes of all its labeled neighbours
       std::vector<int64_t> nb_start(R + 1, 0);
       std::vector<int64_t> nb_list;
