@@ -1,21 +1,28 @@
 // Stage-2 pseudo labels from class prototypes (SPEC 3.4), CPU.
 //
-// Per image, in a few passes over the pixels (semantics: mulact/ops/prototype_pseudo_labels.py):
-//   0. (per image) the NaN/Inf check of the logits read and of the features (status[0] = 1 / 2);
-//   1. one pass over the region map: region-id check, labeled/unlabeled adjacency pairs
-//      (4 forward 8-neighbour shifts) and the prototype argmax of log_softmax(logits/tau) per
-//      (labeled region, labeled class), with per-thread partial maxima merged afterwards;
-//   2. prototypes: the upsampled feature at each x*_{r,c}, normalised;
-//   3. localization over the pixels of labeled regions, recording (prototype, similarity);
-//   4. exact lower medians per prototype: counting sort by prototype + nth_element;
-//   5. expansion over the pixels of unlabeled regions that touch a labeled one, against the
-//      prototypes of all their labeled neighbours (a CSR list per unlabeled region).
-// Features are converted once to a channels-last float32 copy at their own (low) resolution;
-// each pixel's feature is interpolated on the fly into a D-float scratch vector, so the
-// (D, H, W) upsampled tensor never exists. Every decision is a deterministic function of
-// per-pixel values, and the partial argmaxes merge by (value, smallest index): the result does
-// not depend on the number of threads or on the (dynamic) schedule, which keeps a shared,
-// oversubscribed CPU from stalling every pass on one descheduled thread.
+// Per image (semantics: mulact/ops/prototype_pseudo_labels.py):
+//   1. one pass over the region map: region-id check, labeled/unlabeled adjacency pairs (four
+//      forward 8-neighbour shifts; pairs sorted + deduplicated afterwards) and the prototype
+//      argmax of log_softmax(logits/tau) per (labeled region, labeled class), evaluated like
+//      region_class_argmax ((z - max) - log1p(sum of the other exps)), with per-thread partial
+//      maxima merged by (larger value, then smaller index). Only labeled pixels' logits are
+//      read, and checked for NaN/Inf (status[0] = 1);
+//   2. features: a contiguous NaN/Inf scan (status[0] = 2), then a channels-last float32 copy
+//      at their own (low) resolution of the pixels anything interpolates from;
+//   3. prototypes: the upsampled feature at each x*_{r,c}, normalised;
+//   4. localization over the pixels of labeled regions, recording (prototype, similarity);
+//   5. exact lower medians per prototype: counting sort by prototype + nth_element;
+//   6. expansion, region by region, over the unlabeled regions touching a labeled one, against
+//      the prototypes of all their labeled neighbours. Bilinear interpolation is linear, so a
+//      per-region table of low-resolution dots bounds every pixel's similarities cheaply; only
+//      pixels within a safe margin of a threshold are evaluated exactly (labels are exactly
+//      those of the direct evaluation).
+// Each pixel's feature is interpolated on the fly (PyTorch's operation order) into a D-float
+// scratch vector, so the (D, H, W) upsampled tensor never exists. The per-pixel hot loops have
+// an AVX2/FMA clone picked at run time. Every decision is a deterministic function of per-pixel
+// values and the partial argmaxes merge order-independently: the result does not depend on the
+// number of threads or on the (dynamic) schedule, which keeps a shared, oversubscribed CPU from
+// stalling every pass on one descheduled thread.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
