@@ -365,3 +365,28 @@ def test_confident_pixels_stay_apart(backend):
     lab[0, 0, 0] = True
     _, info = run(backend, f, lg, reg, lab, temperature=0.1)
     assert info.prototype_index[0, 0, 0] == 2
+
+
+def test_cpp_result_does_not_depend_on_thread_count(tmp_path):
+    # the per-thread argmax partials, adjacency pairs and dynamic schedules must not leak into
+    # the result: rerun in a single-threaded process and compare bit for bit
+    import os
+    import subprocess
+    import sys
+
+    args = make_case(seed=50, B=2, H=40, W=48, R=9, D=16, stride=4, smooth=True)
+    here = prototype_pseudo_labels(*args, backend="cpp", return_info=True)
+    torch.save(args, tmp_path / "case.pt")
+    code = (
+        "import sys, torch\n"
+        "from mulact.ops import prototype_pseudo_labels\n"
+        f"args = torch.load({str(tmp_path / 'case.pt')!r})\n"
+        "out, info = prototype_pseudo_labels(*args, backend='cpp', return_info=True)\n"
+        f"torch.save((out, tuple(info)), {str(tmp_path / 'out.pt')!r})\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    out, info = torch.load(tmp_path / "out.pt")
+    assert torch.equal(out, here[0])
+    for a, b in zip(info, here[1]):
+        assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
