@@ -21,6 +21,12 @@ from .acquisition import (
     selectable,
 )
 from .partial_label_loss import partial_label_loss, partial_label_loss_reference
+from .prototype_pseudo_labels import (
+    PseudoLabelInfo,
+    prototype_pseudo_labels,
+    prototype_pseudo_labels_reference,
+    pseudo_labels_without_prototypes,
+)
 from .prototypical_pixel_loss import prototypical_pixel_loss, prototypical_pixel_loss_reference
 from .region_adjacency import adjacency_csr, neighbor_lists, region_adjacency, region_adjacency_reference
 from .region_class_argmax import region_class_argmax, region_class_argmax_reference
@@ -48,6 +54,9 @@ __all__ = [
     "partial_label_loss", "partial_label_loss_reference",
     "prototypical_pixel_loss", "prototypical_pixel_loss_reference",
     "region_class_argmax", "region_class_argmax_reference",
+    # 3.4
+    "PseudoLabelInfo", "prototype_pseudo_labels", "prototype_pseudo_labels_reference",
+    "pseudo_labels_without_prototypes",
     # 3.5, 3.6
     "adjacency_csr", "neighbor_lists", "region_adjacency", "region_adjacency_reference",
     "RegionLabels", "dominant_labels", "region_labels_from_mask", "region_labels_from_mask_naive",
