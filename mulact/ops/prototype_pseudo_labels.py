@@ -36,11 +36,9 @@ Numerics shared by all backends:
 
 Backends (all deterministic; same labels up to float32 rounding of the similarities):
 
-- ``reference``: pure torch, the test oracle. Prototype pixels come from
-  :func:`_prototype_index_reference` (a private twin of ``region_class_argmax_reference(...,
-  min_classes=1)``, to be swapped for it); adjacency from :func:`_labeled_adjacency_reference`
-  (brute-force 8-neighbour shifts into a dense bool ``(R, R)`` per image, only labeled/unlabeled
-  pairs kept).
+- ``reference``: pure torch, the test oracle, built from the other references: prototype
+  pixels from ``region_class_argmax_reference(..., min_classes=1)`` and adjacency from
+  ``region_adjacency_reference`` (kept as a dense bool ``(R, R)`` of labeled/unlabeled pairs).
 - ``cpp``: ``csrc/prototype_pseudo_labels.cpp``, a few fused passes per image (prototype argmax
   and adjacency pairs in one pass over the region map; expansion with an exact pre-filter).
 - ``triton``: ``kernels/prototype_pseudo_labels.py`` (atomic argmax + adjacency scan, tiled
@@ -70,6 +68,8 @@ from ._validate import (
     new_status,
     raise_on_status,
 )
+from .region_adjacency import region_adjacency_reference
+from .region_class_argmax import region_class_argmax_reference
 
 OP = "prototype_pseudo_labels"
 IGNORE_INDEX = 255
@@ -133,66 +133,15 @@ def _validate(features, logits, regions, region_labels, expand, temperature, che
 # --------------------------------------------------------------------------------------
 # reference (pure torch, vectorised per image)
 # --------------------------------------------------------------------------------------
-def _prototype_index_reference(logits, regions, region_labels, temperature):
-    """``(B, R, C)`` int64 flat index of ``x*_{r,c}``, ``-1`` where undefined.
-
-    ``x*_{r,c} = argmax_{x in r} log_softmax(logits(x) / temperature)_c`` for every ``c`` in
-    ``Y(r)``; ties -> smallest flat index. Identical semantics to
-    ``region_class_argmax_reference(logits, regions, region_labels, temperature,
-    min_classes=1)``, for which this helper can be swapped. Only the logits of pixels of
-    labeled regions are read; NaN/Inf among them raises.
-    """
-    bsz, c, h, w = logits.shape
-    r_count = region_labels.shape[1]
-    hw = h * w
-    labels = region_labels.bool()
-    labeled = labels.any(-1)
-    out = torch.full((bsz, r_count, c), -1, dtype=torch.int64, device=logits.device)
-    for b in range(bsz):
-        reg = regions[b].reshape(-1).long()
-        pix = torch.nonzero((reg >= 0) & labeled[b][reg.clamp_min(0)]).squeeze(1)
-        if pix.numel() == 0:
-            continue
-        z = logits[b].reshape(c, hw)[:, pix].float() / temperature
-        if not bool(torch.isfinite(z).all()):
-            raise ValueError(f"{OP}: `logits` contains NaN or Inf")
-        # log_softmax_c = (z_c - max) - log1p(sum of the other classes' exp(z - max)), as
-        # region_class_argmax evaluates it: with a small temperature, log(sum) of confident
-        # pixels rounds to 0 in float32 and would tie them all
-        top = z.max(0, keepdim=True)
-        rest = torch.exp(z - top.values).scatter(0, top.indices, 0.0).sum(0, keepdim=True)
-        lsm = ((z - top.values) - torch.log1p(rest)).T  # (N, C)
-        r = reg[pix][:, None].expand(-1, c)
-        best = torch.full((r_count, c), float("-inf"), device=logits.device)
-        best = best.scatter_reduce(0, r, lsm, "amax")
-        cand = torch.where(lsm == best.gather(0, r), pix[:, None], hw)
-        idx = torch.full((r_count, c), hw, dtype=torch.int64, device=logits.device)
-        idx = idx.scatter_reduce(0, r, cand, "amin")
-        out[b] = torch.where(labels[b] & (idx < hw), idx, -1)
-    return out
-
-
 def _labeled_adjacency_reference(regions, labeled_b, b):
-    """Bool ``(R, R)``: ``adj[u, l]`` when unlabeled region ``u`` touches labeled region ``l``.
-
-    Brute force over the four forward 8-neighbour shifts (the relation is symmetric).
-    """
-    reg = regions[b].long()
-    h, w = reg.shape
-    r_count = labeled_b.shape[0]
-    adj = torch.zeros((r_count, r_count), dtype=torch.bool, device=reg.device)
-    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
-        if dy >= h or abs(dx) >= w:
-            continue
-        a = reg[: h - dy, max(0, -dx): w - max(0, dx)]
-        q = reg[dy:, max(0, dx): w + min(0, dx)]
-        m = (a >= 0) & (q >= 0) & (a != q)
-        a, q = a[m], q[m]
-        la, lq = labeled_b[a], labeled_b[q]
-        one = la != lq
-        unl = torch.where(la, q, a)[one]
-        lab = torch.where(la, a, q)[one]
-        adj[unl, lab] = True
+    """Bool ``(R, R)``: ``adj[u, l]`` when unlabeled region ``u`` touches labeled region ``l``
+    (the 8-connected edges of :func:`region_adjacency_reference` with one labeled end)."""
+    edges = region_adjacency_reference(regions[b: b + 1], labeled_b.shape[0])[0]
+    u, v = edges.unbind(1)
+    lu, lv = labeled_b[u], labeled_b[v]
+    one = lu != lv
+    adj = torch.zeros((labeled_b.shape[0],) * 2, dtype=torch.bool, device=regions.device)
+    adj[torch.where(lu, v, u)[one], torch.where(lu, u, v)[one]] = True
     return adj
 
 
@@ -215,7 +164,7 @@ def prototype_pseudo_labels_reference(features, logits, regions, region_labels, 
     hw = h * w
     dev = logits.device
     check_region_ids(OP, regions, r_count)
-    proto_index = _prototype_index_reference(logits, regions, region_labels, temperature)
+    proto_index = region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes=1)
     up = F.interpolate(features.float(), size=(h, w), mode="bilinear", align_corners=False)
     d = up.shape[1]
     out = torch.full((bsz, hw), IGNORE_INDEX, dtype=torch.int64, device=dev)
