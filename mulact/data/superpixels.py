@@ -1,0 +1,293 @@
+"""Superpixel maps: SEEDS, SLIC and a regular grid, plus a lossless on-disk cache.
+
+Public API::
+
+    compute_superpixels(image_rgb, method="seeds", region_size=32, **params) -> np.ndarray
+    relabel_contiguous(labels) -> (np.ndarray, int)
+    SuperpixelCache(root, method="seeds", region_size=32, **params)
+        .path(name) / .load(name) / .get(name, image_loader) / .save(name, labels)
+
+Every map is an ``int32`` array of shape ``(H, W)`` with ids ``0..R-1`` covering every pixel
+(no gaps, no negative ids). ``region_size`` is the nominal side of one region in pixels; the
+requested number of regions is ``round(H * W / region_size**2)`` (2048 for a 1024x2048
+Cityscapes image at ``region_size=32``, the paper's setting).
+
+Decisions (SPEC is silent):
+
+* **Disconnected labels are not split.** SEEDS' pixel-level refinement and SLIC can leave a
+  label as several detached fragments. Splitting them would add many tiny regions that each
+  cost a click, and the AL pipeline treats a region as a set of pixels anyway (the oracle,
+  losses and adjacency never assume connectivity). Ids are only made contiguous
+  (:func:`relabel_contiguous`, order of first appearance in sorted id order).
+* **SEEDS input**: the RGB image is converted to HSV and each channel is histogram-equalised
+  (``cv2.equalizeHist``) before SEEDS runs, with ``num_levels=5, prior=3, histogram_bins=10,
+  double_step=True`` and 10 iterations (paper / SPEC §4). OpenCV's SEEDS is deterministic.
+* **SLIC** runs through ``skimage.segmentation.slic`` on the RGB image (``compactness=10``,
+  ``start_label=0``, ``enforce_connectivity=True``), deterministic for a given input.
+* **Grid** ("patch" baseline): ``ceil(H/s) x ceil(W/s)`` blocks of ``s = region_size`` px
+  (the last row/column of blocks may be smaller).
+* **Cache format**: one 16-bit PNG per image (``cv2.imwrite`` of a ``uint16`` array; lossless),
+  so a map must have fewer than 65536 regions (:class:`ValueError` otherwise; use a larger
+  ``region_size``). A ``manifest.json`` in the cache directory records the method and the
+  parameters. A cache whose manifest disagrees with the requested parameters is *refused*
+  (:class:`CacheMismatchError` naming both parameter sets) rather than silently overwritten:
+  maps may have been used for a labelled AL pool already. Use another directory or delete it.
+  All writes are atomic (temporary file in the same directory, then ``os.replace``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+METHODS = ("seeds", "slic", "grid")
+MAX_REGIONS = 65535 + 1  # ids 0..65535 fit a uint16 PNG
+SEEDS_DEFAULTS = {"num_levels": 5, "prior": 3, "histogram_bins": 10, "double_step": True, "iterations": 10}
+SLIC_DEFAULTS = {"compactness": 10.0, "sigma": 0.0, "max_num_iter": 10}
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class CacheMismatchError(RuntimeError):
+    """A superpixel cache directory holds maps computed with other parameters."""
+
+
+def num_regions_for(height: int, width: int, region_size: int) -> int:
+    """Requested region count for an image: ``round(H*W / region_size**2)``, at least 1."""
+    return max(1, int(round(height * width / float(region_size * region_size))))
+
+
+def relabel_contiguous(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map arbitrary integer ids to ``0..R-1`` (sorted order of the original ids).
+
+    Returns ``(int32 map, R)``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"relabel_contiguous: `labels` must be 2-D (H, W), got shape {labels.shape}")
+    uniq, inverse = np.unique(labels, return_inverse=True)
+    return inverse.reshape(labels.shape).astype(np.int32), int(uniq.size)
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"superpixels: `image` must be an (H, W, 3) uint8 RGB array, got shape {image.shape} "
+                         f"dtype {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"superpixels: `image` is empty: shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def _check_region_size(region_size) -> int:
+    if isinstance(region_size, bool) or not isinstance(region_size, (int, np.integer)) or region_size < 1:
+        raise ValueError(f"superpixels: `region_size` must be a positive int (pixels), got {region_size!r}")
+    return int(region_size)
+
+
+def grid_superpixels(height: int, width: int, region_size: int) -> np.ndarray:
+    """Regular ``region_size`` x ``region_size`` blocks, row-major ids."""
+    region_size = _check_region_size(region_size)
+    cols = math.ceil(width / region_size)
+    ys = np.arange(height) // region_size
+    xs = np.arange(width) // region_size
+    return (ys[:, None] * cols + xs[None, :]).astype(np.int32)
+
+
+def seeds_superpixels(image: np.ndarray, region_size: int = 32, *, num_levels: int = 5, prior: int = 3,
+                      histogram_bins: int = 10, double_step: bool = True, iterations: int = 10) -> np.ndarray:
+    """OpenCV SEEDS on the histogram-equalised HSV image (RGB uint8 input)."""
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    n = num_regions_for(h, w, _check_region_size(region_size))
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    hsv = cv2.merge([cv2.equalizeHist(c) for c in cv2.split(hsv)])
+    seeds = cv2.ximgproc.createSuperpixelSEEDS(w, h, 3, n, num_levels, prior, histogram_bins, double_step)
+    seeds.iterate(hsv, iterations)
+    return relabel_contiguous(seeds.getLabels())[0]
+
+
+def slic_superpixels(image: np.ndarray, region_size: int = 32, *, compactness: float = 10.0, sigma: float = 0.0,
+                     max_num_iter: int = 10) -> np.ndarray:
+    """scikit-image SLIC on the RGB image."""
+    from skimage.segmentation import slic
+
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    n = num_regions_for(h, w, _check_region_size(region_size))
+    labels = slic(image, n_segments=n, compactness=compactness, sigma=sigma, max_num_iter=max_num_iter,
+                  start_label=0, enforce_connectivity=True, channel_axis=-1)
+    return relabel_contiguous(labels)[0]
+
+
+def default_params(method: str) -> dict:
+    if method == "seeds":
+        return dict(SEEDS_DEFAULTS)
+    if method == "slic":
+        return dict(SLIC_DEFAULTS)
+    if method == "grid":
+        return {}
+    raise ValueError(f"superpixels: `method` must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def compute_superpixels(image: np.ndarray, method: str = "seeds", region_size: int = 32, **params) -> np.ndarray:
+    """Superpixel map of an RGB uint8 image: ``int32 (H, W)``, contiguous ids ``0..R-1``.
+
+    ``params`` override the method's defaults (:data:`SEEDS_DEFAULTS`, :data:`SLIC_DEFAULTS`).
+
+    Example::
+
+        >>> img = np.zeros((64, 128, 3), np.uint8)
+        >>> sp = compute_superpixels(img, "grid", region_size=32)
+        >>> sp.shape, int(sp.max()) + 1
+        ((64, 128), 8)
+    """
+    full = default_params(method)
+    unknown = set(params) - set(full)
+    if unknown:
+        raise ValueError(f"superpixels: unknown parameter(s) {sorted(unknown)} for method {method!r}; "
+                         f"expected some of {sorted(full)}")
+    full.update(params)
+    if method == "grid":
+        image = _check_image(image)
+        return grid_superpixels(image.shape[0], image.shape[1], region_size)
+    if method == "seeds":
+        return seeds_superpixels(image, region_size, **full)
+    return slic_superpixels(image, region_size, **full)
+
+
+# ---------------------------------------------------------------------------------------- cache
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def encode_png16(labels: np.ndarray) -> bytes:
+    """Lossless 16-bit PNG bytes of a contiguous map; raises if R >= 65536."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"superpixels: map must be 2-D, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= MAX_REGIONS):
+        raise ValueError(f"superpixels: a 16-bit PNG holds region ids 0..65535, got ids in "
+                         f"[{labels.min()}, {labels.max()}]; use a larger region_size")
+    ok, buf = cv2.imencode(".png", labels.astype(np.uint16))
+    if not ok:
+        raise RuntimeError("superpixels: cv2.imencode failed for a 16-bit PNG")
+    return buf.tobytes()
+
+
+def read_png16(path: str | os.PathLike) -> np.ndarray:
+    """Read a cached map as ``int32 (H, W)``; raises ``ValueError`` if unreadable."""
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 2 or arr.dtype != np.uint16:
+        raise ValueError(f"superpixels: {path} is not a single-channel 16-bit PNG superpixel map")
+    return arr.astype(np.int32)
+
+
+def validate_map(labels: np.ndarray, shape: tuple[int, int] | None = None) -> int:
+    """Check a map is contiguous ``0..R-1`` (and of ``shape``); return R."""
+    if labels.ndim != 2 or (shape is not None and tuple(labels.shape) != tuple(shape)):
+        raise ValueError(f"superpixels: map has shape {labels.shape}, expected {shape}")
+    present = np.unique(labels)
+    if present.size == 0 or present[0] != 0 or present[-1] != present.size - 1:
+        raise ValueError("superpixels: map ids are not contiguous 0..R-1")
+    return int(present.size)
+
+
+class SuperpixelCache:
+    """A directory of cached maps ``<root>/<name>.png`` with a ``manifest.json``.
+
+    ``name`` is a relative path without extension (e.g. ``"aachen/aachen_000000_000019"``).
+    The manifest is written on the first save; opening a cache whose manifest records other
+    parameters raises :class:`CacheMismatchError`.
+    """
+
+    def __init__(self, root: str | os.PathLike, method: str = "seeds", region_size: int = 32, **params):
+        full = default_params(method)
+        unknown = set(params) - set(full)
+        if unknown:
+            raise ValueError(f"superpixels: unknown parameter(s) {sorted(unknown)} for method {method!r}")
+        full.update(params)
+        self.root = Path(root)
+        self.method = method
+        self.region_size = _check_region_size(region_size)
+        self.params = full
+        self._manifest_checked = False
+        self.check_manifest()
+
+    @property
+    def manifest(self) -> dict:
+        return {"format": FORMAT_VERSION, "method": self.method, "region_size": self.region_size,
+                "params": self.params, "dtype": "uint16-png", "max_regions": MAX_REGIONS}
+
+    def check_manifest(self) -> None:
+        """Raise :class:`CacheMismatchError` if the directory holds maps of other parameters."""
+        path = self.root / MANIFEST
+        if not path.exists():
+            return
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CacheMismatchError(f"superpixel cache {self.root}: unreadable {MANIFEST} ({exc}); "
+                                     "delete the directory to recompute") from exc
+        want = json.loads(json.dumps(self.manifest))  # normalise tuples/ints like the stored file
+        keys = ("format", "method", "region_size", "params")
+        if any(found.get(k) != want[k] for k in keys):
+            raise CacheMismatchError(
+                f"superpixel cache {self.root} was computed with "
+                f"{ {k: found.get(k) for k in keys} } but { {k: want[k] for k in keys} } was requested; "
+                "use another cache directory or delete this one to recompute")
+        self._manifest_checked = True
+
+    def write_manifest(self) -> None:
+        path = self.root / MANIFEST
+        if path.exists():
+            self.check_manifest()
+            return
+        _atomic_write_bytes(path, (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode())
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def load(self, name: str) -> np.ndarray:
+        """The cached map (``int32 (H, W)``); ``FileNotFoundError`` if absent."""
+        return read_png16(self.path(name))
+
+    def save(self, name: str, labels: np.ndarray) -> None:
+        self.write_manifest()
+        _atomic_write_bytes(self.path(name), encode_png16(labels))
+
+    def compute(self, image: np.ndarray) -> np.ndarray:
+        return compute_superpixels(image, self.method, self.region_size, **self.params)
+
+    def get(self, name: str, image_loader: Callable[[], np.ndarray]) -> np.ndarray:
+        """Load the cached map, or compute it from ``image_loader()`` (RGB uint8) and cache it."""
+        p = self.path(name)
+        if p.exists():
+            try:
+                return read_png16(p)
+            except ValueError:
+                pass  # a foreign/corrupt file: recompute and overwrite atomically below
+        labels = self.compute(image_loader())
+        self.save(name, labels)
+        return labels
