@@ -14,3 +14,6 @@ __all__ = [
     "resolve_backend",
     "triton_available",
 ]
+from .region_uncertainty_stats import RegionUncertaintyStats, region_uncertainty_stats, region_uncertainty_stats_reference
+
+__all__ += ["RegionUncertaintyStats", "region_uncertainty_stats", "region_uncertainty_stats_reference"]

@@ -1,0 +1,243 @@
+// Acquisition statistics in one pass over the logits (SPEC 3.2), CPU.
+//
+// Work unit: a block of BLK consecutive pixels of one image. A block is loaded once (all C
+// class planes, each a contiguous run of BLK values) into a small scratch buffer that stays in
+// L1; top-1/top-2, the softmax denominator, the pixel uncertainty and the block's softmax sum
+// are then computed with loops that run *along pixels*, which the compiler vectorises (the
+// exponential is a branch-free polynomial for that reason). Only the scatter of (u, 1) into
+// the (R, C) accumulators is scalar.
+//
+// Determinism: thread t owns a contiguous, statically assigned range of blocks and its own
+// partial accumulators for the images that range touches; partials are summed in thread order.
+// Counts and top-1 assignment are exact; float sums are bitwise reproducible for a fixed
+// thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+#include "registry.h"
+
+namespace mulact {
+namespace {
+
+enum Measure : int { kBvsb = 0, kMargin = 1, kEntropy = 2, kLeastConfidence = 3 };
+
+constexpr int64_t kBlock = 128;
+
+// exp(x) for x <= 0 (softmax numerators after subtracting the max): range reduction to
+// [-ln2/2, ln2/2] plus a degree-6 polynomial (Cephes expf coefficients), ~1 ulp. Branch-free
+// so loops over pixels vectorise; x below the float range returns exactly 0.
+inline float exp_nonpos(float x) {
+  const float lo = -87.3365447f;
+  const bool under = x < lo;
+  x = x < lo ? lo : x;
+  const float log2e = 1.44269504088896341f;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  float k = (x * log2e + magic) - magic;
+  float r = x - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t e = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, sizeof scale);
+  y *= scale;
+  return under ? 0.0f : y;
+}
+inline double exp_nonpos(double x) { return std::exp(x); }
+
+template <typename A>
+struct Partial {
+  int64_t b_lo = 0, b_hi = -1;  // images [b_lo, b_hi] touched by this thread's blocks
+  std::vector<A> u;             // (b_hi - b_lo + 1, R, C)
+  std::vector<int32_t> n;       // same shape
+  std::vector<double> prob;     // (C,)
+  int64_t pixels = 0;
+  int64_t bad_id = -1;
+  bool nonfinite = false;
+};
+
+template <typename T, typename I>
+void stats_cpu(const T* x, const I* reg, int64_t B, int64_t C, int64_t N, int64_t R, double inv_t_d,
+               int measure, float* u_out, int32_t* n_out, float* prob_out, int32_t* status, int64_t* pixels_out) {
+  using A = typename Acc<T>::type;
+  const A inv_t = static_cast<A>(inv_t_d);
+  const A neg_inf = -std::numeric_limits<A>::infinity();
+  const int64_t blocks_per_image = (N + kBlock - 1) / kBlock;
+  const int64_t total = B * blocks_per_image;
+  const int64_t RC = R * C;
+  const int T_max = num_threads();
+  std::vector<Partial<A>> parts(T_max);
+  int used_threads = 1;
+
+#pragma omp parallel num_threads(T_max)
+  {
+    const int tid = thread_id();
+#ifdef _OPENMP
+    const int nt = omp_get_num_threads();
+#else
+    const int nt = 1;
+#endif
+#pragma omp single
+    used_threads = nt;
+    Partial<A>& P = parts[tid];
+    const int64_t q0 = total * tid / nt, q1 = total * (tid + 1) / nt;
+    P.prob.assign(C, 0.0);
+    if (q0 < q1) {
+      P.b_lo = q0 / blocks_per_image;
+      P.b_hi = (q1 - 1) / blocks_per_image;
+      P.u.assign((P.b_hi - P.b_lo + 1) * RC, A(0));
+      P.n.assign((P.b_hi - P.b_lo + 1) * RC, 0);
+    }
+    std::vector<A> z(C * kBlock);
+    std::vector<A> prob_blk(C);
+    alignas(64) A m1[kBlock], m2[kBlock], s[kBlock], ent[kBlock], chk[kBlock], w[kBlock], u[kBlock];
+    alignas(64) int32_t top[kBlock];
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / blocks_per_image;
+      const int64_t p0 = (q % blocks_per_image) * kBlock;
+      const int64_t n = std::min(kBlock, N - p0);
+      const T* xb = x + b * C * N + p0;
+      const I* rb = reg + b * N + p0;
+      for (int64_t i = 0; i < n; ++i) { m1[i] = neg_inf; m2[i] = neg_inf; top[i] = 0; chk[i] = A(0); }
+      // Load + top-2. Strict `>` keeps the smaller class on ties.
+      for (int64_t c = 0; c < C; ++c) {
+        const T* row = xb + c * N;
+        A* zc = z.data() + c * kBlock;
+        const int32_t ci = static_cast<int32_t>(c);
+        for (int64_t i = 0; i < n; ++i) {
+          const A v = static_cast<A>(to_float(row[i])) * inv_t;
+          zc[i] = v;
+          chk[i] += v * A(0);  // NaN iff some logit of the pixel is NaN or +-Inf
+          const bool gt = v > m1[i];
+          m2[i] = gt ? m1[i] : (v > m2[i] ? v : m2[i]);
+          top[i] = gt ? ci : top[i];
+          m1[i] = gt ? v : m1[i];
+        }
+      }
+      for (int64_t i = 0; i < n; ++i) { s[i] = A(0); ent[i] = A(0); }
+      if (measure == kEntropy) {
+        for (int64_t c = 0; c < C; ++c) {
+          A* zc = z.data() + c * kBlock;
+          for (int64_t i = 0; i < n; ++i) {
+            const A d = zc[i] - m1[i];
+            const A e = exp_nonpos(d);
+            zc[i] = e;
+            s[i] += e;
+            ent[i] += e * d;
+          }
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          A* zc = z.data() + c * kBlock;
+          for (int64_t i = 0; i < n; ++i) {
+            const A e = exp_nonpos(zc[i] - m1[i]);
+            zc[i] = e;
+            s[i] += e;
+          }
+        }
+      }
+      bool bad_value = false;
+      for (int64_t i = 0; i < n; ++i) bad_value |= !(chk[i] == A(0));
+      if (bad_value) P.nonfinite = true;
+      // Per-pixel uncertainty; p_b = 1 / s because the top-1 numerator is exp(0).
+      for (int64_t i = 0; i < n; ++i) {
+        const A inv_s = A(1) / s[i];
+        const A e2 = exp_nonpos(m2[i] - m1[i]);  // p_sb / p_b; 0 when C == 1 (m2 = -inf)
+        A val;
+        switch (measure) {
+          case kBvsb: val = e2; break;
+          case kMargin: val = A(1) - (A(1) - e2) * inv_s; break;
+          case kEntropy: val = std::log(s[i]) - ent[i] * inv_s; break;
+          default: val = A(1) - inv_s; break;
+        }
+        u[i] = val;
+        w[i] = rb[i] >= 0 ? inv_s : A(0);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const A* zc = z.data() + c * kBlock;
+        A acc = A(0);
+        for (int64_t i = 0; i < n; ++i) acc += zc[i] * w[i];
+        P.prob[c] += static_cast<double>(acc);
+      }
+      A* ub = P.u.data() + (b - P.b_lo) * RC;
+      int32_t* nb = P.n.data() + (b - P.b_lo) * RC;
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = static_cast<int64_t>(rb[i]);
+        if (id < 0) continue;
+        if (id >= R) {
+          P.bad_id = std::max(P.bad_id, id);
+          continue;
+        }
+        const int64_t k = id * C + top[i];
+        ub[k] += u[i];
+        nb[k] += 1;
+        ++P.pixels;
+      }
+    }
+#pragma omp barrier
+    // Fixed-order reduction of the partials, parallel over (image, region, class) entries.
+#pragma omp for schedule(static)
+    for (int64_t e = 0; e < B * RC; ++e) {
+      const int64_t b = e / RC, k = e % RC;
+      A su = A(0);
+      int32_t sn = 0;
+      for (int t = 0; t < nt; ++t) {
+        const Partial<A>& Q = parts[t];
+        if (b < Q.b_lo || b > Q.b_hi) continue;
+        su += Q.u[(b - Q.b_lo) * RC + k];
+        sn += Q.n[(b - Q.b_lo) * RC + k];
+      }
+      u_out[e] = static_cast<float>(su);
+      n_out[e] = sn;
+    }
+  }
+  int64_t pixels = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    double acc = 0.0;
+    for (int t = 0; t < used_threads; ++t) acc += parts[t].prob[c];
+    prob_out[c] = static_cast<float>(acc);
+  }
+  for (int t = 0; t < used_threads; ++t) {
+    pixels += parts[t].pixels;
+    if (parts[t].nonfinite) status[0] = 1;
+    if (parts[t].bad_id >= 0) {
+      const int64_t clipped = std::min<int64_t>(parts[t].bad_id, std::numeric_limits<int32_t>::max());
+      status[1] = std::max<int32_t>(status[1], static_cast<int32_t>(clipped));
+    }
+  }
+  *pixels_out = pixels;
+}
+
+int64_t forward(std::uintptr_t logits, int dtype, std::uintptr_t regions, int index_dtype, int64_t B, int64_t C,
+                int64_t N, int64_t R, double inv_t, int measure, std::uintptr_t u_sum, std::uintptr_t count,
+                std::uintptr_t prob_sum, std::uintptr_t status) {
+  if (measure < kBvsb || measure > kLeastConfidence) fail("region_uncertainty_stats: unknown measure code");
+  int64_t pixels = 0;
+  MULACT_DISPATCH_FLOAT(dtype, "region_uncertainty_stats", [&] {
+    MULACT_DISPATCH_INDEX(index_dtype, "region_uncertainty_stats", [&] {
+      stats_cpu<scalar_t, index_t>(ptr<const scalar_t>(logits), ptr<const index_t>(regions), B, C, N, R, inv_t,
+                                   measure, ptr<float>(u_sum), ptr<int32_t>(count), ptr<float>(prob_sum),
+                                   ptr<int32_t>(status), &pixels);
+    });
+  });
+  return pixels;
+}
+
+}  // namespace
+}  // namespace mulact
+
+MULACT_REGISTER(region_uncertainty_stats) {
+  m.def("region_uncertainty_stats_forward", &mulact::forward,
+        "One pass over (B, C, N) logits: per-(image, region, top-1 class) uncertainty sums and counts, "
+        "softmax sums over valid pixels; returns the number of valid pixels.",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
+}

@@ -1,0 +1,95 @@
+"""Triton kernel of ``region_uncertainty_stats``: one pass over the logits.
+
+One program owns a tile of ``BLOCK`` pixels × ``C_PAD`` classes of one image. Loads run along
+pixels (the contiguous axis of ``(B, C, H, W)``), so each class row is a coalesced read; the
+softmax, top-1/top-2 and the pixel uncertainty stay in registers. The tile's softmax sum is
+reduced in-register and added to ``prob_sum`` with one atomic per class (per-block
+pre-aggregation); ``u`` and the count go to ``(B, R, C)`` with one atomic per valid pixel.
+Region ids ``>= R`` and non-finite logits are reported through the shared status buffer.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+MEASURE_CODES = {"bvsb": 0, "margin": 1, "entropy": 2, "least_confidence": 3}
+
+
+@triton.jit
+def _region_uncertainty_stats_kernel(
+    x_ptr, reg_ptr, u_ptr, n_ptr, prob_ptr, status_ptr,
+    C, N, R, inv_t,
+    MEASURE: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC_FP64: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pmask = offs < N
+    cls = tl.arange(0, C_PAD)
+    cmask = cls < C
+    tile_mask = cmask[:, None] & pmask[None, :]
+    x = tl.load(x_ptr + b * C * N + cls[:, None].to(tl.int64) * N + offs[None, :], mask=tile_mask, other=0.0)
+    if ACC_FP64:
+        z = x.to(tl.float64) * inv_t
+    else:
+        z = x.to(tl.float32) * inv_t
+
+    # (z - z) is NaN exactly when z is NaN or +-Inf.
+    nonfinite = tl.sum(tl.sum((tile_mask & ((z - z) != 0)).to(tl.int32), axis=1), axis=0)
+    if nonfinite > 0:
+        tl.atomic_max(status_ptr, 1)
+
+    zm = tl.where(cmask[:, None], z, float("-inf"))
+    m1 = tl.max(zm, axis=0)
+    top = tl.argmax(zm, axis=0, tie_break_left=True)
+    m2 = tl.max(tl.where(cls[:, None] == top[None, :], float("-inf"), zm), axis=0)
+    d = tl.where(cmask[:, None], zm - m1[None, :], 0.0)  # padded classes: 0, not -inf, so e * d stays finite
+    e = tl.where(cmask[:, None], tl.exp(d), 0.0)
+    s = tl.sum(e, axis=0)
+    inv_s = 1.0 / s
+    if MEASURE == 0:  # bvsb: p_sb / p_b; 0 for C == 1 (m2 = -inf)
+        u = tl.exp(m2 - m1)
+    elif MEASURE == 1:  # margin: 1 - (p_b - p_sb)
+        u = 1.0 - (1.0 - tl.exp(m2 - m1)) * inv_s
+    elif MEASURE == 2:  # entropy: log s - sum_c e_c d_c / s
+        u = tl.log(s) - tl.sum(e * d, axis=0) * inv_s
+    else:  # least confidence: 1 - p_b
+        u = 1.0 - inv_s
+
+    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1)
+    bad = pmask & (ids >= R)
+    worst = tl.max(tl.where(bad, ids, -1), axis=0)
+    if worst >= 0:
+        tl.atomic_max(status_ptr + 1, tl.minimum(worst, 2147483647).to(tl.int32))
+    valid = pmask & (ids >= 0) & (ids < R)
+
+    w = tl.where(valid, inv_s, 0.0)
+    tl.atomic_add(prob_ptr + cls, tl.sum(e * w[None, :], axis=1), mask=cmask)
+
+    slot = (b * R + ids.to(tl.int64)) * C + top
+    tl.atomic_add(u_ptr + slot, u, mask=valid)
+    tl.atomic_add(n_ptr + slot, tl.full([BLOCK], 1, tl.int32), mask=valid)
+
+
+def region_uncertainty_stats_triton(logits: torch.Tensor, regions: torch.Tensor, num_regions: int, inv_t: float,
+                                    measure: str, status: torch.Tensor):
+    """Launch on contiguous ``logits (B, C, H, W)`` and ``regions (B, H, W)``; returns
+    ``(u_sum float32 (B, R, C), count int32 (B, R, C), prob_sum float32 (C,))``."""
+    B, C, H, W = logits.shape
+    N = H * W
+    R = num_regions
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    u = torch.zeros(B, R, C, dtype=acc, device=logits.device)
+    n = torch.zeros(B, R, C, dtype=torch.int32, device=logits.device)
+    prob = torch.zeros(C, dtype=acc, device=logits.device)
+    if B * N > 0 and C > 0:
+        c_pad = triton.next_power_of_2(C)
+        block = max(16, min(256, 4096 // c_pad))
+        grid = (triton.cdiv(N, block), B)
+        _region_uncertainty_stats_kernel[grid](
+            logits, regions, u, n, prob, status, C, N, R, inv_t,
+            MEASURE=MEASURE_CODES[measure], C_PAD=c_pad, BLOCK=block, ACC_FP64=acc == torch.float64,
+            num_warps=4,
+        )
+    return u.to(torch.float32), n, prob.to(torch.float32)

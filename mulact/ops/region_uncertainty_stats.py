@@ -1,0 +1,195 @@
+"""Acquisition statistics in one pass over the logits (SPEC §3.2).
+
+For every image b, region r and class c this op returns the sum of the pixel uncertainty
+u(x) over the pixels of r whose top-1 class is c, the number of those pixels, and, over the
+whole batch, the sum of the softmax probabilities of every pixel that belongs to a region.
+Every region-level acquisition function (BvSB, PixBal, ClassBal, ...) is a cheap function of
+these ``(B, R, C)`` tensors: see :mod:`mulact.ops.acquisition`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import _validate as V
+from ._backend import resolve_backend
+from ._cpp import code, ext, index_tensor, ptr
+
+OP = "region_uncertainty_stats"
+MEASURES = ("bvsb", "margin", "entropy", "least_confidence")
+
+
+class RegionUncertaintyStats(NamedTuple):
+    """Output of :func:`region_uncertainty_stats`.
+
+    Attributes:
+        u_sum: ``(B, R, C)`` float32 — sum of u(x) over the pixels of region r whose top-1
+            class is c.
+        count: ``(B, R, C)`` int32 — number of those pixels.
+        prob_sum: ``(C,)`` float32 — sum of softmax(z) over every pixel with a region id >= 0,
+            summed over the batch.
+        num_pixels: int — number of pixels with a region id >= 0 (= ``count.sum()``).
+    """
+
+    u_sum: torch.Tensor
+    count: torch.Tensor
+    prob_sum: torch.Tensor
+    num_pixels: int
+
+
+def _check(logits, regions, num_regions, temperature, measure) -> float:
+    V.check_regions(OP, regions, num_regions)
+    V.check_logits(OP, logits, regions)
+    V.check_choice(OP, "measure", measure, MEASURES)
+    return V.check_temperature(OP, temperature)
+
+
+def _inv_t(temperature: float, dtype: torch.dtype) -> float:
+    """1/τ rounded to the computation dtype, so every backend multiplies by the same number."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return float(torch.tensor(1.0 / temperature, dtype=torch.float64).to(acc))
+
+
+def pixel_uncertainty(logits: torch.Tensor, temperature: float = 1.0, measure: str = "bvsb"):
+    """Per-pixel ``(u, top1, p)`` of ``(B, C, H, W)`` logits: u ``(B, H, W)`` in float32
+    (float64 for float64 logits), top-1 class ``(B, H, W)`` int64 (ties → smaller class) and
+    the softmax ``p (B, C, H, W)``.
+
+    Pure torch; the building block of :func:`region_uncertainty_stats_reference`.
+    """
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(acc) * _inv_t(temperature, logits.dtype)
+    top1 = z.argmax(dim=1)  # first maximal index on ties
+    m1 = z.gather(1, top1.unsqueeze(1)).squeeze(1)
+    C = z.shape[1]
+    if C > 1:
+        m2 = z.scatter(1, top1.unsqueeze(1), float("-inf")).amax(dim=1)
+    else:
+        m2 = torch.full_like(m1, float("-inf"))
+    logp = torch.log_softmax(z, dim=1)
+    p = logp.exp()
+    p_b = torch.exp(-torch.logsumexp(z - m1.unsqueeze(1), dim=1))
+    if measure == "bvsb":
+        u = torch.exp(m2 - m1)
+    elif measure == "margin":
+        u = 1.0 - (p_b - p_b * torch.exp(m2 - m1))
+    elif measure == "entropy":
+        u = -(p * logp).sum(dim=1)
+    elif measure == "least_confidence":
+        u = 1.0 - p_b
+    else:
+        raise ValueError(f"{OP}: `measure` must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
+    return u, top1, p
+
+
+def region_uncertainty_stats_reference(logits: torch.Tensor, regions: torch.Tensor, num_regions: int,
+                                       temperature: float = 1.0, measure: str = "bvsb") -> RegionUncertaintyStats:
+    """Pure-torch oracle of :func:`region_uncertainty_stats` (materialises softmax)."""
+    temperature = _check(logits, regions, num_regions, temperature, measure)
+    V.check_region_ids(OP, regions, num_regions)
+    V.check_finite(OP, "logits", logits)
+    B, C, H, W = logits.shape
+    R = num_regions
+    u, top1, p = pixel_uncertainty(logits, temperature, measure)
+    ids = regions.reshape(B, -1).long()
+    valid = ids >= 0
+    bidx = torch.arange(B, device=logits.device).unsqueeze(1).expand_as(ids)
+    slot = ((bidx * R + ids) * C + top1.reshape(B, -1))[valid]
+    u_sum = torch.zeros(B * R * C, dtype=u.dtype, device=logits.device)
+    u_sum.index_add_(0, slot, u.reshape(B, -1)[valid])
+    count = torch.zeros(B * R * C, dtype=torch.int64, device=logits.device)
+    count.index_add_(0, slot, torch.ones_like(slot))
+    prob_sum = p.permute(0, 2, 3, 1).reshape(B, -1, C)[valid].sum(dim=0)
+    return RegionUncertaintyStats(
+        u_sum.view(B, R, C).to(torch.float32),
+        count.view(B, R, C).to(torch.int32),
+        prob_sum.to(torch.float32),
+        int(valid.sum()),
+    )
+
+
+def _cpp(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintyStats:
+    B, C, H, W = logits.shape
+    x = logits.contiguous()
+    reg = index_tensor(regions)
+    u = torch.empty(B, num_regions, C, dtype=torch.float32)
+    n = torch.empty(B, num_regions, C, dtype=torch.int32)
+    prob = torch.empty(C, dtype=torch.float32)
+    status = V.new_status(logits.device)
+    pixels = ext().region_uncertainty_stats_forward(
+        ptr(x), code(x), ptr(reg), code(reg), B, C, H * W, num_regions, inv_t, MEASURES.index(measure),
+        ptr(u), ptr(n), ptr(prob), ptr(status))
+    V.raise_on_status(OP, status, num_regions)
+    return RegionUncertaintyStats(u, n, prob, int(pixels))
+
+
+def _triton(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintyStats:
+    from mulact.kernels.region_uncertainty_stats import region_uncertainty_stats_triton
+
+    status = V.new_status(logits.device)
+    u, n, prob = region_uncertainty_stats_triton(logits.contiguous(), index_tensor(regions), num_regions, inv_t,
+                                                 measure, status)
+    V.raise_on_status(OP, status, num_regions)
+    return RegionUncertaintyStats(u, n, prob, int(n.sum()))
+
+
+@torch.no_grad()
+def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_regions: int,
+                             temperature: float = 1.0, measure: str = "bvsb", *,
+                             backend: str | None = None) -> RegionUncertaintyStats:
+    """Per-region acquisition statistics from one pass over the logits.
+
+    With ``z = logits · (1/τ)`` (1/τ rounded to the computation dtype), ``p = softmax(z)`` over
+    classes, ``b`` the top-1 class (ties → smaller class) and ``sb`` the runner-up, the pixel
+    uncertainty ``u(x)`` is, by ``measure``:
+
+    * ``"bvsb"``: ``p_sb / p_b = exp(z_sb − z_b)`` (Eq. 2; 1 = maximally uncertain);
+    * ``"margin"``: ``1 − (p_b − p_sb)``;
+    * ``"entropy"``: ``−Σ_c p_c log p_c``;
+    * ``"least_confidence"``: ``1 − p_b``.
+
+    With one class (C = 1) there is no runner-up: ``p_sb = 0``, so bvsb, margin, entropy and
+    least confidence are all 0 (a one-class model is certain).
+
+    Args:
+        logits: ``(B, C, H, W)`` float32 / float16 / bfloat16 / float64. Computation is in
+            float32 (float64 for float64 logits). Every logit must be finite, including those
+            of pixels with a negative id (the check runs inside the same pass).
+        regions: ``(B, H, W)`` integer region ids in ``[0, R)``; a negative id excludes the
+            pixel from every output. An id ``>= R`` raises ``ValueError``.
+        num_regions: R.
+        temperature: τ > 0.
+        measure: one of ``"bvsb"``, ``"margin"``, ``"entropy"``, ``"least_confidence"``.
+        backend: ``"reference"``, ``"cpp"`` or ``"triton"``; default by device (see
+            :func:`mulact.ops.resolve_backend`).
+
+    Returns:
+        :class:`RegionUncertaintyStats` ``(u_sum (B, R, C) float32, count (B, R, C) int32,
+        prob_sum (C,) float32, num_pixels int)``. The region mean uncertainty is
+        ``u_sum.sum(-1) / count.sum(-1)``; the mean softmax probability over the pixels seen is
+        ``prob_sum / num_pixels`` (PixBal's P(c), Eq. 3).
+
+    No autograd: acquisition runs under ``torch.no_grad()`` and this op is decorated with it,
+    so the outputs never require grad.
+
+    Determinism: top-1 assignment and ``count`` are exact on every backend. The C++ backend
+    reduces per-thread partial sums in thread order (bitwise reproducible for a fixed thread
+    count). On CUDA, ``u_sum`` and ``prob_sum`` are accumulated with float atomics, so they are
+    not bitwise reproducible across runs (differences are rounding-level).
+
+    Example:
+        >>> logits = torch.randn(2, 19, 64, 64)
+        >>> regions = torch.randint(0, 16, (2, 64, 64))
+        >>> st = region_uncertainty_stats(logits, regions, 16)
+        >>> st.u_sum.shape, st.count.shape, st.prob_sum.shape, st.num_pixels
+        (torch.Size([2, 16, 19]), torch.Size([2, 16, 19]), torch.Size([19]), 8192)
+    """
+    temperature = _check(logits, regions, num_regions, temperature, measure)
+    which = resolve_backend(OP, logits.device, backend)
+    if which == "reference":
+        return region_uncertainty_stats_reference(logits, regions, num_regions, temperature, measure)
+    inv_t = _inv_t(temperature, logits.dtype)
+    if which == "cpp":
+        return _cpp(logits, regions, num_regions, inv_t, measure)
+    return _triton(logits, regions, num_regions, inv_t, measure)
