@@ -37,7 +37,9 @@ class TrainConfig:
     data_root: str | None = field(default=None, metadata={"help": "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is cached (default <run_dir>/demo_data)"})
     superpixel_dir: str | None = field(default=None, metadata={"help": "where superpixel maps are read/cached (default: dataset's own cache location)"})
     superpixel_method: str = field(default="seeds", metadata={"help": "'seeds' or 'slic'"})
-    num_superpixels: int = field(default=2048, metadata={"help": "superpixels per image (Cityscapes ~2048 = 32x32 px, VOC 150)"})
+    region_size: int = field(default=32, metadata={"help": "superpixel size in pixels (32: ~32x32 regions, ~2048 per Cityscapes image)"})
+    demo_train_images: int = field(default=200, metadata={"help": "demo dataset: number of generated training images (128x256)"})
+    demo_val_images: int = field(default=50, metadata={"help": "demo dataset: number of generated validation images"})
     max_train_images: int | None = field(default=None, metadata={"help": "use only the first N training images (debugging)"})
     max_val_images: int | None = field(default=None, metadata={"help": "evaluate on the first N validation images only (debugging)"})
     crop_size: int = field(default=769, metadata={"help": "square training crop after random scaling"})
@@ -93,7 +95,7 @@ class TrainConfig:
         one_of("pseudo", ("prototype", "confident"))
         one_of("superpixel_method", ("seeds", "slic"))
         for name in ("rounds", "budget", "iterations", "batch_size", "acquisition_batch_size",
-                     "eval_batch_size", "num_superpixels", "crop_size"):
+                     "eval_batch_size", "region_size", "crop_size", "demo_train_images", "demo_val_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.batch_size < 2:
@@ -118,7 +120,7 @@ PRESETS: dict[str, dict] = {
         name="cityscapes", dataset="cityscapes", encoder="resnet50", encoder_weights="imagenet",
         decoder_channels=256, rounds=5, budget=100_000, acquisition="pixbal", labeling="multi",
         nu=6.0, iterations=80_000, batch_size=4, crop_size=769, scale_min=0.5, scale_max=2.0,
-        lr=2e-3, lr_stage2=4e-3, weight_decay=1e-5, num_superpixels=2048, superpixel_method="seeds",
+        lr=2e-3, lr_stage2=4e-3, weight_decay=1e-5, region_size=32, superpixel_method="seeds",
         eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4,
         acquisition_batch_size=4, eval_batch_size=1,
     ),
@@ -126,7 +128,7 @@ PRESETS: dict[str, dict] = {
         name="voc", dataset="voc", encoder="resnet50", encoder_weights="imagenet",
         decoder_channels=256, rounds=5, budget=10_000, acquisition="pixbal", labeling="multi",
         nu=12.0, iterations=30_000, batch_size=12, crop_size=513, scale_min=0.5, scale_max=2.0,
-        lr=1e-3, lr_stage2=1e-3, weight_decay=1e-5, num_superpixels=150, superpixel_method="seeds",
+        lr=1e-3, lr_stage2=1e-3, weight_decay=1e-5, region_size=32, superpixel_method="seeds",
         eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4,
         acquisition_batch_size=8, eval_batch_size=1,
     ),
@@ -135,7 +137,7 @@ PRESETS: dict[str, dict] = {
         name="demo", dataset="demo", encoder="resnet18", encoder_weights=None,
         decoder_channels=64, rounds=4, budget=400, acquisition="pixbal", labeling="multi",
         nu=6.0, iterations=150, batch_size=4, crop_size=128, scale_min=0.75, scale_max=1.5,
-        lr=4e-3, lr_stage2=4e-3, weight_decay=1e-5, num_superpixels=128, superpixel_method="seeds",
+        lr=4e-3, lr_stage2=4e-3, weight_decay=1e-5, region_size=16, superpixel_method="seeds",
         eval_interval=0, checkpoint_interval=50, stage2=False, num_workers=0,
         acquisition_batch_size=8, eval_batch_size=8,
     ),
