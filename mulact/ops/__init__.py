@@ -17,3 +17,35 @@ __all__ = [
 from .region_uncertainty_stats import RegionUncertaintyStats, region_uncertainty_stats, region_uncertainty_stats_reference
 
 __all__ += ["RegionUncertaintyStats", "region_uncertainty_stats", "region_uncertainty_stats_reference"]
+from .region_reduce import region_reduce, region_reduce_reference
+
+__all__ += ["region_reduce", "region_reduce_reference"]
+from .acquisition import (
+    ACQUISITION_METHODS,
+    PoolStatistics,
+    class_prior,
+    classbal_scores,
+    dominant_class,
+    dominant_class_fraction,
+    mean_uncertainty,
+    measure_for,
+    pixbal_scores,
+    random_scores,
+    region_scores,
+    selectable,
+)
+
+__all__ += [
+    "ACQUISITION_METHODS",
+    "PoolStatistics",
+    "class_prior",
+    "classbal_scores",
+    "dominant_class",
+    "dominant_class_fraction",
+    "mean_uncertainty",
+    "measure_for",
+    "pixbal_scores",
+    "random_scores",
+    "region_scores",
+    "selectable",
+]

@@ -1,0 +1,150 @@
+"""Triton kernels of ``region_reduce``.
+
+A program owns ``BLOCK`` pixels of one image: it loads their region ids once and loops over
+the K value planes (each load a coalesced run along pixels), accumulating into the
+region-major ``(B, R, K)`` buffers with atomics. Max/min/argmax take two passes so the result
+is deterministic: pass 1 finds the extremum with ``atomic_max`` (min is the max of −v, exact),
+pass 2 takes the smallest flat pixel index whose value equals it with ``atomic_min``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK = 256
+
+
+@triton.jit
+def _report_bad_ids(ids, pmask, R, status_ptr):
+    worst = tl.max(tl.where(pmask & (ids >= R), ids, -1), axis=0)
+    if worst >= 0:
+        tl.atomic_max(status_ptr + 1, tl.minimum(worst, 2147483647).to(tl.int32))
+
+
+@triton.jit
+def _region_sum_kernel(x_ptr, reg_ptr, out_ptr, cnt_ptr, status_ptr, K, N, R,
+                       WITH_VALUES: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pmask = offs < N
+    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
+    _report_bad_ids(ids, pmask, R, status_ptr)
+    valid = pmask & (ids >= 0) & (ids < R)
+    tl.atomic_add(cnt_ptr + b * R + ids, tl.full([BLOCK], 1, tl.int32), mask=valid)
+    if WITH_VALUES:
+        slot = (b * R + ids) * K
+        for k in range(K):
+            v = tl.load(x_ptr + (b * K + k) * N + offs, mask=valid, other=0.0)
+            if ACC_FP64:
+                v = v.to(tl.float64)
+            else:
+                v = v.to(tl.float32)
+            tl.atomic_add(out_ptr + slot + k, v, mask=valid)
+
+
+@triton.jit
+def _region_max_kernel(x_ptr, reg_ptr, best_ptr, status_ptr, K, N, R, sign,
+                       ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pmask = offs < N
+    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
+    _report_bad_ids(ids, pmask, R, status_ptr)
+    valid = pmask & (ids >= 0) & (ids < R)
+    slot = (b * R + ids) * K
+    for k in range(K):
+        v = tl.load(x_ptr + (b * K + k) * N + offs, mask=valid, other=0.0)
+        if ACC_FP64:
+            v = v.to(tl.float64) * sign
+        else:
+            v = v.to(tl.float32) * sign
+        tl.atomic_max(best_ptr + slot + k, v, mask=valid)
+
+
+@triton.jit
+def _region_argbest_kernel(x_ptr, reg_ptr, best_ptr, arg_ptr, K, N, R, sign,
+                           ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pmask = offs < N
+    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
+    valid = pmask & (ids >= 0) & (ids < R)
+    slot = (b * R + ids) * K
+    for k in range(K):
+        v = tl.load(x_ptr + (b * K + k) * N + offs, mask=valid, other=0.0)
+        if ACC_FP64:
+            v = v.to(tl.float64) * sign
+        else:
+            v = v.to(tl.float32) * sign
+        best = tl.load(best_ptr + slot + k, mask=valid, other=0.0)
+        tl.atomic_min(arg_ptr + slot + k, offs, mask=valid & (v == best))
+
+
+@triton.jit
+def _region_gather_kernel(g_ptr, reg_ptr, out_ptr, K, N, R, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pmask = offs < N
+    ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
+    valid = pmask & (ids >= 0) & (ids < R)
+    slot = (b * R + ids) * K
+    for k in range(K):
+        g = tl.load(g_ptr + slot + k, mask=valid, other=0.0)
+        tl.store(out_ptr + (b * K + k) * N + offs, g.to(out_ptr.dtype.element_ty), mask=pmask)
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def region_sum_triton(values: torch.Tensor | None, regions: torch.Tensor, batch: int, K: int, N: int,
+                      num_regions: int, status: torch.Tensor, acc_dtype: torch.dtype):
+    """Sum ``(B, K, N)`` values per region (region-major ``(B, R, K)`` in ``acc_dtype``) and
+    count pixels ``(B, R)`` int32; ``values=None`` counts only."""
+    dev = regions.device
+    out = torch.zeros(batch, num_regions, K, dtype=acc_dtype, device=dev)
+    cnt = torch.zeros(batch, num_regions, dtype=torch.int32, device=dev)
+    if batch * N > 0:
+        grid = (triton.cdiv(N, _BLOCK), batch)
+        _region_sum_kernel[grid](values if values is not None else out, regions, out, cnt, status, K, N, num_regions,
+                                 WITH_VALUES=values is not None, ACC_FP64=acc_dtype == torch.float64, BLOCK=_BLOCK)
+    return out, cnt
+
+
+def region_extremum_triton(values: torch.Tensor, regions: torch.Tensor, num_regions: int, largest: bool,
+                           status: torch.Tensor):
+    """Max (``largest``) or min of ``(B, K, N)`` values per region and the smallest flat index
+    attaining it: ``(best (B, R, K) acc dtype, 0 where empty; arg (B, R, K) int64, -1 where empty)``."""
+    B, K, N = values.shape
+    acc = _acc(values.dtype)
+    best = torch.full((B, num_regions, K), float("-inf"), dtype=acc, device=values.device)
+    arg = torch.full((B, num_regions, K), N, dtype=torch.int64, device=values.device)
+    sign = 1.0 if largest else -1.0
+    if B * N > 0 and K > 0:
+        grid = (triton.cdiv(N, _BLOCK), B)
+        fp64 = acc == torch.float64
+        _region_max_kernel[grid](values, regions, best, status, K, N, num_regions, sign, ACC_FP64=fp64, BLOCK=_BLOCK)
+        _region_argbest_kernel[grid](values, regions, best, arg, K, N, num_regions, sign, ACC_FP64=fp64,
+                                     BLOCK=_BLOCK)
+    empty = arg == N
+    arg = arg.masked_fill(empty, -1)
+    if N == 0:
+        return best.zero_(), arg
+    # The value at the chosen pixel (not ±best) so that a signed zero comes back as stored.
+    best = values.gather(2, arg.clamp(min=0).transpose(1, 2)).transpose(1, 2).to(acc).masked_fill(empty, 0.0)
+    return best, arg
+
+
+def region_gather_triton(grad: torch.Tensor, regions: torch.Tensor, K: int, N: int, out_dtype: torch.dtype):
+    """``out[b, k, p] = grad[b, id(p), k]`` (0 where id < 0) as ``(B, K, N)`` of ``out_dtype``."""
+    B, R, _ = grad.shape
+    out = torch.empty(B, K, N, dtype=out_dtype, device=grad.device)
+    if B * N > 0 and K > 0:
+        grid = (triton.cdiv(N, _BLOCK), B)
+        _region_gather_kernel[grid](grad, regions, out, K, N, R, BLOCK=_BLOCK)
+    return out

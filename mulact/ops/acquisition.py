@@ -1,0 +1,253 @@
+"""Region acquisition scores from the statistics of :func:`region_uncertainty_stats`.
+
+Everything here is pure torch on small ``(..., R, C)`` tensors — the per-pixel work was done
+by the one-pass kernel. The flow of one acquisition round over a pool::
+
+    pool = PoolStatistics()
+    with torch.no_grad():
+        for images, regions, num_regions in pool_loader:        # one forward pass per image
+            logits = model(images)
+            pool.update(region_uncertainty_stats(logits, regions, num_regions, measure=measure_for("pixbal")))
+    scores = pool.scores("pixbal", nu=6.0, undefined_class=19)   # (num_images, R_max)
+    scores[already_labeled] = 0; take regions by descending score (and pool.selectable())
+
+or, by hand, with the per-image stats stacked to ``u_sum, count (N, R, C)``:
+
+* ``prior = class_prior(prob_sum, num_pixels)`` — P(c), Eq. (3), the mean softmax over every
+  pool pixel that lies in a region (accumulate ``prob_sum`` and ``num_pixels`` over all batches);
+* ``region_scores(method, u_sum, count, prior=prior, nu=6.0, undefined_class=19)``.
+
+PixBal (Eq. 4) weighs each pixel by ``w(c_b) = (1 + ν P(c_b))^-2`` of its top-1 class; since
+the statistics are already split by top-1 class, ``Σ_c w_c · u_sum[r, c] / n_r`` is the score
+and one pass over the pool suffices (the direct formulation needs P(c) before the weights).
+
+Conventions:
+
+* Scores are ``>= 0`` and larger means "query first". A region with no pixel, or whose
+  dominant predicted class (argmax of the top-1 counts, ties → smaller class) is
+  ``undefined_class``, gets exactly 0; :func:`selectable` gives the mask of regions that may
+  be chosen at all — selection code should use it rather than rely on 0 sorting last (an
+  extremely confident region can score 0 too).
+* ``"random"`` scores are uniform in ``(0, 1]`` from the given generator, so excluded regions
+  (0) still sort last.
+* ``"margin"``, ``"entropy"`` and ``"least_confidence"`` are the region mean of u computed
+  with that measure (pass ``measure=measure_for(method)`` to the stats op); ``"bvsb"``,
+  ``"classbal"`` and ``"pixbal"`` use the BvSB measure.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+OP = "region_scores"
+ACQUISITION_METHODS = ("random", "bvsb", "margin", "entropy", "least_confidence", "classbal", "pixbal")
+_MEASURE = {"random": "bvsb", "bvsb": "bvsb", "margin": "margin", "entropy": "entropy",
+            "least_confidence": "least_confidence", "classbal": "bvsb", "pixbal": "bvsb"}
+
+
+def measure_for(method: str) -> str:
+    """The ``measure`` of :func:`region_uncertainty_stats` that ``method`` scores with."""
+    _check_method(method)
+    return _MEASURE[method]
+
+
+def _check_method(method) -> None:
+    if method not in ACQUISITION_METHODS:
+        raise ValueError(f"{OP}: `method` must be one of {', '.join(map(repr, ACQUISITION_METHODS))}, got {method!r}")
+
+
+def _check_stats(u_sum, count) -> None:
+    if not isinstance(u_sum, torch.Tensor) or not u_sum.is_floating_point():
+        raise TypeError(f"{OP}: `u_sum` must be a floating-point tensor (..., R, C), got "
+                        f"{getattr(u_sum, 'dtype', type(u_sum).__name__)}")
+    if not isinstance(count, torch.Tensor) or count.is_floating_point() or count.dtype == torch.bool:
+        raise TypeError(f"{OP}: `count` must be an integer tensor (..., R, C), got "
+                        f"{getattr(count, 'dtype', type(count).__name__)}")
+    if u_sum.dim() < 2 or u_sum.shape != count.shape:
+        raise ValueError(f"{OP}: `u_sum` and `count` must have the same shape (..., R, C), got "
+                         f"{tuple(u_sum.shape)} and {tuple(count.shape)}")
+    if u_sum.device != count.device:
+        raise ValueError(f"{OP}: `u_sum` and `count` must be on one device, got {u_sum.device} and {count.device}")
+
+
+def _check_class_vector(name: str, t, num_classes: int) -> None:
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise TypeError(f"{OP}: `{name}` must be a floating-point tensor of shape ({num_classes},)")
+    if tuple(t.shape) != (num_classes,):
+        raise ValueError(f"{OP}: `{name}` must have shape ({num_classes},), got {tuple(t.shape)}")
+
+
+def dominant_class(count: torch.Tensor) -> torch.Tensor:
+    """``(..., R)`` int64: the class with the most top-1 pixels in each region (ties → smaller
+    class), ``-1`` for a region without pixels."""
+    if not isinstance(count, torch.Tensor) or count.dim() < 1:
+        raise TypeError(f"{OP}: `count` must be a tensor (..., R, C)")
+    if count.shape[-1] == 0:
+        return torch.full(count.shape[:-1], -1, dtype=torch.int64, device=count.device)
+    dom = count.argmax(dim=-1)  # first maximal index
+    return dom.masked_fill(count.sum(dim=-1) == 0, -1)
+
+
+def region_size(count: torch.Tensor) -> torch.Tensor:
+    """``(..., R)`` int64 pixels per region."""
+    return count.sum(dim=-1, dtype=torch.int64)
+
+
+def selectable(count: torch.Tensor, undefined_class: int | None = None) -> torch.Tensor:
+    """``(..., R)`` bool: regions that may be queried (non-empty, dominant class not undefined)."""
+    ok = region_size(count) > 0
+    if undefined_class is not None:
+        ok &= dominant_class(count) != undefined_class
+    return ok
+
+
+def class_prior(prob_sum: torch.Tensor, num_pixels: int) -> torch.Tensor:
+    """P(c) of Eq. (3): ``prob_sum / num_pixels`` as float32 ``(C,)``.
+
+    ``prob_sum`` and ``num_pixels`` are the sums over *all* pool batches of the fields of
+    :class:`RegionUncertaintyStats`."""
+    if not isinstance(prob_sum, torch.Tensor) or not prob_sum.is_floating_point() or prob_sum.dim() != 1:
+        raise TypeError(f"class_prior: `prob_sum` must be a floating-point (C,) tensor, got "
+                        f"{getattr(prob_sum, 'shape', type(prob_sum).__name__)}")
+    if isinstance(num_pixels, bool) or not isinstance(num_pixels, int) or num_pixels <= 0:
+        raise ValueError(f"class_prior: `num_pixels` must be a positive int, got {num_pixels!r}")
+    return prob_sum.to(torch.float32) / num_pixels
+
+
+def mean_uncertainty(u_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``(..., R)`` float32 region mean of u: ``Σ_c u_sum / Σ_c count``; 0 for empty regions."""
+    _check_stats(u_sum, count)
+    n = region_size(count)
+    total = u_sum.to(torch.float32).sum(dim=-1)
+    return torch.where(n > 0, total / n.clamp(min=1).to(torch.float32), torch.zeros_like(total))
+
+
+bvsb_scores = mean_uncertainty
+
+
+def pixbal_scores(u_sum: torch.Tensor, count: torch.Tensor, prior: torch.Tensor, nu: float = 6.0) -> torch.Tensor:
+    """PixBal (Eq. 4): ``Σ_c (1 + ν P(c))^-2 · u_sum[..., c] / n_r``; 0 for empty regions."""
+    _check_stats(u_sum, count)
+    _check_class_vector("prior", prior, u_sum.shape[-1])
+    if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not math.isfinite(nu) or nu < 0:
+        raise ValueError(f"{OP}: `nu` must be a finite number >= 0, got {nu!r}")
+    w = (1.0 + float(nu) * prior.to(device=u_sum.device, dtype=torch.float32)).pow(-2)
+    n = region_size(count)
+    total = (u_sum.to(torch.float32) * w).sum(dim=-1)
+    return torch.where(n > 0, total / n.clamp(min=1).to(torch.float32), torch.zeros_like(total))
+
+
+def dominant_class_fraction(dominant: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """ClassBal's ``p_c``: the fraction of (non-empty) pool regions whose dominant predicted
+    class is c, float32 ``(num_classes,)``; entries ``-1`` (empty regions) are not counted."""
+    if not isinstance(dominant, torch.Tensor) or dominant.is_floating_point():
+        raise TypeError("dominant_class_fraction: `dominant` must be an integer tensor of class ids")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
+        raise ValueError(f"dominant_class_fraction: `num_classes` must be a positive int, got {num_classes!r}")
+    d = dominant.reshape(-1).long()
+    d = d[d >= 0]
+    if d.numel() and int(d.max()) >= num_classes:
+        raise ValueError(f"dominant_class_fraction: `dominant` holds class {int(d.max())} but num_classes={num_classes}")
+    hist = torch.bincount(d, minlength=num_classes).to(torch.float32)
+    return hist / max(d.numel(), 1)
+
+
+def classbal_scores(u_sum: torch.Tensor, count: torch.Tensor, dominant_fraction: torch.Tensor) -> torch.Tensor:
+    """ClassBal (Cai et al., 2021): ``exp(−p_dom(r)) · mean u``; 0 for empty regions."""
+    mean_u = mean_uncertainty(u_sum, count)
+    _check_class_vector("dominant_fraction", dominant_fraction, u_sum.shape[-1])
+    dom = dominant_class(count)
+    p_dom = dominant_fraction.to(device=u_sum.device, dtype=torch.float32)[dom.clamp(min=0)]
+    return torch.where(dom >= 0, torch.exp(-p_dom) * mean_u, torch.zeros_like(mean_u))
+
+
+def random_scores(shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Uniform scores in ``(0, 1]`` (so excluded regions, scored 0, sort last)."""
+    return 1.0 - torch.rand(shape, generator=generator, device=device)
+
+
+def region_scores(method: str, u_sum: torch.Tensor, count: torch.Tensor, *, prior: torch.Tensor | None = None,
+                  nu: float = 6.0, dominant_fraction: torch.Tensor | None = None, undefined_class: int | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Acquisition score ``(..., R)`` float32 of every region for ``method``.
+
+    Args:
+        method: ``"random" | "bvsb" | "margin" | "entropy" | "least_confidence" | "classbal" | "pixbal"``.
+        u_sum, count: ``(..., R, C)`` from :func:`region_uncertainty_stats` (computed with
+            ``measure=measure_for(method)``), stacked over the pool images.
+        prior: P(c) ``(C,)`` for ``"pixbal"`` (:func:`class_prior` over the whole pool).
+        nu: PixBal's ν (6 for Cityscapes, 12 for VOC in the paper).
+        dominant_fraction: ClassBal's ``(C,)`` class fractions; ``None`` computes them from
+            ``count`` (i.e. treats the regions passed in as the pool).
+        undefined_class: regions whose dominant predicted class is this one score 0.
+        generator: for ``"random"``.
+
+    Empty regions and undefined-dominant regions score exactly 0 (see :func:`selectable`).
+    """
+    _check_method(method)
+    _check_stats(u_sum, count)
+    C = u_sum.shape[-1]
+    if undefined_class is not None and (isinstance(undefined_class, bool) or not isinstance(undefined_class, int)
+                                        or not 0 <= undefined_class < C):
+        raise ValueError(f"{OP}: `undefined_class` must be None or an int in [0, {C}), got {undefined_class!r}")
+    if method == "random":
+        scores = random_scores(u_sum.shape[:-1], generator=generator, device=u_sum.device)
+    elif method == "pixbal":
+        if prior is None:
+            raise ValueError(f"{OP}: method 'pixbal' needs `prior` (class_prior over the whole pool)")
+        scores = pixbal_scores(u_sum, count, prior, nu)
+    elif method == "classbal":
+        if dominant_fraction is None:
+            dominant_fraction = dominant_class_fraction(dominant_class(count), C)
+        scores = classbal_scores(u_sum, count, dominant_fraction)
+    else:
+        scores = mean_uncertainty(u_sum, count)
+    return torch.where(selectable(count, undefined_class), scores, torch.zeros_like(scores))
+
+
+class PoolStatistics:
+    """Collects :class:`RegionUncertaintyStats` of pool batches for one acquisition round.
+
+    Keeps the per-image ``(R, C)`` statistics on the CPU (padding images with fewer regions
+    with empty regions) and the pool-wide softmax sum for P(c)."""
+
+    def __init__(self) -> None:
+        self._u: list[torch.Tensor] = []
+        self._n: list[torch.Tensor] = []
+        self.prob_sum: torch.Tensor | None = None
+        self.num_pixels = 0
+
+    def update(self, stats) -> None:
+        u, n = stats.u_sum.detach().cpu(), stats.count.detach().cpu()
+        if self._u and u.shape[-1] != self._u[0].shape[-1]:
+            raise ValueError(f"PoolStatistics.update: batches disagree on the number of classes "
+                             f"({u.shape[-1]} vs {self._u[0].shape[-1]})")
+        self._u.append(u)
+        self._n.append(n)
+        p = stats.prob_sum.detach().cpu().to(torch.float64)
+        self.prob_sum = p if self.prob_sum is None else self.prob_sum + p
+        self.num_pixels += int(stats.num_pixels)
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u_sum, count)`` of shape ``(num_images, R_max, C)``."""
+        if not self._u:
+            raise ValueError("PoolStatistics: no batch was added")
+        r_max = max(u.shape[1] for u in self._u)
+        pad = lambda t: torch.nn.functional.pad(t, (0, 0, 0, r_max - t.shape[1]))  # noqa: E731
+        return torch.cat([pad(u) for u in self._u]), torch.cat([pad(n) for n in self._n])
+
+    def prior(self) -> torch.Tensor:
+        if self.prob_sum is None:
+            raise ValueError("PoolStatistics: no batch was added")
+        return class_prior(self.prob_sum, self.num_pixels)
+
+    def selectable(self, undefined_class: int | None = None) -> torch.Tensor:
+        return selectable(self.stacked()[1], undefined_class)
+
+    def scores(self, method: str, **kwargs) -> torch.Tensor:
+        """``region_scores(method, ...)`` over the whole pool, ``(num_images, R_max)``."""
+        u, n = self.stacked()
+        if method == "pixbal" and kwargs.get("prior") is None:
+            kwargs["prior"] = self.prior()
+        return region_scores(method, u, n, **kwargs)
