@@ -114,3 +114,21 @@ def raise_on_status(op: str, status: torch.Tensor, num_regions: int, name: str =
                          "(use a negative id for pixels outside every region)")
     if nonfinite:
         raise ValueError(f"{op}: `{name}` contains NaN or Inf")
+
+
+def check_labeled_logits(op: str, logits, regions, region_labels) -> int:
+    """Checks for ops on (logits, regions, region_labels) where R = region_labels.shape[1] and
+    C = logits.shape[1]; returns R."""
+    check_float(op, "logits", logits, 4, "(B, C, H, W)")
+    _need_tensor(op, "regions", regions)
+    _need_tensor(op, "region_labels", region_labels)
+    if region_labels.dtype not in (torch.bool, torch.uint8):
+        raise TypeError(f"{op}: `region_labels` must be bool or uint8 multi-hot, got {region_labels.dtype}")
+    if region_labels.dim() != 3:
+        raise ValueError(f"{op}: `region_labels` must have shape (B, R, C), got {tuple(region_labels.shape)}")
+    num_regions = int(region_labels.shape[1])
+    check_regions(op, regions, num_regions)
+    check_logits(op, logits, regions)
+    check_region_labels(op, region_labels, int(logits.shape[0]), num_regions, int(logits.shape[1]))
+    check_same_device(op, logits=logits, region_labels=region_labels)
+    return num_regions

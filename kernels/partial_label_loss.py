@@ -1,0 +1,126 @@
+"""Triton kernels of the stage-1 partial-label losses (L_CE, L_MP).
+
+Each program handles ``BLOCK_P`` consecutive pixels of one image and all ``C`` classes as a
+``(BLOCK_C, BLOCK_P)`` tile: along the pixel axis the loads are contiguous (coalesced), along
+the class axis they stride by ``H * W``. Pixels whose region is unlabeled (or whose term has a
+zero upstream gradient, in the backward) are masked out of the logits load, so their bytes are
+never fetched.
+
+Forward: per program, the weighted sum of ``l(x) = lse_c z - lse_{c in Y} z`` and the pixel
+count of each term go to a ``(B, programs, 2)`` partial buffer that torch reduces, so the
+result is deterministic (no float atomics). Region ids ``>= R`` and non-finite logits are
+reported through the shared ``status`` buffer.
+
+Backward: one launch writes the full gradient ``scale(r) * (softmax(z) - q)``; ``scale``
+already combines both terms' upstream gradients, normalisers and ``1 / tau``.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+def block_sizes(num_classes: int, hw: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P): all classes in one tile, ~4K elements per program."""
+    block_c = triton.next_power_of_2(max(num_classes, 1))
+    block_p = max(16, min(1024, 4096 // block_c))
+    block_p = min(block_p, max(16, triton.next_power_of_2(hw)))
+    return block_c, block_p
+
+
+@triton.jit
+def _load_tile(logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t,
+               BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.arange(0, BLOCK_C)
+    pmask = offs_p < HW
+    cmask = offs_c < C
+    b64 = b.to(tl.int64)
+    rid = tl.load(regions_ptr + b64 * HW + offs_p, mask=pmask, other=-1).to(tl.int64)
+    valid = pmask & (rid >= 0) & (rid < R)
+    bad = pmask & (rid >= R)
+    ridc = tl.where(valid, rid, 0)
+    return offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc
+
+
+@triton.jit
+def _softmax_stats(x, y, m2):
+    """Row maxima over all classes and over Y, and the two exp-sums (masked lanes give 0)."""
+    ninf = float("-inf")
+    xm = tl.where(m2, x, ninf)
+    xy = tl.where(m2 & y, x, ninf)
+    mx = tl.max(xm, 0)
+    my = tl.max(xy, 0)
+    mx_s = tl.where(mx == ninf, 0.0, mx)
+    my_s = tl.where(my == ninf, 0.0, my)
+    e = tl.where(m2, tl.exp(xm - mx_s[None, :]), 0.0)
+    ey = tl.where(m2 & y, tl.exp(xy - my_s[None, :]), 0.0)
+    s = tl.sum(e, 0)
+    sy = tl.sum(ey, 0)
+    return mx_s, my_s, e, ey, s, sy
+
+
+@triton.jit
+def _report(status_ptr, bad, rid, m2, x):
+    finite = (x == x) & (tl.abs(x) != float("inf"))
+    nonfinite = tl.max(tl.max(tl.where(m2 & ~finite, 1, 0), 1), 0)
+    tl.atomic_max(status_ptr, nonfinite, mask=nonfinite > 0)
+    worst = tl.max(tl.where(bad, rid, -1), 0).to(tl.int32)
+    tl.atomic_max(status_ptr + 1, worst, mask=worst >= 0)
+
+
+@triton.jit
+def partial_label_loss_fwd_kernel(
+    logits_ptr, regions_ptr, labels_ptr, kind_ptr, weight_ptr, sums_ptr, counts_ptr, status_ptr,
+    C, HW, R, inv_t,
+    HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1)
+    nprog = tl.num_programs(0)
+    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = _load_tile(
+        logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t, BLOCK_C, BLOCK_P, ACC)
+    kind = tl.load(kind_ptr + b64 * R + ridc, mask=valid, other=0).to(tl.int32)
+    active = valid & (kind > 0)
+    m2 = cmask[:, None] & active[None, :]
+    x = tl.load(logits_ptr + (b64 * C + offs_c[:, None]) * HW + offs_p[None, :], mask=m2, other=0.0)
+    x = x.to(ACC) * inv_t
+    y = tl.load(labels_ptr + (b64 * R + ridc[None, :]) * C + offs_c[:, None], mask=m2, other=0) != 0
+    _report(status_ptr, bad, rid, m2, x)
+    mx, my, e, ey, s, sy = _softmax_stats(x, y, m2)
+    s_safe = tl.where(active, s, 1.0)
+    sy_safe = tl.where(active, sy, 1.0)
+    loss = tl.where(active, (mx + tl.log(s_safe)) - (my + tl.log(sy_safe)), 0.0)
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + b64 * R + ridc, mask=active, other=0.0)
+        loss = loss * w
+    is_ce = active & (kind == 1)
+    is_mp = active & (kind == 2)
+    out = (b64 * nprog + pid_p) * 2
+    tl.store(sums_ptr + out, tl.sum(tl.where(is_ce, loss, 0.0), 0))
+    tl.store(sums_ptr + out + 1, tl.sum(tl.where(is_mp, loss, 0.0), 0))
+    tl.store(counts_ptr + out, tl.sum(is_ce.to(tl.int32), 0))
+    tl.store(counts_ptr + out + 1, tl.sum(is_mp.to(tl.int32), 0))
+
+
+@triton.jit
+def partial_label_loss_bwd_kernel(
+    logits_ptr, regions_ptr, labels_ptr, scale_ptr, grad_ptr,
+    C, HW, R, inv_t,
+    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = _load_tile(
+        logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t, BLOCK_C, BLOCK_P, ACC)
+    scale = tl.load(scale_ptr + b64 * R + ridc, mask=valid, other=0.0)
+    active = valid & (scale != 0.0)
+    m2 = cmask[:, None] & active[None, :]
+    offs = (b64 * C + offs_c[:, None]) * HW + offs_p[None, :]
+    x = tl.load(logits_ptr + offs, mask=m2, other=0.0).to(ACC) * inv_t
+    y = tl.load(labels_ptr + (b64 * R + ridc[None, :]) * C + offs_c[:, None], mask=m2, other=0) != 0
+    mx, my, e, ey, s, sy = _softmax_stats(x, y, m2)
+    rs = tl.where(active, scale / tl.where(active, s, 1.0), 0.0)
+    rsy = tl.where(active, scale / tl.where(active, sy, 1.0), 0.0)
+    g = e * rs[None, :] - ey * rsy[None, :]
+    tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])

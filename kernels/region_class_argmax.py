@@ -1,0 +1,66 @@
+"""Triton kernel of ``region_class_argmax``: per (image, region, labeled class) the pixel that
+maximises ``log_softmax(z)_c``.
+
+Determinism without a second pass: every candidate (pixel, class) becomes one int64 key
+
+    key = (ordered(v) << 32) | (2**31 - 1 - flat_index)
+
+where ``v`` is the float32 log-probability and ``ordered`` maps float bits to an int32 with
+the same order (negative floats get their magnitude bits flipped). ``atomic_max`` over keys
+then picks the largest value and, among exact ties, the smallest flat index, whatever order
+the atomics land in (flat indices must stay below 2**31). ``-0.0`` is canonicalised to ``+0.0`` so that the two compare equal.
+
+float64 logits (gradcheck, tests) do not fit in 32 key bits; they run the same kernel twice:
+``PASS == 1`` takes ``atomic_max`` over the order-preserving int64 image of the value,
+``PASS == 2`` takes ``atomic_min`` of the index over the pixels that reach that maximum.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .partial_label_loss import _load_tile, _report, block_sizes  # noqa: F401  (shared tile helpers)
+
+MAX_INDEX = 2**31 - 1
+
+
+@triton.jit
+def region_class_argmax_kernel(
+    logits_ptr, regions_ptr, labels_ptr, active_ptr, keys_ptr, index_ptr, status_ptr,
+    C, HW, R, inv_t,
+    PASS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = _load_tile(
+        logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t, BLOCK_C, BLOCK_P, ACC)
+    act = tl.load(active_ptr + b64 * R + ridc, mask=valid, other=0) != 0
+    active = valid & act
+    m2 = cmask[:, None] & active[None, :]
+    x = tl.load(logits_ptr + (b64 * C + offs_c[:, None]) * HW + offs_p[None, :], mask=m2, other=0.0)
+    x = x.to(ACC) * inv_t
+    y = tl.load(labels_ptr + (b64 * R + ridc[None, :]) * C + offs_c[:, None], mask=m2, other=0) != 0
+    if PASS != 2:
+        _report(status_ptr, bad, rid, m2, x)
+    xm = tl.where(m2, x, float("-inf"))
+    mx = tl.max(xm, 0)
+    mx = tl.where(active, mx, 0.0)
+    s = tl.sum(tl.where(m2, tl.exp(xm - mx[None, :]), 0.0), 0)
+    lse = mx + tl.log(tl.where(active, s, 1.0))
+    v = (x - lse[None, :]) + 0.0  # + 0.0 turns -0.0 into +0.0
+    cand = m2 & y
+    slot = (b64 * R + ridc[None, :]) * C + offs_c[:, None]
+    idx = offs_p[None, :].to(tl.int64) + tl.zeros([BLOCK_C, BLOCK_P], tl.int64)
+    if PASS == 0:
+        bits = v.to(tl.float32).to(tl.int32, bitcast=True)
+        ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+        key = (ordered.to(tl.int64) << 32) | (2147483647 - idx)
+        tl.atomic_max(keys_ptr + slot, key, mask=cand)
+    else:
+        bits = v.to(tl.float64).to(tl.int64, bitcast=True)
+        ordered = bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
+        if PASS == 1:
+            tl.atomic_max(keys_ptr + slot, ordered, mask=cand)
+        else:
+            best = tl.load(keys_ptr + slot, mask=cand, other=0)
+            tl.atomic_min(index_ptr + slot, idx, mask=cand & (ordered == best))

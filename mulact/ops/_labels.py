@@ -1,0 +1,38 @@
+"""Small helpers shared by the ops that take multi-hot region labels (losses, argmax)."""
+from __future__ import annotations
+
+import torch
+
+
+def acc_dtype(logits: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 logits (gradcheck), float32 otherwise."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def labels_u8(region_labels: torch.Tensor) -> torch.Tensor:
+    """Contiguous uint8 view of multi-hot labels (bool is reinterpreted, not copied)."""
+    region_labels = region_labels.contiguous()
+    return region_labels.view(torch.uint8) if region_labels.dtype == torch.bool else region_labels
+
+
+def num_labels(region_labels: torch.Tensor) -> torch.Tensor:
+    """(B, R) int32 number of classes set per region."""
+    return region_labels.sum(-1, dtype=torch.int32)
+
+
+def region_pixel_counts(regions: torch.Tensor, num_regions: int) -> torch.Tensor:
+    """(B, R) int64 pixel count per region; negative ids and ids >= R are not counted (the fused
+    kernels report ids >= R through their status buffer)."""
+    batch = regions.shape[0]
+    flat = regions.reshape(batch, -1).long()
+    valid = (flat >= 0) & (flat < num_regions)
+    offset = torch.arange(batch, device=regions.device).unsqueeze(1) * num_regions
+    slot = torch.where(valid, flat + offset, batch * num_regions)
+    counts = torch.bincount(slot.reshape(-1), minlength=batch * num_regions + 1)
+    return counts[: batch * num_regions].view(batch, num_regions)
+
+
+def triton_acc(logits: torch.Tensor):
+    import triton.language as tl
+
+    return tl.float64 if logits.dtype == torch.float64 else tl.float32

@@ -1,0 +1,260 @@
+"""Stage-1 partial-label losses L_CE and L_MP (paper Eq. 5-7, SPEC §3.3), fused.
+
+For a labeled pixel x of region r with label set Y = Y(r) and ``z = logits / temperature``:
+
+    l(x) = logsumexp_c z_c(x) - logsumexp_{c in Y} z_c(x) = -log sum_{c in Y} softmax(z(x))_c
+
+Pixels of regions with ``|Y| = 1`` form L_CE (this is the usual cross-entropy), pixels of
+regions with ``|Y| >= 2`` form L_MP (merged positive loss). Unlabeled regions and negative
+region ids contribute nothing.
+
+Normalisation (``normalize``):
+
+- ``"pixel"`` (default): each term is the mean of ``l`` over its own pixels in the batch.
+- ``"region"``: Eq. 6-7 literally: the mean over the term's regions in the batch of the
+  per-region pixel mean. Regions without a pixel in the crop do not count. This mode counts
+  the pixels of every region first (one pass over the region ids, never over the logits).
+
+A term with nothing to average is 0 and passes a zero gradient (never NaN).
+
+Backends: ``reference`` (pure torch, autograd through torch ops; the test oracle), ``cpp``
+(``csrc/partial_label_loss.cpp``, OpenMP) and ``triton`` (``kernels/partial_label_loss.py``).
+The fused forward reads the logits of the labeled pixels once and checks them for NaN/Inf and
+the region ids for ``>= R`` in the same pass. The fused backward is one kernel launch for both
+terms: it recomputes the softmax from the saved logits and writes
+``(softmax(z) - q) / tau * scale`` with ``q`` the softmax renormalised over Y; the only
+``(B, C, H, W)`` tensor it allocates is the gradient itself. A term whose upstream gradient is
+``None`` (unused) is masked out, so its pixels are not even read. NaN/Inf checks cover the
+logits of the pixels the loss reads (pixels of labeled regions), in every backend.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._backend import resolve_backend
+from ._cpp import code, ext, index_tensor, ptr
+from ._labels import acc_dtype, labels_u8, num_labels, region_pixel_counts, triton_acc
+from ._validate import (
+    check_choice,
+    check_finite,
+    check_labeled_logits,
+    check_region_ids,
+    check_temperature,
+    new_status,
+    raise_on_status,
+)
+
+OP = "partial_label_loss"
+NORMALIZE = ("pixel", "region")
+
+
+def _check(logits, regions, region_labels, temperature, normalize):
+    num_regions = check_labeled_logits(OP, logits, regions, region_labels)
+    temperature = check_temperature(OP, temperature)
+    check_choice(OP, "normalize", normalize, NORMALIZE)
+    return num_regions, temperature
+
+
+def region_terms(region_labels: torch.Tensor) -> torch.Tensor:
+    """(B, R) int8 term of each region: 0 unlabeled, 1 CE (|Y| = 1), 2 MP (|Y| >= 2)."""
+    return num_labels(region_labels).clamp(max=2).to(torch.int8)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference
+# --------------------------------------------------------------------------------------------
+def partial_label_loss_reference(logits, regions, region_labels, temperature=0.1, normalize="pixel"):
+    """Pure-torch (L_CE, L_MP); same contract as :func:`partial_label_loss`. Differentiable
+    through ordinary torch ops (it materialises several (B, C, H, W) temporaries)."""
+    num_regions, temperature = _check(logits, regions, region_labels, temperature, normalize)
+    check_region_ids(OP, regions, num_regions)
+    batch, num_classes, height, width = logits.shape
+    acc = acc_dtype(logits)
+    rid = regions.long()
+    valid = rid >= 0
+    ridc = rid.clamp(min=0)
+    labels = region_labels.bool()
+    bidx = torch.arange(batch, device=logits.device).view(batch, 1, 1)
+    member = labels[bidx, ridc].permute(0, 3, 1, 2)  # (B, C, H, W): c in Y(r(x))
+    term = region_terms(region_labels)[bidx, ridc].long() * valid  # (B, H, W)
+    used = term > 0
+    z = logits.to(acc) / temperature
+    check_finite(OP, "logits", z.permute(0, 2, 3, 1)[used])
+    # Pixels without labels would give logsumexp over nothing (-inf and NaN gradients):
+    # give them every class; their loss is masked out below anyway.
+    member = member | ~used.unsqueeze(1)
+    ell = z.logsumexp(1) - z.masked_fill(~member, float("-inf")).logsumexp(1)
+    ell = torch.where(used, ell, torch.zeros((), dtype=acc, device=logits.device))
+    out = []
+    for t in (1, 2):
+        sel = term == t
+        if normalize == "pixel":
+            total = torch.where(sel, ell, 0.0).sum()
+            out.append(total / sel.sum().clamp(min=1))
+        else:
+            slot = (bidx.view(batch, 1, 1) * num_regions + ridc).reshape(-1)
+            sums = torch.zeros(batch * num_regions, dtype=acc, device=logits.device)
+            sums = sums.index_add(0, slot, torch.where(sel, ell, 0.0).reshape(-1))
+            counts = torch.zeros(batch * num_regions, dtype=acc, device=logits.device)
+            counts = counts.index_add(0, slot, sel.reshape(-1).to(acc))
+            present = counts > 0
+            means = sums / counts.clamp(min=1)
+            out.append(torch.where(present, means, 0.0).sum() / present.sum().clamp(min=1))
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+def _forward_cpp(logits, regions, labels, terms, weight, temperature, status):
+    batch, num_classes, height, width = logits.shape
+    sums = torch.zeros(2, dtype=torch.float64)
+    counts = torch.zeros(2, dtype=torch.int64)
+    ext().partial_label_loss_forward(
+        ptr(logits), code(logits), ptr(regions), code(regions), ptr(labels), ptr(terms), ptr(weight),
+        batch, num_classes, height * width, labels.shape[1], temperature, ptr(sums), ptr(counts), ptr(status))
+    return sums.to(acc_dtype(logits)), counts
+
+
+def _backward_cpp(logits, regions, labels, scale, temperature):
+    batch, num_classes, height, width = logits.shape
+    grad = torch.empty_like(logits)
+    ext().partial_label_loss_backward(
+        ptr(logits), code(logits), ptr(regions), code(regions), ptr(labels), ptr(scale),
+        batch, num_classes, height * width, labels.shape[1], temperature, ptr(grad))
+    return grad
+
+
+def _forward_triton(logits, regions, labels, terms, weight, temperature, status):
+    import triton
+
+    from mulact.kernels import partial_label_loss as kern
+
+    batch, num_classes, height, width = logits.shape
+    hw = height * width
+    block_c, block_p = kern.block_sizes(num_classes, hw)
+    nprog = triton.cdiv(hw, block_p)
+    sums = torch.empty(batch, nprog, 2, dtype=acc_dtype(logits), device=logits.device)
+    counts = torch.empty(batch, nprog, 2, dtype=torch.int32, device=logits.device)
+    kern.partial_label_loss_fwd_kernel[(nprog, batch)](
+        logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
+        num_classes, hw, labels.shape[1], 1.0 / temperature,
+        HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+    return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
+
+
+def _backward_triton(logits, regions, labels, scale, temperature):
+    import triton
+
+    from mulact.kernels import partial_label_loss as kern
+
+    batch, num_classes, height, width = logits.shape
+    hw = height * width
+    block_c, block_p = kern.block_sizes(num_classes, hw)
+    grad = torch.empty_like(logits)
+    kern.partial_label_loss_bwd_kernel[(triton.cdiv(hw, block_p), batch)](
+        logits, regions, labels, scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
+        BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+    return grad
+
+
+_LAUNCH = {"cpp": (_forward_cpp, _backward_cpp), "triton": (_forward_triton, _backward_triton)}
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd
+# --------------------------------------------------------------------------------------------
+class PartialLabelLossFunction(torch.autograd.Function):
+    """Fused (L_CE, L_MP). Saves the logits (no copy when contiguous), the region ids, the
+    labels and (B, R)/(2,) normalisers; nothing of size (B, C, H, W) besides the logits."""
+
+    @staticmethod
+    def forward(ctx, logits, regions, region_labels, temperature, normalize, backend):
+        ctx.set_materialize_grads(False)
+        forward, _ = _LAUNCH[backend]
+        num_regions = region_labels.shape[1]
+        acc = acc_dtype(logits)
+        logits = logits.contiguous()
+        regions = index_tensor(regions)
+        labels = labels_u8(region_labels)
+        terms = region_terms(region_labels)
+        weight = None
+        if normalize == "region":
+            pixels = region_pixel_counts(regions, num_regions)
+            weight = torch.where(pixels > 0, 1.0 / pixels.clamp(min=1).to(acc), 0.0).to(acc)
+            present = pixels > 0
+            denom = torch.stack([((terms == t) & present).sum() for t in (1, 2)]).to(acc)
+        status = new_status(logits.device)
+        sums, counts = forward(logits, regions, labels, terms, weight, temperature, status)
+        raise_on_status(OP, status, num_regions)
+        if normalize == "pixel":
+            denom = counts.to(acc)
+        denom = denom.clamp(min=1)
+        losses = sums / denom
+        ctx.temperature = temperature
+        ctx.backend = backend
+        ctx.save_for_backward(logits, regions, labels, terms, weight, denom)
+        return losses[0], losses[1]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_ce, grad_mp):
+        if not ctx.needs_input_grad[0] or (grad_ce is None and grad_mp is None):
+            return None, None, None, None, None, None
+        logits, regions, labels, terms, weight, denom = ctx.saved_tensors
+        zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
+        # coef[t] = upstream gradient of term t / its normaliser / tau; term 0 (unlabeled) -> 0.
+        coef = torch.stack([
+            zero,
+            zero if grad_ce is None else grad_ce.to(denom.dtype) / denom[0],
+            zero if grad_mp is None else grad_mp.to(denom.dtype) / denom[1],
+        ]) / ctx.temperature
+        if grad_ce is None:
+            terms = torch.where(terms == 1, 0, terms)
+        if grad_mp is None:
+            terms = torch.where(terms == 2, 0, terms)
+        scale = coef[terms.long()]
+        if weight is not None:
+            scale = scale * weight
+        _, backward = _LAUNCH[ctx.backend]
+        grad = backward(logits, regions, labels, scale.contiguous(), ctx.temperature)
+        return grad, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Public
+# --------------------------------------------------------------------------------------------
+def partial_label_loss(logits, regions, region_labels, temperature=0.1, normalize="pixel", *, backend=None):
+    """Stage-1 losses ``(L_CE, L_MP)`` for region-wise multi-class (partial) labels.
+
+    Args:
+        logits: ``(B, C, H, W)`` float32/float16/bfloat16 (float64 for gradcheck); the
+            model's extra "undefined" class is simply one of the ``C`` channels.
+        regions: ``(B, H, W)`` integer region ids; negative = no region (ignored). An id
+            ``>= R`` raises ``ValueError``.
+        region_labels: ``(B, R, C)`` bool/uint8 multi-hot labels; ``R = region_labels.shape[1]``.
+            A region with no bit set is unlabeled.
+        temperature: ``tau`` > 0; the losses work on ``z = logits / tau`` (paper: 0.1).
+        normalize: ``"pixel"`` (mean over each term's pixels in the batch) or ``"region"``
+            (mean over the term's regions of the per-region pixel mean, Eq. 6-7).
+        backend: ``"reference" | "cpp" | "triton"``; default by device (see
+            :func:`mulact.ops.resolve_backend`).
+
+    Returns:
+        ``(loss_ce, loss_mp)`` scalars, float32 (float64 for float64 logits). A term without
+        pixels is 0 with a zero gradient.
+
+    Example:
+        >>> logits = torch.randn(2, 20, 64, 64, requires_grad=True)
+        >>> regions = torch.randint(0, 16, (2, 64, 64))
+        >>> labels = torch.zeros(2, 16, 20, dtype=torch.bool); labels[:, 0, 3] = True
+        >>> labels[:, 1, [4, 7]] = True
+        >>> ce, mp = partial_label_loss(logits, regions, labels)
+        >>> (16 * ce + 8 * mp).backward()
+    """
+    _check(logits, regions, region_labels, temperature, normalize)
+    temperature = float(temperature)
+    backend = resolve_backend(OP, logits.device, backend)
+    if backend == "reference":
+        return partial_label_loss_reference(logits, regions, region_labels, temperature, normalize)
+    return PartialLabelLossFunction.apply(logits, regions, region_labels, temperature, normalize, backend)
