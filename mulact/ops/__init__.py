@@ -6,9 +6,19 @@ CUDA; CPU under ``TRITON_INTERPRET=1``). See :func:`resolve_backend` for how one
 and :func:`last_backend` to ask which one ran.
 """
 from ._backend import BACKENDS, cpp_available, last_backend, resolve_backend, triton_available
+from .region_adjacency import adjacency_csr, neighbor_lists, region_adjacency, region_adjacency_reference
+from .region_labels_from_mask import RegionLabels, dominant_labels, region_labels_from_mask, region_labels_from_mask_reference
 
 __all__ = [
     "BACKENDS",
+    "RegionLabels",
+    "adjacency_csr",
+    "dominant_labels",
+    "neighbor_lists",
+    "region_adjacency",
+    "region_adjacency_reference",
+    "region_labels_from_mask",
+    "region_labels_from_mask_reference",
     "cpp_available",
     "last_backend",
     "resolve_backend",
