@@ -5,7 +5,7 @@ while it still has an unlabeled region). For each batch it calls the fused
 :func:`mulact.ops.region_uncertainty_stats`, keeping per image the ``(R, C+1)`` sums of pixel
 uncertainty and counts split by the pixel's top-1 class, and accumulating the soft class
 prior of PixBal (Eq. 3) in the same pass. Scores are then a cheap function of those tables
-(:func:`mulact.ops.acquisition.region_scores`), so PixBal needs no second pass.
+(:func:`mulact.ops.region_scores`), so PixBal needs no second pass.
 
 Methods: ``random`` (uniform scores from a generator seeded by ``(seed, round)``; no model),
 ``bvsb`` (region mean of p_sb/p_b), ``classbal`` (Cai et al. 2021), ``pixbal`` (Eq. 4),
@@ -27,10 +27,8 @@ from .pool import RegionPool, select_by_budget
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MEASURE_OF", "PoolStats", "scan_pool", "score_pool", "acquire"]
+__all__ = ["PoolStats", "scan_pool", "score_pool", "acquire"]
 
-# Pixel uncertainty measure used by each model-based acquisition function.
-MEASURE_OF = {"bvsb": "bvsb", "classbal": "bvsb", "pixbal": "bvsb", "margin": "margin", "entropy": "entropy"}
 
 
 @dataclass
@@ -48,11 +46,6 @@ class PoolStats:
     prob_sum: torch.Tensor
     num_pixels: int
     forwards: int
-
-    @property
-    def prior(self) -> torch.Tensor:
-        """P(c) of Eq. 3: mean softmax probability over the scanned pixels."""
-        return self.prob_sum / max(self.num_pixels, 1)
 
 
 @torch.no_grad()
@@ -105,25 +98,31 @@ def score_pool(method: str, pool: RegionPool, stats: PoolStats | None, *, nu: fl
     """``(scores (N,) float64, banned (N,) bool)`` for every flat region of the pool."""
     from mulact.engine.train import derive_seed
 
+    from mulact.ops.acquisition import (
+        class_prior,
+        dominant_class,
+        dominant_class_fraction,
+        random_scores,
+        region_scores,
+        selectable,
+    )
+
     N = int(pool.offsets[-1])
     if method == "random":
         gen = torch.Generator().manual_seed(derive_seed(seed, round_index, 0xACE))
-        return torch.rand(N, generator=gen, dtype=torch.float64).numpy(), np.zeros(N, bool)
-    from mulact.ops.acquisition import dominant_class, region_scores
-
+        return random_scores(N, generator=gen).double().numpy(), np.zeros(N, bool)
     if stats is None:
         raise ValueError(f"stats: method {method!r} needs a pool scan")
     undefined = pool.num_classes
-    scanned = stats.count.sum(-1) > 0
-    # ClassBal's class frequencies count the dominant predictions of the *pool* regions only.
-    in_pool = torch.from_numpy(pool.unlabeled_mask()) & scanned
+    K = undefined + 1
     dom = dominant_class(stats.count)
-    dominant_fraction = torch.bincount(dom[in_pool].long(), minlength=undefined + 1).float()
-    dominant_fraction = dominant_fraction / dominant_fraction.sum().clamp_min(1.0)
-    scores = region_scores(
-        method, stats.u_sum.unsqueeze(0), stats.count.unsqueeze(0), prior=stats.prior, nu=nu,
-        dominant_fraction=dominant_fraction, undefined_class=undefined)[0]
-    banned = (dom == undefined) & scanned
+    # ClassBal's class frequencies count the dominant predictions of the *pool* regions only.
+    in_pool = torch.from_numpy(pool.unlabeled_mask()) & (dom >= 0)
+    fraction = dominant_class_fraction(dom[in_pool], K)
+    prior = class_prior(stats.prob_sum, stats.num_pixels) if stats.num_pixels > 0 else None
+    scores = region_scores(method, stats.u_sum, stats.count, prior=prior, nu=nu,
+                           dominant_fraction=fraction, undefined_class=undefined)
+    banned = ~selectable(stats.count, undefined)
     return scores.double().numpy(), banned.numpy()
 
 

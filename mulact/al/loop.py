@@ -36,8 +36,9 @@ from mulact.engine.evaluate import evaluate
 from mulact.engine.losses import stage1_loss
 from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
 from mulact.model import build_model
+from mulact.ops.acquisition import measure_for
 
-from .acquisition import MEASURE_OF, acquire, scan_pool, score_pool
+from .acquisition import acquire, scan_pool, score_pool
 from .data import AugmentedView, build_oracle
 from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json
 
@@ -194,7 +195,7 @@ class Experiment:
         t0 = time.time()
         if method != "random":
             model = self.load_model(self.final_weights(t - 1))
-            stats = scan_pool(model, self.train, pool, pool.images_with_unlabeled(), measure=MEASURE_OF[method],
+            stats = scan_pool(model, self.train, pool, pool.images_with_unlabeled(), measure=measure_for(method),
                               temperature=c.temperature, device=self.device, batch_size=c.acquisition_batch_size,
                               amp=c.amp, num_workers=c.num_workers)
             del model
