@@ -1,0 +1,151 @@
+"""Prototypical pixels (paper Eq. 8, SPEC §3.3): per region and labeled class, the pixel with
+the most confident prediction for that class.
+
+``region_class_argmax(logits, regions, region_labels, temperature, min_classes)[b, r, c]`` is
+the flat index ``h * W + w`` of ``argmax_{x in r} log_softmax(z(x))_c`` (the probability, not
+the raw logit), for every region ``r`` with ``|Y(r)| >= min_classes`` and every ``c in Y(r)``;
+ties go to the smallest flat index. It is ``-1`` where ``c`` is not in ``Y(r)``, where
+``|Y(r)| < min_classes``, or where ``r`` has no pixel in the crop. Stage 1's prototypical pixel
+loss uses ``min_classes=2`` (Eq. 9 only covers multi-class regions); stage 2's prototypes use
+``min_classes=1``.
+
+Backends: ``reference`` (``scatter_reduce`` amax, then amin of the index among the maxima),
+``cpp`` (``csrc/region_class_argmax.cpp``: per-thread best tables merged by "larger value, then
+smaller index"), ``triton`` (``kernels/region_class_argmax.py``: one ``atomic_max`` over packed
+(value, index) int64 keys; float64 logits take a two-launch max-then-min-index path). All are
+deterministic. Only pixels of active regions are read; NaN/Inf among them and ids ``>= R``
+raise ``ValueError``. The output is integer: there is no autograd.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._backend import resolve_backend
+from ._cpp import code, ext, index_tensor, ptr
+from ._labels import acc_dtype, labels_u8, num_labels, triton_acc
+from ._validate import (
+    check_finite,
+    check_labeled_logits,
+    check_region_ids,
+    check_temperature,
+    new_status,
+    raise_on_status,
+)
+
+OP = "region_class_argmax"
+INT64_MIN = -(2**63)
+
+
+def _check(logits, regions, region_labels, temperature, min_classes):
+    num_regions = check_labeled_logits(OP, logits, regions, region_labels)
+    temperature = check_temperature(OP, temperature)
+    if isinstance(min_classes, bool) or not isinstance(min_classes, int) or min_classes < 1:
+        raise ValueError(f"{OP}: `min_classes` must be an int >= 1, got {min_classes!r}")
+    return num_regions, temperature
+
+
+def region_class_argmax_reference(logits, regions, region_labels, temperature=0.1, min_classes=1):
+    """Pure-torch reference of :func:`region_class_argmax` (vectorised scatter_reduce)."""
+    num_regions, temperature = _check(logits, regions, region_labels, temperature, min_classes)
+    check_region_ids(OP, regions, num_regions)
+    batch, num_classes, height, width = logits.shape
+    hw = height * width
+    with torch.no_grad():
+        active_r = num_labels(region_labels) >= min_classes  # (B, R)
+        rid = regions.reshape(batch, hw).long()
+        valid = rid >= 0
+        act = valid & active_r.gather(1, rid.clamp(min=0))  # (B, HW)
+        z = logits.detach().to(acc_dtype(logits)).reshape(batch, num_classes, hw) / temperature
+        check_finite(OP, "logits", z.transpose(1, 2)[act])
+        lsm = torch.log_softmax(z, dim=1)
+        slot = torch.where(act, rid, num_regions).unsqueeze(1).expand(batch, num_classes, hw)
+        best = torch.full((batch, num_classes, num_regions + 1), float("-inf"), dtype=lsm.dtype, device=lsm.device)
+        best = best.scatter_reduce(2, slot, lsm, "amax", include_self=True)
+        is_best = act.unsqueeze(1) & (lsm == best.gather(2, slot))
+        pos = torch.arange(hw, device=lsm.device).expand(batch, num_classes, hw)
+        cand = torch.where(is_best, pos, hw)
+        first = torch.full((batch, num_classes, num_regions + 1), hw, dtype=torch.int64, device=lsm.device)
+        first = first.scatter_reduce(2, slot, cand, "amin", include_self=True)
+        first = first[:, :, :num_regions].transpose(1, 2)  # (B, R, C)
+        keep = region_labels.bool() & active_r.unsqueeze(2) & (first < hw)
+        return torch.where(keep, first, -1).contiguous()
+
+
+def _argmax_cpp(logits, regions, labels, active, temperature, status):
+    batch, num_classes, height, width = logits.shape
+    out = torch.empty(batch, labels.shape[1], num_classes, dtype=torch.int64)
+    ext().region_class_argmax_forward(
+        ptr(logits), code(logits), ptr(regions), code(regions), ptr(labels), ptr(active),
+        batch, num_classes, height * width, labels.shape[1], temperature, ptr(out), ptr(status))
+    return out
+
+
+def _argmax_triton(logits, regions, labels, active, temperature, status):
+    import triton
+
+    from mulact.kernels import region_class_argmax as kern
+
+    batch, num_classes, height, width = logits.shape
+    hw = height * width
+    if hw > kern.MAX_INDEX:
+        raise ValueError(f"{OP}: images of {hw} pixels exceed the {kern.MAX_INDEX} flat indices the packed keys hold")
+    num_regions = labels.shape[1]
+    block_c, block_p = kern.block_sizes(num_classes, hw)
+    grid = (triton.cdiv(hw, block_p), batch)
+    shape = (batch, num_regions, num_classes)
+    keys = torch.full(shape, INT64_MIN, dtype=torch.int64, device=logits.device)
+    args = (num_classes, hw, num_regions, 1.0 / temperature)
+    meta = dict(BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+    if logits.dtype != torch.float64:
+        kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, keys, status, *args, PASS=0, **meta)
+        found = keys != INT64_MIN
+        return torch.where(found, kern.MAX_INDEX - (keys & 0xFFFFFFFF), -1)
+    index = torch.full(shape, hw, dtype=torch.int64, device=logits.device)
+    kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, index, status, *args, PASS=1, **meta)
+    kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, index, status, *args, PASS=2, **meta)
+    return torch.where(index < hw, index, -1)
+
+
+_LAUNCH = {"cpp": _argmax_cpp, "triton": _argmax_triton}
+
+
+def region_class_argmax_fused(logits, regions, region_labels, temperature, min_classes, backend):
+    """Run a fused backend on validated arguments (used by the prototypical pixel loss)."""
+    num_regions = region_labels.shape[1]
+    logits = logits.detach().contiguous()
+    regions = index_tensor(regions)
+    labels = labels_u8(region_labels)
+    active = (num_labels(region_labels) >= min_classes).to(torch.int8)
+    status = new_status(logits.device)
+    out = _LAUNCH[backend](logits, regions, labels, active, temperature, status)
+    raise_on_status(OP, status, num_regions)
+    return out
+
+
+def region_class_argmax(logits, regions, region_labels, temperature=0.1, min_classes=1, *, backend=None):
+    """Flat index of the prototypical pixel of every (image, region, labeled class).
+
+    Args:
+        logits: ``(B, C, H, W)`` float32/float16/bfloat16/float64.
+        regions: ``(B, H, W)`` integer region ids; negative = no region; ``>= R`` raises.
+        region_labels: ``(B, R, C)`` bool/uint8 multi-hot labels, ``R = region_labels.shape[1]``.
+        temperature: ``tau`` > 0, ``z = logits / tau`` (it changes the softmax, hence the argmax).
+        min_classes: only regions with at least this many labeled classes get an answer
+            (1: every labeled region, as for stage-2 prototypes; 2: Eq. 8-9's multi-class regions).
+        backend: ``"reference" | "cpp" | "triton"`` or None (by device).
+
+    Returns:
+        ``(B, R, C)`` int64: ``h * W + w`` of ``argmax_{x in r} log_softmax(z(x))_c`` (ties: the
+        smallest index), ``-1`` where ``c`` is not in ``Y(r)``, ``|Y(r)| < min_classes`` or ``r``
+        has no pixel in the crop. Not differentiable.
+
+    Example:
+        >>> idx = region_class_argmax(logits, regions, labels, min_classes=2)
+        >>> b, r, c = (idx >= 0).nonzero(as_tuple=True)
+        >>> chosen_logits = logits.flatten(2)[b, :, idx[b, r, c]]   # (K, C)
+    """
+    num_regions, temperature = _check(logits, regions, region_labels, temperature, min_classes)
+    backend = resolve_backend(OP, logits.device, backend)
+    if backend == "reference":
+        return region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes)
+    return region_class_argmax_fused(logits, regions, region_labels, temperature, min_classes, backend)
