@@ -34,7 +34,7 @@ class TrainConfig:
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     # -- data ----------------------------------------------------------------------------
     dataset: str = field(default="demo", metadata={"help": f"one of {DATASETS}"})
-    data_root: str | None = field(default=None, metadata={"help": "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is cached (default <run_dir>/demo_data)"})
+    data_root: str | None = field(default=None, metadata={"help": "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is kept (default: $MULACT_CACHE or ~/.cache/mulact)"})
     superpixel_dir: str | None = field(default=None, metadata={"help": "where superpixel maps are read/cached (default: dataset's own cache location)"})
     superpixel_method: str = field(default="seeds", metadata={"help": "'seeds' or 'slic'"})
     region_size: int = field(default=32, metadata={"help": "superpixel size in pixels (32: ~32x32 regions, ~2048 per Cityscapes image)"})

@@ -68,9 +68,9 @@ class Experiment:
         self.echo = echo
         self.dir = cfg.resolved_run_dir()
         self.device = _resolve_device(cfg.device)
+        self._build_data()
         os.makedirs(self.dir, exist_ok=True)
         self._check_config()
-        self._build_data()
 
     # -- setup ------------------------------------------------------------------------------
     def _check_config(self) -> None:
@@ -101,7 +101,6 @@ class Experiment:
         if cfg.dataset == "demo":
             demo = dict(seed=0, height=128, width=256, num_train=cfg.demo_train_images,
                         num_val=cfg.demo_val_images)
-            root = cfg.data_root or os.path.join(self.dir, "demo_data")
         train_kw = dict(kwargs)
         if cfg.superpixel_dir:
             train_kw["superpixel_dir"] = os.path.join(cfg.superpixel_dir, "train")

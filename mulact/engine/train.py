@@ -91,6 +91,7 @@ def collate_pad(items: list[dict], extra_keys=()) -> dict:
         regions[b, :h, :w] = it["regions"]
     out = {"image": image, "label": label, "regions": regions,
            "index": torch.tensor([int(it["index"]) for it in items]),
+           "sizes": torch.tensor([list(it["image"].shape[-2:]) for it in items]),
            "name": [it.get("name", "") for it in items]}
     for key in extra_keys:
         out[key] = torch.stack([it[key] for it in items])
