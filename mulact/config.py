@@ -40,6 +40,8 @@ class TrainConfig:
     region_size: int = field(default=32, metadata={"help": "superpixel size in pixels (32: ~32x32 regions, ~2048 per Cityscapes image)"})
     demo_train_images: int = field(default=200, metadata={"help": "demo dataset: number of generated training images (128x256)"})
     demo_val_images: int = field(default=50, metadata={"help": "demo dataset: number of generated validation images"})
+    demo_height: int = field(default=128, metadata={"help": "demo dataset: image height"})
+    demo_width: int = field(default=256, metadata={"help": "demo dataset: image width"})
     max_train_images: int | None = field(default=None, metadata={"help": "use only the first N training images (debugging)"})
     max_val_images: int | None = field(default=None, metadata={"help": "evaluate on the first N validation images only (debugging)"})
     crop_size: int = field(default=769, metadata={"help": "square training crop after random scaling"})
@@ -95,7 +97,8 @@ class TrainConfig:
         one_of("pseudo", ("prototype", "confident"))
         one_of("superpixel_method", ("seeds", "slic"))
         for name in ("rounds", "budget", "iterations", "batch_size", "acquisition_batch_size",
-                     "eval_batch_size", "region_size", "crop_size", "demo_train_images", "demo_val_images"):
+                     "eval_batch_size", "region_size", "crop_size", "demo_train_images", "demo_val_images",
+                     "demo_height", "demo_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.batch_size < 2:

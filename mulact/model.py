@@ -104,12 +104,15 @@ class CosineDeepLabV3Plus(nn.Module):
             state = state["state_dict"]
         # torchvision/timm classification checkpoints carry an ``fc`` the encoder lacks.
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = self.net.encoder.load_state_dict(state, strict=False)
+        own = set(self.net.encoder.state_dict())
+        missing = sorted(own - set(state))
+        unexpected = sorted(set(state) - own)
         if missing:
             raise ValueError(
                 f"encoder_weights: {path!r} lacks {len(missing)} encoder tensors "
                 f"(first: {missing[0]!r}); expected a state_dict of the {type(self.net.encoder).__name__} encoder"
             )
+        self.net.encoder.load_state_dict({k: v for k, v in state.items() if k in own})
         log.info("loaded encoder weights from %s (%d unused keys)", path, len(unexpected))
 
     def encoder_parameters(self):

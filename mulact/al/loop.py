@@ -99,8 +99,8 @@ class Experiment:
         demo = None
         root = cfg.data_root
         if cfg.dataset == "demo":
-            demo = dict(seed=0, height=128, width=256, num_train=cfg.demo_train_images,
-                        num_val=cfg.demo_val_images)
+            demo = dict(seed=0, height=cfg.demo_height, width=cfg.demo_width, num_train=cfg.demo_train_images,
+                        num_val=cfg.demo_val_images, progress=True)
         train_kw = dict(kwargs)
         if cfg.superpixel_dir:
             train_kw["superpixel_dir"] = os.path.join(cfg.superpixel_dir, "train")
