@@ -35,6 +35,11 @@ def pixel_label_sets(regions: torch.Tensor, region_labels: torch.Tensor):
     return sets, sets.any(-1)
 
 
+def _acc(logits: torch.Tensor) -> torch.Tensor:
+    """float32 for half/bfloat16 logits, the input dtype otherwise (float64 stays exact)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n = mask.sum()
     if n == 0:
@@ -43,7 +48,7 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def infimum_loss(logits, regions, region_labels, temperature: float = 0.1) -> torch.Tensor:
-    logp = torch.log_softmax(logits.float() / temperature, dim=1).permute(0, 2, 3, 1)
+    logp = torch.log_softmax(_acc(logits) / temperature, dim=1).permute(0, 2, 3, 1)
     sets, labeled = pixel_label_sets(regions, region_labels)
     best = logp.masked_fill(~sets, float("-inf")).amax(-1)
     return _masked_mean(-best.masked_fill(~labeled, 0.0), labeled)
@@ -51,10 +56,10 @@ def infimum_loss(logits, regions, region_labels, temperature: float = 0.1) -> to
 
 def rc_loss(logits, regions, region_labels, temperature: float = 0.1,
             uniform: bool = False) -> torch.Tensor:
-    logp = torch.log_softmax(logits.float() / temperature, dim=1).permute(0, 2, 3, 1)
+    logp = torch.log_softmax(_acc(logits) / temperature, dim=1).permute(0, 2, 3, 1)
     sets, labeled = pixel_label_sets(regions, region_labels)
     if uniform:
-        w = sets.float()
+        w = sets.to(logp.dtype)
     else:
         w = logp.detach().exp() * sets
     w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
