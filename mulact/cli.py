@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import typing
 
@@ -68,6 +69,10 @@ def _typed(name, tp, optional):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that spin while waiting make CPU training 5-10x slower as soon as another
+    # process competes for the cores (shared laptops, CI); passive waiting costs little when the
+    # machine is idle. Must be set before torch loads libgomp; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
