@@ -61,9 +61,13 @@ def build_oracle(dataset, indices, trim: int = 5) -> OracleTable:
     dominant = np.full(N, -1, np.int64)
     pixels = np.zeros(N, np.int64)
     for k, i in enumerate(tqdm(indices, desc="oracle labels", leave=False, dynamic_ncols=True)):
-        raw = dataset.raw(int(i))
+        label = torch.from_numpy(dataset.load_label(int(i)))
+        regions = torch.from_numpy(dataset.load_regions(int(i)).astype(np.int64))
+        if label.shape != regions.shape:
+            raise ValueError(f"dataset: label and superpixel map of image {int(i)} differ in size "
+                             f"({tuple(label.shape)} vs {tuple(regions.shape)})")
         R = int(offsets[k + 1] - offsets[k])
-        out = region_labels_from_mask(raw["label"][None], raw["regions"][None], R, C,
+        out = region_labels_from_mask(label[None], regions[None], R, C,
                                       ignore_index=dataset.ignore_index, trim=trim)
         lo = int(offsets[k])
         px = out.class_counts[0].sum(-1).cpu().numpy()

@@ -83,6 +83,8 @@ def bits_to_multi_hot(bits, num_bits: int) -> np.ndarray:
 
 def popcount(bits) -> np.ndarray:
     b = np.asarray(bits, dtype=np.uint64)
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(b).astype(np.int64)
     out = np.zeros(b.shape, dtype=np.int64)
     for k in range(64):
         out += ((b >> np.uint64(k)) & np.uint64(1)).astype(np.int64)
