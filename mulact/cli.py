@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetNotFoundError as err:
         print(f"mulact-train: error: dataset not found: {err}\n{_layout_hint(cfg.dataset)}", file=sys.stderr)
         return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        print(f"mulact-train: error: {err}\n(rerun with -v for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nmulact-train: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -55,7 +55,7 @@ def _resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device: {name!r} requested but CUDA is not available")
+        raise ValueError(f"device: {name!r} requested but CUDA is not available")
     return dev
 
 
