@@ -63,37 +63,61 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
       if (mode != 3) P.val.assign(imgs * RK, init);
       if (extremum) P.arg.assign(imgs * RK, -1);
     }
+    // Runs of equal, valid ids inside the current block, shared by all K planes: superpixels
+    // are spatially coherent, so a run is accumulated in registers and stored once, instead of
+    // a read-modify-write of the same accumulator for every pixel.
+    std::vector<int64_t> run_start, run_end, run_id;
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t b = q / blocks_per_image;
       const int64_t p0 = (q % blocks_per_image) * kBlock;
       const int64_t p1 = std::min(N, p0 + kBlock);
       const I* rb = reg + b * N;
       int64_t* cb = P.cnt.data() + (b - P.b_lo) * R;
-      for (int64_t p = p0; p < p1; ++p) {
+      run_start.clear();
+      run_end.clear();
+      run_id.clear();
+      for (int64_t p = p0; p < p1;) {
         const int64_t id = static_cast<int64_t>(rb[p]);
-        if (id < 0) continue;
+        int64_t e = p + 1;
+        while (e < p1 && static_cast<int64_t>(rb[e]) == id) ++e;
         if (id >= R) {
           P.bad_id = std::max(P.bad_id, id);
-          continue;
+        } else if (id >= 0) {
+          cb[id] += e - p;
+          run_start.push_back(p);
+          run_end.push_back(e);
+          run_id.push_back(id);
         }
-        ++cb[id];
+        p = e;
       }
       if (mode == 3) continue;
       A* vb = P.val.data() + (b - P.b_lo) * RK;
       int64_t* ab = extremum ? P.arg.data() + (b - P.b_lo) * RK : nullptr;
-      // One class plane at a time: contiguous reads; the (R, K) accumulators stay in cache.
+      const int64_t nruns = static_cast<int64_t>(run_id.size());
+      // One plane at a time: contiguous reads; the (R, K) accumulators stay in cache.
       for (int64_t k = 0; k < K; ++k) {
         const T* xk = x + (b * K + k) * N;
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t id = static_cast<int64_t>(rb[p]);
-          if (id < 0 || id >= R) continue;
-          const A v = static_cast<A>(to_float(xk[p]));
-          const int64_t s = id * K + k;
+        for (int64_t j = 0; j < nruns; ++j) {
+          const int64_t e = run_end[j];
+          const int64_t sl = run_id[j] * K + k;
           if (mode == 0) {
-            vb[s] += v;
-          } else if (ab[s] < 0 || (mode == 1 ? v > vb[s] : v < vb[s])) {  // strict: first index wins ties
-            vb[s] = v;
-            ab[s] = p;
+            A acc = A(0);
+            for (int64_t p = run_start[j]; p < e; ++p) acc += static_cast<A>(to_float(xk[p]));
+            vb[sl] += acc;
+            continue;
+          }
+          int64_t arg = run_start[j];
+          A best = static_cast<A>(to_float(xk[arg]));
+          for (int64_t p = arg + 1; p < e; ++p) {
+            const A v = static_cast<A>(to_float(xk[p]));
+            if (mode == 1 ? v > best : v < best) {  // strict: the first index wins ties
+              best = v;
+              arg = p;
+            }
+          }
+          if (ab[sl] < 0 || (mode == 1 ? best > vb[sl] : best < vb[sl])) {
+            vb[sl] = best;
+            ab[sl] = arg;
           }
         }
       }

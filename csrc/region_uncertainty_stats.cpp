@@ -11,9 +11,17 @@
 // partial accumulators for the images that range touches; partials are summed in thread order.
 // Counts and top-1 assignment are exact; float sums are bitwise reproducible for a fixed
 // thread count.
+// FP exception flags are never inspected here; without this GCC refuses to if-convert (and so
+// to vectorise) loops whose selects guard arithmetic that might raise a flag. It comes before
+// the includes so that header inline functions share the setting and still inline.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -25,18 +33,17 @@ namespace {
 
 enum Measure : int { kBvsb = 0, kMargin = 1, kEntropy = 2, kLeastConfidence = 3 };
 
-constexpr int64_t kBlock = 128;
+constexpr int64_t kBlock = 64;
 
 // exp(x) for x <= 0 (softmax numerators after subtracting the max): range reduction to
-// [-ln2/2, ln2/2] plus a degree-6 polynomial (Cephes expf coefficients), ~1 ulp. Branch-free
-// so loops over pixels vectorise; x below the float range returns exactly 0.
+// [-ln2/2, ln2/2] plus a degree-6 polynomial (Cephes expf coefficients), ~1e-7 relative error.
+// Branch-free so loops over pixels vectorise. x <= -88 (and -inf) returns exactly 0: the
+// clamp makes the exponent field 0, flushing what would be a denormal to zero.
 inline float exp_nonpos(float x) {
-  const float lo = -87.3365447f;
-  const bool under = x < lo;
-  x = x < lo ? lo : x;
+  x = x < -88.0f ? -88.0f : x;
   const float log2e = 1.44269504088896341f;
   const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  float k = (x * log2e + magic) - magic;
+  const float k = (x * log2e + magic) - magic;
   float r = x - k * 0.693359375f;
   r = r - k * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -45,12 +52,11 @@ inline float exp_nonpos(float x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  float y = p * r * r + r + 1.0f;
-  int32_t e = (static_cast<int32_t>(k) + 127) << 23;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(k) + 127) << 23;
   float scale;
   std::memcpy(&scale, &e, sizeof scale);
-  y *= scale;
-  return under ? 0.0f : y;
+  return y * scale;
 }
 inline double exp_nonpos(double x) { return std::exp(x); }
 
@@ -65,12 +71,117 @@ struct Partial {
   bool nonfinite = false;
 };
 
+// x86-64 builds get AVX2 and AVX-512 clones of the hot block routine, picked at load time by
+// the CPU (ifunc); the baseline build only assumes SSE2.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define MULACT_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MULACT_SIMD_CLONES
+#endif
+
+template <typename A>
+struct Scratch {
+  alignas(64) A m1[kBlock], m2[kBlock], s[kBlock], ent[kBlock], chk[kBlock], topf[kBlock], u[kBlock], w[kBlock];
+};
+
+// One block of n <= kBlock pixels: reads the C class rows (stride N) once into z (C x kBlock),
+// leaves u(x) in S.u and the top-1 class in S.topf, adds the block's softmax sum over valid
+// pixels (valid[i] in {0, 1}) to prob, and returns whether a non-finite logit was seen.
+template <typename T, typename A>
+MULACT_SIMD_CLONES bool block_stats(const T* __restrict xb, int64_t N, int64_t n, int64_t C, A inv_t, int measure,
+                                    const A* __restrict valid, A* __restrict z, Scratch<A>& S,
+                                    A* __restrict prob) {
+  A* __restrict m1 = S.m1;
+  A* __restrict m2 = S.m2;
+  A* __restrict s = S.s;
+  A* __restrict ent = S.ent;
+  A* __restrict chk = S.chk;
+  A* __restrict topf = S.topf;
+  A* __restrict u = S.u;
+  A* __restrict w = S.w;
+  const A neg_inf = -std::numeric_limits<A>::infinity();
+  for (int64_t i = 0; i < n; ++i) { m1[i] = neg_inf; m2[i] = neg_inf; topf[i] = A(0); chk[i] = A(0); }
+  // Load + top-2. Strict `>` keeps the smaller class on ties; the runner-up update
+  // max(m2, min(v, m1)) covers both "v is the new best" and "v is a new second".
+  for (int64_t c = 0; c < C; ++c) {
+    const T* __restrict row = xb + c * N;
+    A* __restrict zc = z + c * kBlock;
+    const A cf = static_cast<A>(c);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const A v = static_cast<A>(to_float(row[i])) * inv_t;
+      const A b = m1[i], s2 = m2[i], t = topf[i];
+      zc[i] = v;
+      chk[i] += v * A(0);  // NaN iff some logit of the pixel is NaN or +-Inf
+      const A lo = v < b ? v : b;
+      m2[i] = s2 > lo ? s2 : lo;
+      // Blend arithmetically: two selects on one condition become a branch in GCC.
+      topf[i] = t + static_cast<A>(v > b) * (cf - t);
+      m1[i] = v > b ? v : b;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) { s[i] = A(0); ent[i] = A(0); }
+  if (measure == kEntropy) {
+    for (int64_t c = 0; c < C; ++c) {
+      A* __restrict zc = z + c * kBlock;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const A d = zc[i] - m1[i];
+        const A e = exp_nonpos(d);
+        zc[i] = e;
+        s[i] += e;
+        ent[i] += e * d;
+      }
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      A* __restrict zc = z + c * kBlock;
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const A e = exp_nonpos(zc[i] - m1[i]);
+        zc[i] = e;
+        s[i] += e;
+      }
+    }
+  }
+  A bad = A(0);
+#pragma omp simd reduction(+ : bad)
+  for (int64_t i = 0; i < n; ++i) bad += chk[i];
+  // Per-pixel uncertainty; p_b = 1 / s because the top-1 numerator is exp(0).
+  switch (measure) {
+    case kBvsb:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) u[i] = exp_nonpos(m2[i] - m1[i]);  // 0 when C == 1 (m2 = -inf)
+      break;
+    case kMargin:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) u[i] = A(1) - (A(1) - exp_nonpos(m2[i] - m1[i])) / s[i];
+      break;
+    case kEntropy:
+      for (int64_t i = 0; i < n; ++i) u[i] = std::log(s[i]) - ent[i] / s[i];
+      break;
+    default:
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) u[i] = A(1) - A(1) / s[i];
+      break;
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) w[i] = valid[i] / s[i];
+  for (int64_t c = 0; c < C; ++c) {
+    const A* __restrict zc = z + c * kBlock;
+    A acc = A(0);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) acc += zc[i] * w[i];
+    prob[c] += acc;
+  }
+  return !(bad == A(0));
+}
+
 template <typename T, typename I>
 void stats_cpu(const T* x, const I* reg, int64_t B, int64_t C, int64_t N, int64_t R, double inv_t_d,
                int measure, float* u_out, int32_t* n_out, float* prob_out, int32_t* status, int64_t* pixels_out) {
   using A = typename Acc<T>::type;
   const A inv_t = static_cast<A>(inv_t_d);
-  const A neg_inf = -std::numeric_limits<A>::infinity();
   const int64_t blocks_per_image = (N + kBlock - 1) / kBlock;
   const int64_t total = B * blocks_per_image;
   const int64_t RC = R * C;
@@ -99,75 +210,20 @@ void stats_cpu(const T* x, const I* reg, int64_t B, int64_t C, int64_t N, int64_
     }
     std::vector<A> z(C * kBlock);
     std::vector<A> prob_blk(C);
-    alignas(64) A m1[kBlock], m2[kBlock], s[kBlock], ent[kBlock], chk[kBlock], w[kBlock], u[kBlock];
-    alignas(64) int32_t top[kBlock];
+    Scratch<A> S;
+    alignas(64) A valid[kBlock];
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t b = q / blocks_per_image;
       const int64_t p0 = (q % blocks_per_image) * kBlock;
       const int64_t n = std::min(kBlock, N - p0);
-      const T* xb = x + b * C * N + p0;
       const I* rb = reg + b * N + p0;
-      for (int64_t i = 0; i < n; ++i) { m1[i] = neg_inf; m2[i] = neg_inf; top[i] = 0; chk[i] = A(0); }
-      // Load + top-2. Strict `>` keeps the smaller class on ties.
-      for (int64_t c = 0; c < C; ++c) {
-        const T* row = xb + c * N;
-        A* zc = z.data() + c * kBlock;
-        const int32_t ci = static_cast<int32_t>(c);
-        for (int64_t i = 0; i < n; ++i) {
-          const A v = static_cast<A>(to_float(row[i])) * inv_t;
-          zc[i] = v;
-          chk[i] += v * A(0);  // NaN iff some logit of the pixel is NaN or +-Inf
-          const bool gt = v > m1[i];
-          m2[i] = gt ? m1[i] : (v > m2[i] ? v : m2[i]);
-          top[i] = gt ? ci : top[i];
-          m1[i] = gt ? v : m1[i];
-        }
-      }
-      for (int64_t i = 0; i < n; ++i) { s[i] = A(0); ent[i] = A(0); }
-      if (measure == kEntropy) {
-        for (int64_t c = 0; c < C; ++c) {
-          A* zc = z.data() + c * kBlock;
-          for (int64_t i = 0; i < n; ++i) {
-            const A d = zc[i] - m1[i];
-            const A e = exp_nonpos(d);
-            zc[i] = e;
-            s[i] += e;
-            ent[i] += e * d;
-          }
-        }
-      } else {
-        for (int64_t c = 0; c < C; ++c) {
-          A* zc = z.data() + c * kBlock;
-          for (int64_t i = 0; i < n; ++i) {
-            const A e = exp_nonpos(zc[i] - m1[i]);
-            zc[i] = e;
-            s[i] += e;
-          }
-        }
-      }
-      bool bad_value = false;
-      for (int64_t i = 0; i < n; ++i) bad_value |= !(chk[i] == A(0));
-      if (bad_value) P.nonfinite = true;
-      // Per-pixel uncertainty; p_b = 1 / s because the top-1 numerator is exp(0).
-      for (int64_t i = 0; i < n; ++i) {
-        const A inv_s = A(1) / s[i];
-        const A e2 = exp_nonpos(m2[i] - m1[i]);  // p_sb / p_b; 0 when C == 1 (m2 = -inf)
-        A val;
-        switch (measure) {
-          case kBvsb: val = e2; break;
-          case kMargin: val = A(1) - (A(1) - e2) * inv_s; break;
-          case kEntropy: val = std::log(s[i]) - ent[i] * inv_s; break;
-          default: val = A(1) - inv_s; break;
-        }
-        u[i] = val;
-        w[i] = rb[i] >= 0 ? inv_s : A(0);
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        const A* zc = z.data() + c * kBlock;
-        A acc = A(0);
-        for (int64_t i = 0; i < n; ++i) acc += zc[i] * w[i];
-        P.prob[c] += static_cast<double>(acc);
-      }
+      for (int64_t i = 0; i < n; ++i) valid[i] = rb[i] >= 0 ? A(1) : A(0);
+      std::fill(prob_blk.begin(), prob_blk.end(), A(0));
+      if (block_stats<T, A>(x + b * C * N + p0, N, n, C, inv_t, measure, valid, z.data(), S, prob_blk.data()))
+        P.nonfinite = true;
+      for (int64_t c = 0; c < C; ++c) P.prob[c] += static_cast<double>(prob_blk[c]);
+      const A* u = S.u;
+      const A* topf = S.topf;
       A* ub = P.u.data() + (b - P.b_lo) * RC;
       int32_t* nb = P.n.data() + (b - P.b_lo) * RC;
       for (int64_t i = 0; i < n; ++i) {
@@ -177,7 +233,7 @@ void stats_cpu(const T* x, const I* reg, int64_t B, int64_t C, int64_t N, int64_
           P.bad_id = std::max(P.bad_id, id);
           continue;
         }
-        const int64_t k = id * C + top[i];
+        const int64_t k = id * C + static_cast<int64_t>(topf[i]);
         ub[k] += u[i];
         nb[k] += 1;
         ++P.pixels;
