@@ -11,8 +11,14 @@
 //
 // Work is split into fixed chunks of pixels inside one image. Each chunk sums sequentially and
 // the chunk partials are reduced in chunk order, so results do not depend on the number of
-// threads or on scheduling. Inside a chunk, tiles of kTile pixels are staged in a small
-// buffer so that the C strided rows of a tile are read from memory once and revisited in L1.
+// threads or on scheduling. Inside a chunk the active pixels (labeled region, non-zero scale)
+// are compacted into tiles of kTile pixels staged class-major in a small buffer: unlabeled
+// pixels cost one region-id read, and the tile math runs on vectors of active pixels only.
+// Without trapping math GCC may if-convert the float selects of the tile loops (clamps in
+// fast_exp, masked maxima) and vectorise them; no kernel here reads the FP exception flags.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -20,80 +26,86 @@
 #include <vector>
 
 #include "common.h"
+#include "fast_exp.h"
 #include "registry.h"
 
 namespace mulact {
 namespace {
 
 constexpr int64_t kTile = 64;
-constexpr int64_t kChunk = 4096;
+constexpr int64_t kChunk = 2048;
 
-// Per-tile softmax statistics of the active pixels: max over all classes and over Y, and the
-// two exp-sums relative to those maxima (separate maxima keep sum_Y from underflowing when the
-// labeled classes are far below the top class, which tau = 0.1 makes common).
 // Store an accumulator value; float64 keeps full precision (from_float<double> takes a float).
 template <typename T, typename A> inline T store(A v) { return from_float<T>(static_cast<float>(v)); }
 template <> inline double store<double, double>(double v) { return v; }
 
+// One tile of up to kTile *active* pixels of one image (compacted: pos[j] is the pixel index
+// of slot j), class-major. After load(): z (scaled logits) and y (1 where the class is in the
+// pixel's label set). After stats(): mx/my = max over all classes / over Y, s/sy = the exp-sums
+// relative to those maxima, z overwritten by exp(z - mx), ey = y * exp(z - my). Separate maxima
+// keep sum_Y from underflowing when the labeled classes are far below the top class (tau = 0.1
+// makes that common). The class loops are branch-free so that they vectorise (fast_exp too).
 template <typename A>
-struct TileStats {
+struct Tile {
+  std::vector<A> z, ey, y;
+  int64_t pos[kTile], rid[kTile];
   A mx[kTile], my[kTile], s[kTile], sy[kTile];
-};
+  int64_t n = 0;
+  explicit Tile(int64_t C) : z(C * kTile), ey(C * kTile), y(C * kTile) {}
 
-// Load the logits of tile [p0, p0 + n) of image b into buf (class-major) scaled by 1/tau, and
-// the label bits of each pixel's region into ybuf. Returns true if any loaded value is
-// non-finite. Only pixels with act[j] set are loaded.
-template <typename T, typename A>
-bool load_tile(const T* logits, const uint8_t* labels, int64_t b, int64_t C, int64_t HW, int64_t R,
-               int64_t p0, int64_t n, const int64_t* rid, const bool* act, A inv_t, A* buf,
-               uint8_t* ybuf) {
-  bool nonfinite = false;
-  for (int64_t c = 0; c < C; ++c) {
-    const T* row = logits + (b * C + c) * HW + p0;
-    A* out = buf + c * kTile;
-    uint8_t* yout = ybuf + c * kTile;
-    for (int64_t j = 0; j < n; ++j) {
-      if (!act[j]) {
-        out[j] = A(0);
-        yout[j] = 0;
-        continue;
+  // Returns true if a loaded logit is NaN/Inf.
+  template <typename T>
+  bool load(const T* logits, const uint8_t* labels, int64_t b, int64_t C, int64_t HW, int64_t R, A inv_t) {
+    int bad = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const T* row = logits + (b * C + c) * HW;
+      A* zc = z.data() + c * kTile;
+      A* yc = y.data() + c * kTile;
+      for (int64_t j = 0; j < n; ++j) zc[j] = static_cast<A>(to_float(row[pos[j]]));
+#pragma omp simd reduction(| : bad)
+      for (int64_t j = 0; j < n; ++j) {
+        const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
+        bad |= d != d;
+        zc[j] *= inv_t;
       }
-      A v = static_cast<A>(to_float(row[j]));
-      nonfinite |= !std::isfinite(v);
-      out[j] = v * inv_t;
-      yout[j] = labels[(b * R + rid[j]) * C + c] != 0;
+      for (int64_t j = 0; j < n; ++j) yc[j] = A(labels[(b * R + rid[j]) * C + c] != 0);
     }
+    return bad != 0;
   }
-  return nonfinite;
-}
 
-template <typename A>
-void tile_stats(int64_t C, int64_t n, const bool* act, const A* buf, const uint8_t* ybuf, TileStats<A>& st) {
-  const A ninf = -std::numeric_limits<A>::infinity();
-  for (int64_t j = 0; j < n; ++j) {
-    st.mx[j] = ninf;
-    st.my[j] = ninf;
-    st.s[j] = A(0);
-    st.sy[j] = A(0);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const A* v = buf + c * kTile;
-    const uint8_t* y = ybuf + c * kTile;
+  void stats(int64_t C) {
+    const A lowest = -std::numeric_limits<A>::max();
     for (int64_t j = 0; j < n; ++j) {
-      st.mx[j] = std::max(st.mx[j], v[j]);
-      if (y[j]) st.my[j] = std::max(st.my[j], v[j]);
+      mx[j] = lowest;
+      my[j] = lowest;
+      s[j] = A(0);
+      sy[j] = A(0);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const A* zc = z.data() + c * kTile;
+      const A* yc = y.data() + c * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        mx[j] = zc[j] > mx[j] ? zc[j] : mx[j];
+        my[j] = (yc[j] != A(0) && zc[j] > my[j]) ? zc[j] : my[j];
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      A* zc = z.data() + c * kTile;
+      A* ec = ey.data() + c * kTile;
+      const A* yc = y.data() + c * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const A e = fast_exp(zc[j] - mx[j]);
+        const A f = yc[j] * fast_exp(zc[j] - my[j]);
+        zc[j] = e;
+        ec[j] = f;
+        s[j] += e;
+        sy[j] += f;
+      }
     }
   }
-  for (int64_t c = 0; c < C; ++c) {
-    const A* v = buf + c * kTile;
-    const uint8_t* y = ybuf + c * kTile;
-    for (int64_t j = 0; j < n; ++j) {
-      if (!act[j]) continue;
-      st.s[j] += std::exp(v[j] - st.mx[j]);
-      if (y[j]) st.sy[j] += std::exp(v[j] - st.my[j]);
-    }
-  }
-}
+};
 
 template <typename T, typename I>
 void forward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintptr_t labels_p,
@@ -117,9 +129,7 @@ void forward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintpt
 
 #pragma omp parallel reduction(max : bad) reduction(| : nonfinite)
   {
-    std::vector<A> buf(C * kTile);
-    std::vector<uint8_t> ybuf(C * kTile);
-    TileStats<A> st;
+    Tile<A> tile(C);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < nchunks; ++k) {
       const int64_t b = k / per_img;
@@ -127,38 +137,34 @@ void forward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintpt
       const int64_t c1 = std::min(c0 + kChunk, HW);
       A acc[2] = {A(0), A(0)};
       int64_t cnt[2] = {0, 0};
-      for (int64_t p0 = c0; p0 < c1; p0 += kTile) {
-        const int64_t n = std::min(kTile, c1 - p0);
-        int64_t rid[kTile];
-        bool act[kTile];
-        int8_t kd[kTile];
-        bool any = false;
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t r = static_cast<int64_t>(regions[b * HW + p0 + j]);
-          act[j] = false;
-          rid[j] = 0;
-          kd[j] = 0;
-          if (r < 0) continue;
-          if (r >= R) {
-            bad = std::max(bad, r);
-            continue;
-          }
-          rid[j] = r;
-          kd[j] = kind[b * R + r];
-          act[j] = kd[j] > 0;
-          any |= act[j];
-        }
-        if (!any) continue;
-        nonfinite |= load_tile<T, A>(logits, labels, b, C, HW, R, p0, n, rid, act, inv_t, buf.data(), ybuf.data());
-        tile_stats<A>(C, n, act, buf.data(), ybuf.data(), st);
-        for (int64_t j = 0; j < n; ++j) {
-          if (!act[j]) continue;
-          const A l = (st.mx[j] + std::log(st.s[j])) - (st.my[j] + std::log(st.sy[j]));
+      int8_t kd[kTile];
+      auto flush = [&] {
+        nonfinite |= tile.load(logits, labels, b, C, HW, R, inv_t);
+        tile.stats(C);
+        for (int64_t j = 0; j < tile.n; ++j) {
+          const A l = (tile.mx[j] + std::log(tile.s[j])) - (tile.my[j] + std::log(tile.sy[j]));
           const int t = kd[j] - 1;
-          acc[t] += weight ? weight[b * R + rid[j]] * l : l;
+          acc[t] += weight ? weight[b * R + tile.rid[j]] * l : l;
           cnt[t] += 1;
         }
+        tile.n = 0;
+      };
+      tile.n = 0;
+      for (int64_t p = c0; p < c1; ++p) {
+        const int64_t r = static_cast<int64_t>(regions[b * HW + p]);
+        if (r < 0) continue;
+        if (r >= R) {
+          bad = std::max(bad, r);
+          continue;
+        }
+        const int8_t t = kind[b * R + r];
+        if (t == 0) continue;
+        tile.pos[tile.n] = p;
+        tile.rid[tile.n] = r;
+        kd[tile.n] = t;
+        if (++tile.n == kTile) flush();
       }
+      if (tile.n) flush();
       for (int t = 0; t < 2; ++t) {
         chunk_sum[2 * k + t] = static_cast<double>(acc[t]);
         chunk_cnt[2 * k + t] = cnt[t];
@@ -201,54 +207,44 @@ void backward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintp
 
 #pragma omp parallel
   {
-    std::vector<A> buf(C * kTile);
-    std::vector<uint8_t> ybuf(C * kTile);
-    TileStats<A> st;
+    Tile<A> tile(C);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < nchunks; ++k) {
       const int64_t b = k / per_img;
       const int64_t c0 = (k % per_img) * kChunk;
       const int64_t c1 = std::min(c0 + kChunk, HW);
-      for (int64_t p0 = c0; p0 < c1; p0 += kTile) {
-        const int64_t n = std::min(kTile, c1 - p0);
-        int64_t rid[kTile];
-        bool act[kTile];
-        A sc[kTile];
-        bool any = false;
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t r = static_cast<int64_t>(regions[b * HW + p0 + j]);
-          const bool valid = r >= 0 && r < R;
-          rid[j] = valid ? r : 0;
-          sc[j] = valid ? scale[b * R + r] : A(0);
-          act[j] = sc[j] != A(0);
-          any |= act[j];
-        }
-        if (!any) {
-          for (int64_t c = 0; c < C; ++c) std::fill_n(grad + (b * C + c) * HW + p0, n, zero);
-          continue;
-        }
-        load_tile<T, A>(logits, labels, b, C, HW, R, p0, n, rid, act, inv_t, buf.data(), ybuf.data());
-        tile_stats<A>(C, n, act, buf.data(), ybuf.data(), st);
+      // Zero this chunk's gradient first (contiguous rows, still in cache for the scatter of
+      // the active pixels below).
+      for (int64_t c = 0; c < C; ++c) std::fill(grad + (b * C + c) * HW + c0, grad + (b * C + c) * HW + c1, zero);
+      A sc[kTile];
+      auto flush = [&] {
+        tile.load(logits, labels, b, C, HW, R, inv_t);
+        tile.stats(C);
         A rs[kTile], rsy[kTile];
-        for (int64_t j = 0; j < n; ++j) {
-          rs[j] = act[j] ? sc[j] / st.s[j] : A(0);
-          rsy[j] = act[j] ? sc[j] / st.sy[j] : A(0);
+        for (int64_t j = 0; j < tile.n; ++j) {
+          rs[j] = sc[j] / tile.s[j];
+          rsy[j] = sc[j] / tile.sy[j];
         }
         for (int64_t c = 0; c < C; ++c) {
-          const A* v = buf.data() + c * kTile;
-          const uint8_t* y = ybuf.data() + c * kTile;
-          T* out = grad + (b * C + c) * HW + p0;
-          for (int64_t j = 0; j < n; ++j) {
-            if (!act[j]) {
-              out[j] = zero;
-              continue;
-            }
-            A g = rs[j] * std::exp(v[j] - st.mx[j]);
-            if (y[j]) g -= rsy[j] * std::exp(v[j] - st.my[j]);
-            out[j] = store<T, A>(g);
-          }
+          const A* e = tile.z.data() + c * kTile;
+          const A* ey = tile.ey.data() + c * kTile;
+          T* out = grad + (b * C + c) * HW;
+          for (int64_t j = 0; j < tile.n; ++j) out[tile.pos[j]] = store<T, A>(rs[j] * e[j] - rsy[j] * ey[j]);
         }
+        tile.n = 0;
+      };
+      tile.n = 0;
+      for (int64_t p = c0; p < c1; ++p) {
+        const int64_t r = static_cast<int64_t>(regions[b * HW + p]);
+        if (r < 0 || r >= R) continue;
+        const A v = scale[b * R + r];
+        if (v == A(0)) continue;
+        tile.pos[tile.n] = p;
+        tile.rid[tile.n] = r;
+        sc[tile.n] = v;
+        if (++tile.n == kTile) flush();
       }
+      if (tile.n) flush();
     }
   }
 }

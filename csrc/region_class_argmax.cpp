@@ -1,10 +1,15 @@
 // Per (image, region, labeled class): the pixel of the region where log_softmax(z)_c is
 // largest (the prototypical pixel x*_{r,c} of Eq. 8), as a flat index h * W + w.
 //
-// One pass over the logits of the active regions. Each thread keeps its own best (value,
+// One pass over the logits of the active regions (pixels of other regions cost one id read). Each thread keeps its own best (value,
 // index) table over (B, R, C); "larger value, then smaller index" is associative and
 // commutative and every pixel's value is computed by the same code, so merging the tables in
 // any order gives the same answer: the result is independent of thread count and scheduling.
+// Without trapping math GCC may if-convert the float selects of the tile loops (clamps in
+// fast_exp, masked maxima) and vectorise them; no kernel here reads the FP exception flags.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -12,6 +17,7 @@
 #include <vector>
 
 #include "common.h"
+#include "fast_exp.h"
 #include "registry.h"
 
 namespace mulact {
@@ -52,67 +58,85 @@ void argmax_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintptr
     std::vector<int64_t>& bi = best_i[tid];
     bv.assign(table, A(0));
     bi.assign(table, -1);
-    std::vector<A> buf(C * kArgTile);
+    // Active pixels (region with enough labels) are compacted into tiles of kArgTile, stored
+    // class-major so that the class loops below vectorise over pixels.
+    std::vector<A> z(C * kArgTile);
+    int64_t pos[kArgTile], rid[kArgTile];
+    A mx[kArgTile], rest[kArgTile];
+    int32_t amx[kArgTile];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < nchunks; ++k) {
       const int64_t b = k / per_img;
       const int64_t c0 = (k % per_img) * kArgChunk;
       const int64_t c1 = std::min(c0 + kArgChunk, HW);
-      for (int64_t p0 = c0; p0 < c1; p0 += kArgTile) {
-        const int64_t n = std::min(kArgTile, c1 - p0);
-        int64_t rid[kArgTile];
-        bool act[kArgTile];
-        bool any = false;
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t r = static_cast<int64_t>(regions[b * HW + p0 + j]);
-          act[j] = false;
-          rid[j] = 0;
-          if (r < 0) continue;
-          if (r >= R) {
-            bad = std::max(bad, r);
-            continue;
-          }
-          rid[j] = r;
-          act[j] = active[b * R + r] != 0;
-          any |= act[j];
-        }
-        if (!any) continue;
-        A mx[kArgTile], s[kArgTile];
-        for (int64_t j = 0; j < n; ++j) {
-          mx[j] = -std::numeric_limits<A>::infinity();
-          s[j] = A(0);
-        }
+      int64_t n = 0;
+      auto flush = [&] {
+        int badv = 0;
         for (int64_t c = 0; c < C; ++c) {
-          const T* row = logits + (b * C + c) * HW + p0;
-          A* out = buf.data() + c * kArgTile;
+          const T* row = logits + (b * C + c) * HW;
+          A* zc = z.data() + c * kArgTile;
+          for (int64_t j = 0; j < n; ++j) zc[j] = static_cast<A>(to_float(row[pos[j]]));
+#pragma omp simd reduction(| : badv)
           for (int64_t j = 0; j < n; ++j) {
-            if (!act[j]) continue;
-            const A v = static_cast<A>(to_float(row[j]));
-            nonfinite |= !std::isfinite(v);
-            out[j] = v * inv_t;
-            mx[j] = std::max(mx[j], out[j]);
+            const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
+            badv |= d != d;
+            zc[j] *= inv_t;
+          }
+        }
+        nonfinite |= badv;
+        // log_softmax_c = (z_c - max) - log1p(sum over the other classes of exp(z - max)):
+        // log1p keeps confident pixels (where log of a sum ~1 rounds to 0) apart.
+        for (int64_t j = 0; j < n; ++j) {
+          mx[j] = -std::numeric_limits<A>::max();
+          rest[j] = A(0);
+          amx[j] = 0;
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const A* zc = z.data() + c * kArgTile;
+          const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) {
+            const bool up = zc[j] > mx[j];
+            amx[j] = up ? ci : amx[j];
+            mx[j] = up ? zc[j] : mx[j];
           }
         }
         for (int64_t c = 0; c < C; ++c) {
-          const A* v = buf.data() + c * kArgTile;
-          for (int64_t j = 0; j < n; ++j)
-            if (act[j]) s[j] += std::exp(v[j] - mx[j]);
+          const A* zc = z.data() + c * kArgTile;
+          const int32_t ci = static_cast<int32_t>(c);
+#pragma omp simd
+          for (int64_t j = 0; j < n; ++j) {
+            const A e = fast_exp(zc[j] - mx[j]);
+            rest[j] += amx[j] == ci ? A(0) : e;
+          }
         }
         for (int64_t j = 0; j < n; ++j) {
-          if (!act[j]) continue;
-          const A lse = mx[j] + std::log(s[j]);
+          const A off = std::log1p(rest[j]);
           const int64_t base = (b * R + rid[j]) * C;
-          const int64_t p = p0 + j;
           for (int64_t c = 0; c < C; ++c) {
             if (!labels[base + c]) continue;
-            const A v = buf[c * kArgTile + j] - lse;
-            if (better(v, p, bv[base + c], bi[base + c])) {
+            const A v = (z[c * kArgTile + j] - mx[j]) - off;
+            if (better(v, pos[j], bv[base + c], bi[base + c])) {
               bv[base + c] = v;
-              bi[base + c] = p;
+              bi[base + c] = pos[j];
             }
           }
         }
+        n = 0;
+      };
+      for (int64_t p = c0; p < c1; ++p) {
+        const int64_t r = static_cast<int64_t>(regions[b * HW + p]);
+        if (r < 0) continue;
+        if (r >= R) {
+          bad = std::max(bad, r);
+          continue;
+        }
+        if (!active[b * R + r]) continue;
+        pos[n] = p;
+        rid[n] = r;
+        if (++n == kArgTile) flush();
       }
+      if (n) flush();
     }
   }
 

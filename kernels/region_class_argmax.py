@@ -25,6 +25,14 @@ MAX_INDEX = 2**31 - 1
 
 
 @triton.jit
+def _log1p(u):
+    """log(1 + u) accurate for tiny u (Goldberg): u * log(w) / (w - 1) with w = 1 + u."""
+    w = 1.0 + u
+    d = w - 1.0
+    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
 def region_class_argmax_kernel(
     logits_ptr, regions_ptr, labels_ptr, active_ptr, keys_ptr, index_ptr, status_ptr,
     C, HW, R, inv_t,
@@ -42,12 +50,15 @@ def region_class_argmax_kernel(
     y = tl.load(labels_ptr + (b64 * R + ridc[None, :]) * C + offs_c[:, None], mask=m2, other=0) != 0
     if PASS != 2:
         _report(status_ptr, bad, rid, m2, x)
+    # log_softmax_c = (z_c - max) - log1p(sum over the other classes of exp(z - max)); log1p
+    # keeps confident pixels apart where log(1 + tiny) would round every one of them to 0.
     xm = tl.where(m2, x, float("-inf"))
     mx = tl.max(xm, 0)
     mx = tl.where(active, mx, 0.0)
-    s = tl.sum(tl.where(m2, tl.exp(xm - mx[None, :]), 0.0), 0)
-    lse = mx + tl.log(tl.where(active, s, 1.0))
-    v = (x - lse[None, :]) + 0.0  # + 0.0 turns -0.0 into +0.0
+    first = tl.min(tl.where(xm == mx[None, :], offs_c[:, None], BLOCK_C), 0)
+    others = m2 & (offs_c[:, None] != first[None, :])
+    rest = tl.sum(tl.where(others, tl.exp(xm - mx[None, :]), 0.0), 0)
+    v = ((x - mx[None, :]) - _log1p(rest)[None, :]) + 0.0  # + 0.0 turns -0.0 into +0.0
     cand = m2 & y
     slot = (b64 * R + ridc[None, :]) * C + offs_c[:, None]
     idx = offs_p[None, :].to(tl.int64) + tl.zeros([BLOCK_C, BLOCK_P], tl.int64)

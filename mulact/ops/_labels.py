@@ -1,6 +1,8 @@
 """Small helpers shared by the ops that take multi-hot region labels (losses, argmax)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -36,3 +38,8 @@ def triton_acc(logits: torch.Tensor):
     import triton.language as tl
 
     return tl.float64 if logits.dtype == torch.float64 else tl.float32
+
+
+def device_guard(t: torch.Tensor):
+    """Make ``t``'s CUDA device current while Triton launches (it launches on the current one)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -33,7 +33,7 @@ import torch
 
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
-from ._labels import acc_dtype, labels_u8, num_labels, region_pixel_counts, triton_acc
+from ._labels import acc_dtype, device_guard, labels_u8, num_labels, region_pixel_counts, triton_acc
 from ._validate import (
     check_choice,
     check_finite,
@@ -70,6 +70,9 @@ def partial_label_loss_reference(logits, regions, region_labels, temperature=0.1
     check_region_ids(OP, regions, num_regions)
     batch, num_classes, height, width = logits.shape
     acc = acc_dtype(logits)
+    if num_regions == 0:  # every id is negative: nothing to average, zero gradient
+        zero = logits.reshape(-1)[:0].to(acc).sum()
+        return zero, zero.clone()
     rid = regions.long()
     valid = rid >= 0
     ridc = rid.clamp(min=0)
@@ -134,12 +137,15 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
     hw = height * width
     block_c, block_p = kern.block_sizes(num_classes, hw)
     nprog = triton.cdiv(hw, block_p)
-    sums = torch.empty(batch, nprog, 2, dtype=acc_dtype(logits), device=logits.device)
-    counts = torch.empty(batch, nprog, 2, dtype=torch.int32, device=logits.device)
-    kern.partial_label_loss_fwd_kernel[(nprog, batch)](
-        logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
-        num_classes, hw, labels.shape[1], 1.0 / temperature,
-        HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+    sums = torch.zeros(batch, nprog, 2, dtype=acc_dtype(logits), device=logits.device)
+    counts = torch.zeros(batch, nprog, 2, dtype=torch.int32, device=logits.device)
+    if sums.numel() == 0:
+        return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
+    with device_guard(logits):
+        kern.partial_label_loss_fwd_kernel[(nprog, batch)](
+            logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
+            num_classes, hw, labels.shape[1], 1.0 / temperature,
+            HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
     return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
 
 
@@ -152,9 +158,12 @@ def _backward_triton(logits, regions, labels, scale, temperature):
     hw = height * width
     block_c, block_p = kern.block_sizes(num_classes, hw)
     grad = torch.empty_like(logits)
-    kern.partial_label_loss_bwd_kernel[(triton.cdiv(hw, block_p), batch)](
-        logits, regions, labels, scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
-        BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+    if grad.numel() == 0:
+        return grad
+    with device_guard(logits):
+        kern.partial_label_loss_bwd_kernel[(triton.cdiv(hw, block_p), batch)](
+            logits, regions, labels, scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
+            BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
     return grad
 
 

@@ -13,7 +13,10 @@ Backends: ``reference`` (``scatter_reduce`` amax, then amin of the index among t
 ``cpp`` (``csrc/region_class_argmax.cpp``: per-thread best tables merged by "larger value, then
 smaller index"), ``triton`` (``kernels/region_class_argmax.py``: one ``atomic_max`` over packed
 (value, index) int64 keys; float64 logits take a two-launch max-then-min-index path). All are
-deterministic. Only pixels of active regions are read; NaN/Inf among them and ids ``>= R``
+deterministic. Every backend evaluates ``log_softmax_c`` as ``(z_c - max) - log1p(sum of the
+other classes' exp(z - max))``: with ``tau = 0.1`` many confident pixels would otherwise all
+round to exactly 0 in float32 and the "smallest index" tie rule would pick among them
+arbitrarily. Only pixels of active regions are read; NaN/Inf among them and ids ``>= R``
 raise ``ValueError``. The output is integer: there is no autograd.
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
-from ._labels import acc_dtype, labels_u8, num_labels, triton_acc
+from ._labels import acc_dtype, device_guard, labels_u8, num_labels, triton_acc
 from ._validate import (
     check_finite,
     check_labeled_logits,
@@ -50,6 +53,8 @@ def region_class_argmax_reference(logits, regions, region_labels, temperature=0.
     check_region_ids(OP, regions, num_regions)
     batch, num_classes, height, width = logits.shape
     hw = height * width
+    if num_regions == 0 or hw == 0:
+        return torch.full(tuple(region_labels.shape), -1, dtype=torch.int64, device=logits.device)
     with torch.no_grad():
         active_r = num_labels(region_labels) >= min_classes  # (B, R)
         rid = regions.reshape(batch, hw).long()
@@ -57,7 +62,11 @@ def region_class_argmax_reference(logits, regions, region_labels, temperature=0.
         act = valid & active_r.gather(1, rid.clamp(min=0))  # (B, HW)
         z = logits.detach().to(acc_dtype(logits)).reshape(batch, num_classes, hw) / temperature
         check_finite(OP, "logits", z.transpose(1, 2)[act])
-        lsm = torch.log_softmax(z, dim=1)
+        # (z - max) - log1p(sum of the other classes' exp(z - max)): like the fused kernels,
+        # so confident pixels do not all round to log_softmax = 0 in float32.
+        top = z.max(dim=1, keepdim=True)
+        e = torch.exp(z - top.values).scatter(1, top.indices, 0.0)
+        lsm = (z - top.values) - torch.log1p(e.sum(1, keepdim=True))
         slot = torch.where(act, rid, num_regions).unsqueeze(1).expand(batch, num_classes, hw)
         best = torch.full((batch, num_classes, num_regions + 1), float("-inf"), dtype=lsm.dtype, device=lsm.device)
         best = best.scatter_reduce(2, slot, lsm, "amax", include_self=True)
@@ -94,16 +103,20 @@ def _argmax_triton(logits, regions, labels, active, temperature, status):
     grid = (triton.cdiv(hw, block_p), batch)
     shape = (batch, num_regions, num_classes)
     keys = torch.full(shape, INT64_MIN, dtype=torch.int64, device=logits.device)
+    if batch * hw == 0:
+        return torch.full(shape, -1, dtype=torch.int64, device=logits.device)
     args = (num_classes, hw, num_regions, 1.0 / temperature)
     meta = dict(BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
-    if logits.dtype != torch.float64:
-        kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, keys, status, *args, PASS=0, **meta)
-        found = keys != INT64_MIN
-        return torch.where(found, kern.MAX_INDEX - (keys & 0xFFFFFFFF), -1)
-    index = torch.full(shape, hw, dtype=torch.int64, device=logits.device)
-    kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, index, status, *args, PASS=1, **meta)
-    kern.region_class_argmax_kernel[grid](logits, regions, labels, active, keys, index, status, *args, PASS=2, **meta)
-    return torch.where(index < hw, index, -1)
+    launch = kern.region_class_argmax_kernel[grid]
+    with device_guard(logits):
+        if logits.dtype != torch.float64:
+            launch(logits, regions, labels, active, keys, keys, status, *args, PASS=0, **meta)
+            found = keys != INT64_MIN
+            return torch.where(found, kern.MAX_INDEX - (keys & 0xFFFFFFFF), -1)
+        index = torch.full(shape, hw, dtype=torch.int64, device=logits.device)
+        launch(logits, regions, labels, active, keys, index, status, *args, PASS=1, **meta)
+        launch(logits, regions, labels, active, keys, index, status, *args, PASS=2, **meta)
+        return torch.where(index < hw, index, -1)
 
 
 _LAUNCH = {"cpp": _argmax_cpp, "triton": _argmax_triton}

@@ -1,0 +1,344 @@
+import importlib
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from _partial_labels import make_case, naive_partial_label_loss, saved_tensor_sizes, small_triton_blocks
+from _util import backend_device
+
+from mulact import ops
+from mulact.ops import partial_label_loss, partial_label_loss_reference
+
+
+@pytest.fixture(autouse=True)
+def _many_triton_programs(monkeypatch):
+    small_triton_blocks(monkeypatch)
+
+
+SHAPES = [  # (B, C, H, W, R)
+    (1, 3, 1, 1, 2),
+    (3, 5, 7, 11, 9),
+    (2, 4, 13, 5, 4),
+]
+NORMALIZE = ["pixel", "region"]
+
+
+def _loss_and_grad(logits, regions, labels, temperature, normalize, backend, w_ce=3.0, w_mp=2.0):
+    x = logits.detach().clone().requires_grad_(True)
+    ce, mp = partial_label_loss(x, regions, labels, temperature, normalize, backend=backend)
+    (g,) = torch.autograd.grad(w_ce * ce + w_mp * mp, x)
+    return ce.detach(), mp.detach(), g
+
+
+def _close_grad(g, ref):
+    # fp32 gradients of size ~1/tau: compare relative to the largest entry.
+    torch.testing.assert_close(g.double().cpu(), ref.cpu(), rtol=1e-4, atol=1e-5 * float(ref.abs().max()) + 1e-9)
+
+
+def _naive(logits, regions, labels, temperature, normalize, w_ce=3.0, w_mp=2.0):
+    x = logits.detach().double().cpu().requires_grad_(True)
+    ce, mp = naive_partial_label_loss(x, regions.cpu(), labels.cpu(), temperature, normalize)
+    (g,) = torch.autograd.grad(w_ce * ce + w_mp * mp, x)
+    return ce.detach(), mp.detach(), g
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("normalize", NORMALIZE)
+@pytest.mark.parametrize("temperature", [0.1, 0.7])
+def test_matches_naive_and_reference(backend, shape, normalize, temperature):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(*shape, seed=sum(shape), device=device)
+    ce, mp, g = _loss_and_grad(logits, regions, labels, temperature, normalize, backend)
+    assert ce.dtype == torch.float32 and mp.dtype == torch.float32 and ce.dim() == 0
+    assert ops.last_backend("partial_label_loss") == backend
+    n_ce, n_mp, n_g = _naive(logits, regions, labels, temperature, normalize)
+    torch.testing.assert_close(ce.double().cpu(), n_ce, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mp.double().cpu(), n_mp, rtol=1e-5, atol=1e-5)
+    _close_grad(g, n_g)
+    r_ce, r_mp, r_g = _loss_and_grad(logits, regions, labels, temperature, normalize, "reference")
+    torch.testing.assert_close(ce, r_ce, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mp, r_mp, rtol=1e-5, atol=1e-6)
+    _close_grad(g, r_g.double())
+
+
+def test_case_exercises_both_terms():
+    # The cases above must contain CE and MP regions, absent regions and negative ids,
+    # otherwise a kernel that drops a term would pass them.
+    logits, regions, labels = make_case(3, 5, 7, 11, 9, seed=35)
+    ce, mp, g = _naive(logits, regions, labels, 0.1, "pixel")
+    assert ce > 0 and mp > 0
+    assert (regions < 0).any() and not (regions == 8).any() and labels[:, 8].any()
+
+
+def test_regions_weigh_differently_from_pixels(backend):
+    device = backend_device(backend)
+    regions = torch.zeros(1, 4, 4, dtype=torch.long, device=device)
+    regions[0, 0, 0] = 1  # a 1-pixel CE region next to a 15-pixel one
+    labels = torch.zeros(1, 2, 3, dtype=torch.bool, device=device)
+    labels[0, 0, 0] = labels[0, 1, 2] = True
+    logits = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(1)).to(device)
+    pix, _ = partial_label_loss(logits, regions, labels, 1.0, "pixel", backend=backend)
+    reg, _ = partial_label_loss(logits, regions, labels, 1.0, "region", backend=backend)
+    n_pix, _, _ = _naive(logits, regions, labels, 1.0, "pixel")
+    n_reg, _, _ = _naive(logits, regions, labels, 1.0, "region")
+    torch.testing.assert_close(pix.double().cpu(), n_pix, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(reg.double().cpu(), n_reg, rtol=1e-5, atol=1e-6)
+    assert abs(float(pix) - float(reg)) > 1e-3
+
+
+def test_equal_logits_give_closed_form(backend):
+    # All logits equal: l = log(C / |Y|) for every pixel, whatever the normalisation.
+    device = backend_device(backend)
+    regions = torch.tensor([[[0, 0, 1], [1, 2, -1]]], device=device)
+    labels = torch.zeros(1, 3, 5, dtype=torch.bool, device=device)
+    labels[0, 0, 1] = True
+    labels[0, 1, [0, 2, 4]] = True
+    logits = torch.full((1, 5, 2, 3), 0.25, device=device)
+    for normalize in NORMALIZE:
+        ce, mp, g = _loss_and_grad(logits, regions, labels, 0.1, normalize, backend)
+        assert math.isclose(ce.item(), math.log(5), rel_tol=1e-6)
+        assert math.isclose(mp.item(), math.log(5 / 3), rel_tol=1e-6)
+        assert torch.isfinite(g).all() and g[0, :, 1, 2].abs().sum() == 0  # region 2 unlabeled
+
+
+@pytest.mark.parametrize("which", ["ce_only", "mp_only", "unlabeled"])
+def test_single_term_and_empty_batches(backend, which):
+    device = backend_device(backend)
+    sizes = {"ce_only": (0, 1), "mp_only": (0, 2, 3), "unlabeled": (0,)}[which]
+    logits, regions, labels = make_case(2, 4, 5, 6, 5, seed=3, label_sizes=sizes, device=device)
+    for normalize in NORMALIZE:
+        ce, mp, g = _loss_and_grad(logits, regions, labels, 0.1, normalize, backend)
+        n_ce, n_mp, n_g = _naive(logits, regions, labels, 0.1, normalize)
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(ce.double().cpu(), n_ce, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mp.double().cpu(), n_mp, rtol=1e-5, atol=1e-6)
+        _close_grad(g, n_g)
+        if which != "mp_only":
+            assert float(mp) == 0.0
+        if which != "ce_only":
+            assert float(ce) == 0.0
+        if which == "unlabeled":
+            assert (g == 0).all()
+        else:
+            assert g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("use", ["ce", "mp"])
+def test_unused_term_gets_no_gradient(backend, use):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 4, 6, 5, 6, seed=11, device=device)
+    x = logits.clone().requires_grad_(True)
+    ce, mp = partial_label_loss(x, regions, labels, 0.2, backend=backend)
+    (g,) = torch.autograd.grad(ce if use == "ce" else mp, x)
+    y = logits.double().cpu().requires_grad_(True)
+    n_ce, n_mp = naive_partial_label_loss(y, regions.cpu(), labels.cpu(), 0.2, "pixel")
+    (n_g,) = torch.autograd.grad(n_ce if use == "ce" else n_mp, y)
+    _close_grad(g, n_g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(backend, dtype):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 5, 6, 7, 6, seed=5, dtype=dtype, device=device)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    for normalize in NORMALIZE:
+        ce, mp, g = _loss_and_grad(logits, regions, labels, 0.5, normalize, backend)
+        assert ce.dtype == torch.float32 and g.dtype == dtype
+        # Oracle: the same half-precision inputs, computed in float64.
+        n_ce, n_mp, n_g = _naive(logits, regions, labels, 0.5, normalize)
+        torch.testing.assert_close(ce.double().cpu(), n_ce, rtol=tol, atol=tol)
+        torch.testing.assert_close(mp.double().cpu(), n_mp, rtol=tol, atol=tol)
+        torch.testing.assert_close(g.double().cpu(), n_g, rtol=4 * tol, atol=tol * float(n_g.abs().max()))
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_gradcheck_float64(backend, normalize):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(1, 3, 3, 4, 4, seed=21, dtype=torch.float64, device=device)
+    x = logits.clone().requires_grad_(True)
+
+    def fn(t):
+        ce, mp = partial_label_loss(t, regions, labels, 0.5, normalize, backend=backend)
+        return ce, mp
+
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7)
+    ce, mp = fn(logits)
+    assert ce.dtype == torch.float64 and float(ce) > 0 and float(mp) > 0
+
+
+@pytest.mark.parametrize("backend_", ["cpp", "triton"])
+def test_backward_saves_only_small_tensors(backend_):
+    # The fused Function must keep the logits (no copy) plus per-region/per-term tensors only.
+    device = backend_device(backend_)
+    logits, regions, labels = make_case(2, 6, 8, 9, 5, seed=2, device=device)
+    x = logits.clone().requires_grad_(True)
+    (ce, mp), saved = saved_tensor_sizes(lambda: partial_label_loss(x, regions, labels, backend=backend_))
+    big = [s for s in saved if s[0] > regions.numel()]  # region map and smaller are fine
+    assert big == [(x.numel(), x.data_ptr())], saved
+    (ce + mp).backward()
+    assert x.grad.shape == x.shape
+
+
+def test_noncontiguous_and_int32_regions(backend):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 4, 5, 7, 5, seed=8, device=device)
+    cl = logits.to(memory_format=torch.channels_last)
+    ce, mp = partial_label_loss(cl, regions.to(torch.int32), labels.to(torch.uint8), 0.3, backend=backend)
+    r_ce, r_mp = partial_label_loss_reference(logits, regions, labels, 0.3)
+    torch.testing.assert_close(ce, r_ce, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mp, r_mp, rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic(backend):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 5, 17, 19, 12, seed=4, device=device)
+    a = _loss_and_grad(logits, regions, labels, 0.1, "region", backend)
+    b = _loss_and_grad(logits, regions, labels, 0.1, "region", backend)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+
+
+def test_bad_inputs(backend):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 4, 5, 6, 5, seed=1, device=device)
+    bad = regions.clone()
+    bad[1, 2, 3] = 7
+    with pytest.raises(ValueError, match=r"regions.*7"):
+        partial_label_loss(logits, bad, labels, backend=backend)
+    with pytest.raises(ValueError, match="region_labels"):
+        partial_label_loss(logits, regions, labels[:, :, :3], backend=backend)
+    with pytest.raises(ValueError, match="region_labels"):
+        partial_label_loss(logits, regions, labels[:1], backend=backend)
+    with pytest.raises(TypeError, match="region_labels"):
+        partial_label_loss(logits, regions, labels.float(), backend=backend)
+    with pytest.raises(TypeError, match="regions"):
+        partial_label_loss(logits, regions.float(), labels, backend=backend)
+    with pytest.raises(ValueError, match="regions"):
+        partial_label_loss(logits, regions[:, :4], labels, backend=backend)
+    with pytest.raises(ValueError, match="regions"):
+        partial_label_loss(logits, regions.to("meta"), labels, backend=backend)
+    with pytest.raises(ValueError, match="normalize"):
+        partial_label_loss(logits, regions, labels, normalize="batch", backend=backend)
+    with pytest.raises(ValueError, match="temperature"):
+        partial_label_loss(logits, regions, labels, temperature=0.0, backend=backend)
+    with pytest.raises(TypeError, match="logits"):
+        partial_label_loss(logits.long(), regions, labels, backend=backend)
+    poisoned = logits.clone()
+    labeled = (regions >= 0) & labels.any(-1).gather(1, regions.clamp(min=0).flatten(1)).view_as(regions)
+    b, h, w = labeled.nonzero()[0].tolist()
+    poisoned[b, 2, h, w] = float("nan")
+    with pytest.raises(ValueError, match="logits"):
+        partial_label_loss(poisoned, regions, labels, backend=backend)
+
+
+def test_large_logit_gaps_stay_finite(backend):
+    # z gaps of hundreds: sum_Y exp(z - max) underflows unless Y gets its own maximum, and a
+    # clamped exp must not overflow into inf * 0 = NaN.
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 6, 5, 7, 5, seed=17, device=device)
+    logits = logits * 7  # gaps stay below float64 underflow in the naive oracle
+    for normalize in NORMALIZE:
+        ce, mp, g = _loss_and_grad(logits, regions, labels, 0.1, normalize, backend)
+        n_ce, n_mp, n_g = _naive(logits, regions, labels, 0.1, normalize)
+        assert torch.isfinite(g).all() and float(n_ce) > 50
+        torch.testing.assert_close(ce.double().cpu(), n_ce, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(mp.double().cpu(), n_mp, rtol=1e-5, atol=1e-4)
+        _close_grad(g, n_g)
+
+
+@pytest.mark.parametrize("backend_", ["cpp", "triton"])
+@pytest.mark.parametrize("use", ["both", "ce", "mp"])
+def test_one_backward_launch_and_unused_term_is_skipped(monkeypatch, backend_, use):
+    module = importlib.import_module("mulact.ops.partial_label_loss")  # the package re-exports the function
+
+    calls = []
+    forward, backward = module._LAUNCH[backend_]
+
+    def spy(logits, regions, labels, scale, temperature):
+        calls.append(scale.clone())
+        return backward(logits, regions, labels, scale, temperature)
+
+    monkeypatch.setitem(module._LAUNCH, backend_, (forward, spy))
+    device = backend_device(backend_)
+    logits, regions, labels = make_case(2, 4, 6, 5, 6, seed=11, device=device)
+    x = logits.clone().requires_grad_(True)
+    ce, mp = partial_label_loss(x, regions, labels, 0.2, backend=backend_)
+    loss = {"both": 16 * ce + 8 * mp, "ce": ce, "mp": mp}[use]
+    loss.backward()
+    assert len(calls) == 1
+    terms = labels.sum(-1).clamp(max=2)
+    scale = calls[0]
+    # A term outside the graph has a None upstream gradient: its regions get scale 0, so the
+    # kernel does not even read their logits.
+    assert bool((scale[terms == 1] != 0).all()) == (use in ("both", "ce"))
+    assert bool((scale[terms == 2] != 0).all()) == (use in ("both", "mp"))
+    assert (scale[terms == 0] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4, 2), (2, 3, 0, 4, 2), (1, 3, 2, 2, 0)], ids=["B0", "H0", "R0"])
+def test_empty_shapes(backend, shape):
+    device = backend_device(backend)
+    batch, classes, height, width, num_regions = shape
+    x = torch.randn(batch, classes, height, width, device=device, requires_grad=True)
+    regions = torch.full((batch, height, width), -1, device=device)
+    labels = torch.ones(batch, num_regions, classes, dtype=torch.bool, device=device)
+    ce, mp = partial_label_loss(x, regions, labels, backend=backend)
+    (ce + mp).backward()
+    assert ce.item() == 0 and mp.item() == 0 and (x.grad == 0).all()
+
+
+def test_default_triton_blocks(monkeypatch):
+    # The other tests shrink the Triton blocks; run the shipped block sizes once.
+    monkeypatch.undo()
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 5, 17, 19, 12, seed=4, device=device)
+    for normalize in NORMALIZE:
+        ce, mp, g = _loss_and_grad(logits, regions, labels, 0.1, normalize, "triton")
+        r_ce, r_mp, r_g = _loss_and_grad(logits, regions, labels, 0.1, normalize, "reference")
+        torch.testing.assert_close(ce, r_ce, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mp, r_mp, rtol=1e-5, atol=1e-6)
+        _close_grad(g, r_g.double())
+
+
+_AOT_COMPILE = """
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from mulact.kernels import partial_label_loss as pll
+from mulact.kernels import region_class_argmax as rca
+
+
+def compile_(fn, signature, constexprs):
+    signature = {k: ("constexpr" if k in constexprs else v) for k, v in signature.items()}
+    triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
+
+
+common = dict(logits_ptr="*fp16", regions_ptr="*i32", labels_ptr="*u8")
+sizes = dict(C="i32", HW="i32", R="i32", inv_t="fp32")
+meta = dict(BLOCK_C=32, BLOCK_P=128, ACC=tl.float32)
+compile_(pll.partial_label_loss_fwd_kernel,
+         dict(**common, kind_ptr="*i8", weight_ptr="*fp32", sums_ptr="*fp32", counts_ptr="*i32",
+              status_ptr="*i32", **sizes, HAS_WEIGHT="", BLOCK_C="", BLOCK_P="", ACC=""),
+         dict(HAS_WEIGHT=True, **meta))
+compile_(pll.partial_label_loss_bwd_kernel,
+         dict(**common, scale_ptr="*fp32", grad_ptr="*fp16", **sizes, BLOCK_C="", BLOCK_P="", ACC=""), meta)
+compile_(rca.region_class_argmax_kernel,
+         dict(**common, active_ptr="*i8", keys_ptr="*i64", index_ptr="*i64", status_ptr="*i32", **sizes,
+              PASS="", BLOCK_C="", BLOCK_P="", ACC=""),
+         dict(PASS=0, **meta))
+print("compiled")
+"""
+
+
+def test_triton_kernels_compile_for_cuda():
+    # The interpreter is more permissive than the compiler (dtypes, scalar atomics, constexpr
+    # arguments): compile the loss and argmax kernels for sm_90 ahead of time, no GPU needed.
+    # A fresh process, because this one runs the kernels under TRITON_INTERPRET=1.
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+    done = subprocess.run([sys.executable, "-c", _AOT_COMPILE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

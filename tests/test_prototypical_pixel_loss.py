@@ -1,0 +1,146 @@
+import pytest
+import torch
+from _partial_labels import (
+    make_case,
+    naive_prototypical_pixel_loss,
+    naive_region_class_argmax,
+    saved_tensor_sizes,
+    small_triton_blocks,
+)
+from _util import backend_device
+
+from mulact import ops
+from mulact.ops import prototypical_pixel_loss
+
+
+@pytest.fixture(autouse=True)
+def _many_triton_programs(monkeypatch):
+    small_triton_blocks(monkeypatch)
+
+
+SHAPES = [  # (B, C, H, W, R)
+    (1, 3, 1, 1, 2),
+    (3, 5, 7, 11, 9),
+    (2, 6, 13, 5, 4),
+]
+NORMALIZE = ["pair", "region"]
+
+
+def _loss_and_grad(logits, regions, labels, temperature, normalize, backend):
+    x = logits.detach().clone().requires_grad_(True)
+    loss = prototypical_pixel_loss(x, regions, labels, temperature, normalize, backend=backend)
+    (g,) = torch.autograd.grad(2.5 * loss, x)
+    return loss.detach(), g
+
+
+def _naive(logits, regions, labels, temperature, normalize):
+    x = logits.detach().cpu().double().requires_grad_(True)
+    loss = naive_prototypical_pixel_loss(x, regions.cpu(), labels.cpu(), temperature, normalize)
+    (g,) = torch.autograd.grad(2.5 * loss, x)
+    return loss.detach(), g
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("normalize", NORMALIZE)
+@pytest.mark.parametrize("temperature", [0.1, 0.6])
+def test_matches_naive(backend, shape, normalize, temperature):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(*shape, seed=sum(shape) + 1, device=device)
+    loss, g = _loss_and_grad(logits, regions, labels, temperature, normalize, backend)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    assert ops.last_backend("prototypical_pixel_loss") == backend
+    n_loss, n_g = _naive(logits, regions, labels, temperature, normalize)
+    torch.testing.assert_close(loss.double().cpu(), n_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g.double().cpu(), n_g, rtol=1e-4, atol=1e-5 * float(n_g.abs().max()) + 1e-9)
+
+
+def test_case_has_pairs_and_modes_differ():
+    logits, regions, labels = make_case(3, 5, 7, 11, 9, seed=37)
+    pair, _ = _naive(logits, regions, labels, 0.6, "pair")
+    region, _ = _naive(logits, regions, labels, 0.6, "region")
+    assert pair > 0 and abs(float(pair) - float(region)) > 1e-4
+
+
+def test_only_chosen_pixels_get_gradient(backend):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 5, 8, 9, 6, seed=4, device=device)
+    _, g = _loss_and_grad(logits, regions, labels, 0.1, "pair", backend)
+    index = naive_region_class_argmax(logits.cpu(), regions.cpu(), labels.cpu(), 0.1, 2)
+    chosen = torch.zeros(2, 8 * 9, dtype=torch.bool)
+    b, r, c = (index >= 0).nonzero(as_tuple=True)
+    chosen[b, index[b, r, c]] = True
+    touched = g.cpu().flatten(2).abs().sum(1) > 0
+    assert chosen.any() and torch.equal(touched, chosen)
+
+
+@pytest.mark.parametrize("sizes", [(0,), (0, 1)], ids=["unlabeled", "single_class_only"])
+def test_nothing_to_average(backend, sizes):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 4, 5, 6, 5, seed=3, label_sizes=sizes, device=device)
+    for normalize in NORMALIZE:
+        loss, g = _loss_and_grad(logits, regions, labels, 0.1, normalize, backend)
+        assert loss.item() == 0.0 and (g == 0).all()
+
+
+def test_absent_region_is_skipped(backend):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(1, 4, 5, 5, 3, seed=5, absent=0, negative=False, device=device)
+    labels[0] = False
+    labels[0, 0, [1, 2]] = True
+    labels[0, 2, [0, 3]] = True
+    only_first = regions.masked_fill(regions == 2, 1)  # region 2 no longer in the crop
+    loss, _ = _loss_and_grad(logits, only_first, labels, 0.3, "region", backend)
+    n_loss, _ = _naive(logits, only_first, labels, 0.3, "region")
+    torch.testing.assert_close(loss.double().cpu(), n_loss, rtol=1e-5, atol=1e-6)
+    labels_first = labels.clone()
+    labels_first[0, 2] = False
+    ref, _ = _loss_and_grad(logits, only_first, labels_first, 0.3, "region", "reference")
+    torch.testing.assert_close(loss.cpu(), ref.cpu(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(backend, dtype):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 5, 6, 7, 6, seed=13, dtype=dtype, device=device)
+    loss, g = _loss_and_grad(logits, regions, labels, 0.5, "pair", backend)
+    assert loss.dtype == torch.float32 and g.dtype == dtype
+    n_loss, n_g = _naive(logits, regions, labels, 0.5, "pair")
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(loss.double().cpu(), n_loss, rtol=tol, atol=tol)
+    torch.testing.assert_close(g.double().cpu(), n_g, rtol=4 * tol, atol=tol * float(n_g.abs().max()))
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_gradcheck_float64(backend, normalize):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(1, 3, 3, 4, 3, seed=2, dtype=torch.float64, device=device, label_sizes=(2, 3))
+    x = logits.clone().requires_grad_(True)
+    fn = lambda t: prototypical_pixel_loss(t, regions, labels, 0.5, normalize, backend=backend)  # noqa: E731
+    assert fn(logits).item() > 0
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend_", ["cpp", "triton"])
+def test_saves_no_logits_sized_tensor(backend_):
+    device = backend_device(backend_)
+    logits, regions, labels = make_case(2, 6, 8, 9, 5, seed=2, device=device)
+    x = logits.clone().requires_grad_(True)
+    loss, saved = saved_tensor_sizes(lambda: prototypical_pixel_loss(x, regions, labels, backend=backend_))
+    assert saved and max(n for n, _ in saved) < regions.numel()
+    loss.backward()
+    assert x.grad.shape == x.shape
+
+
+def test_bad_inputs(backend):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 4, 5, 6, 5, seed=1, device=device)
+    with pytest.raises(ValueError, match="normalize"):
+        prototypical_pixel_loss(logits, regions, labels, normalize="pixel", backend=backend)
+    with pytest.raises(TypeError, match="region_labels"):
+        prototypical_pixel_loss(logits, regions, labels.half(), backend=backend)
+    with pytest.raises(ValueError, match="region_labels"):
+        prototypical_pixel_loss(logits, regions, labels[:, :, :2], backend=backend)
+    bad = regions.clone()
+    bad[0, 0, 0] = 9
+    with pytest.raises(ValueError, match=r"regions.*9"):
+        prototypical_pixel_loss(logits, bad, labels, backend=backend)
