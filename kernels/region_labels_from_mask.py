@@ -44,7 +44,7 @@ def _boundary_kernel(reg_ptr, bnd_ptr, H, W, BLOCK: tl.constexpr):
 
 @triton.jit
 def _band_count_kernel(reg_ptr, gt_ptr, bnd_ptr, whole_ptr, trim_ptr, status_ptr, badgt_ptr, H, W, R, C, IGNORE,
-                       TRIM: tl.constexpr, BLOCK: tl.constexpr):
+                       TRIM: tl.constexpr, LO: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     N = H * W
@@ -54,7 +54,6 @@ def _band_count_kernel(reg_ptr, gt_ptr, bnd_ptr, whole_ptr, trim_ptr, status_ptr
     x = offs % W
     band = tl.zeros([BLOCK], dtype=tl.int1)
     if TRIM > 0:
-        LO: tl.constexpr = (TRIM - 1) // 2
         for i in tl.static_range(TRIM):
             yy = y + (i - LO)
             my = pm & (yy >= 0) & (yy < H)
@@ -98,5 +97,6 @@ def region_class_counts(regions: torch.Tensor, gt: torch.Tensor, num_regions: in
     grid = (triton.cdiv(n, _BLOCK), b)
     _boundary_kernel[grid](reg, bnd, h, w, BLOCK=_BLOCK)
     _band_count_kernel[grid](reg, g, bnd, whole, trimmed, status, bad_gt, h, w, num_regions, num_classes,
-                             ignore_index, TRIM=trim, BLOCK=_BLOCK)
+                             ignore_index, TRIM=trim, LO=(trim - 1) // 2 if trim > 0 else 0,
+                             BLOCK=_BLOCK)
     return whole.long(), trimmed.long()

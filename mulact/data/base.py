@@ -10,7 +10,9 @@ superpixel map)`` triples. ``ds[i]`` returns a dict
 
 and ``ds.raw(i)`` the untransformed full-resolution ``image`` (uint8 RGB ``(H, W, 3)`` tensor),
 ``label``, ``regions`` and ``num_regions`` for the oracle and for pool scoring.
-``ds.num_regions(i)`` is the region count of image ``i`` (loaded once, then memoised).
+``ds.num_regions(i)`` is the region count of image ``i`` (from ``region_counts.json`` when the
+split was precomputed, else by decoding the map; memoised), ``ds.adjacency(i)`` its 8-connected
+region adjacency ``(E, 2)`` (memoised per map file).
 
 Superpixel maps come from a :class:`~mulact.data.superpixels.SuperpixelCache`: computed on the
 first access and cached as 16-bit PNGs (precompute a whole split in parallel with the
@@ -139,8 +141,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Number of superpixels of image ``i`` (ids are ``0..R-1``)."""
         i = self._index(i)
         if i not in self._num_regions:
-            self.load_regions(i)
+            name = self.samples[i].name
+            if self.superpixels.exists(name):
+                self._num_regions[i] = self.superpixels.num_regions(name)
+            else:
+                self.load_regions(i)
         return self._num_regions[i]
+
+    def adjacency(self, i: int) -> torch.Tensor:
+        """8-connected region adjacency of image ``i``: ``(E, 2)`` int64 pairs ``u < v`` (memoised)."""
+        i = self._index(i)
+        if not self.superpixels.exists(self.samples[i].name):
+            self.load_regions(i)
+        return self.superpixels.adjacency(self.samples[i].name)
 
     def raw(self, i: int) -> dict:
         """Untransformed full-resolution ``image`` (uint8 RGB), ``label``, ``regions``, ``num_regions``."""

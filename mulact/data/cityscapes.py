@@ -13,8 +13,6 @@ layout and loader. Usage::
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from .base import DatasetNotFoundError, Sample, SegmentationDataset, require_dir

@@ -10,7 +10,8 @@ Maps are computed in parallel worker processes (``concurrent.futures.ProcessPool
 with a progress bar and written atomically (temporary file + ``os.replace``) into the same
 cache the datasets read (default :func:`~mulact.data.cache.default_superpixel_dir`, or
 ``--out DIR/<split>``). The command is resumable: maps already in the cache are skipped, so
-killing it and starting it again finishes the job. A cache directory whose ``manifest.json``
+killing it and starting it again finishes the job. At the end ``region_counts.json`` records
+every map's region count (see :meth:`SuperpixelCache.num_regions`). A cache directory whose ``manifest.json``
 records other parameters is refused (exit status 2 and a message naming both parameter sets);
 pass another ``--out`` or delete the directory. A missing or malformed dataset directory is
 reported with the path and the layout expected there (exit status 2). Temporary files left by
@@ -66,10 +67,12 @@ def precompute_split(ds, workers: int, progress: bool = True) -> tuple[int, int]
     skipped = len(ds.samples) - len(todo)
     jobs = [(str(s.image), str(cache.root), cache.method, cache.region_size, cache.params, s.name) for s in todo]
     bar = tqdm(total=len(ds.samples), initial=skipped, desc=f"superpixels {ds.split}", unit="img", disable=not progress)
+    counts: dict[str, int] = {}
     try:
         if workers <= 1:
             for job in jobs:
-                _work(job)
+                name, r = _work(job)
+                counts[name] = r
                 bar.update(1)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -83,13 +86,20 @@ def precompute_split(ds, workers: int, progress: bool = True) -> tuple[int, int]
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        fut.result()
+                        name, r = fut.result()
+                        counts[name] = r
                         bar.update(1)
                         nxt = next(it, None)
                         if nxt is not None:
                             pending.add(pool.submit(_work, nxt))
     finally:
         bar.close()
+        # record what was computed, even after an error or Ctrl-C, so a rerun decodes less
+        if counts:
+            cache.write_counts(counts)
+    missing = [s.name for s in ds.samples if s.name not in counts]
+    if missing:  # maps from earlier runs: fills in the counts a killed run could not record
+        cache.write_counts({name: cache.num_regions(name) for name in missing})
     return len(todo), skipped
 
 

@@ -29,14 +29,18 @@ Decisions (SPEC is silent):
 * **Cache format**: one 16-bit PNG per image (``cv2.imwrite`` of a ``uint16`` array; lossless),
   so a map must have fewer than 65536 regions (:class:`ValueError` otherwise; use a larger
   ``region_size``). A ``manifest.json`` in the cache directory records the method and the
-  parameters. A cache whose manifest disagrees with the requested parameters is *refused*
+  parameters; ``region_counts.json`` (written by ``mulact-superpixels``) the region count of
+  every map, so pool-sized loops over ``num_regions`` need not decode every PNG (a map
+  rewritten after it is decoded instead). A cache whose manifest disagrees with the requested parameters is *refused*
   (:class:`CacheMismatchError` naming both parameter sets) rather than silently overwritten:
   maps may have been used for a labelled AL pool already. Use another directory or delete it.
   All writes are atomic (temporary file in the same directory, then ``os.replace``).
 """
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -51,6 +55,8 @@ MAX_REGIONS = 65535 + 1  # ids 0..65535 fit a uint16 PNG
 SEEDS_DEFAULTS = {"num_levels": 5, "prior": 3, "histogram_bins": 10, "double_step": True, "iterations": 10}
 SLIC_DEFAULTS = {"compactness": 10.0, "sigma": 0.0, "max_num_iter": 10}
 MANIFEST = "manifest.json"
+COUNTS = "region_counts.json"
+log = logging.getLogger("mulact.data")
 FORMAT_VERSION = 1
 
 
@@ -269,6 +275,40 @@ class SuperpixelCache:
     def exists(self, name: str) -> bool:
         return self.path(name).exists()
 
+    def _counts(self) -> tuple[dict, int]:
+        path = self.root / COUNTS
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}, -1
+        cached = getattr(self, "_counts_cache", None)
+        if cached is None or cached[1] != st.st_mtime_ns:
+            try:
+                counts = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                counts = {}
+            cached = (counts, st.st_mtime_ns)
+            self._counts_cache = cached
+        return cached
+
+    def num_regions(self, name: str) -> int:
+        """Region count of the cached map ``name`` without decoding it when possible.
+
+        Uses ``region_counts.json`` (written by ``mulact-superpixels``) for maps not modified
+        after it; otherwise decodes the PNG. ``FileNotFoundError`` if the map is absent.
+        """
+        counts, counts_mtime = self._counts()
+        st = self.path(name).stat()
+        if name in counts and st.st_mtime_ns <= counts_mtime:
+            return int(counts[name])
+        return int(self.load(name).max()) + 1
+
+    def write_counts(self, counts: dict[str, int]) -> None:
+        """Atomically record ``{name: R}`` for :meth:`num_regions` (merged with the current file)."""
+        merged = dict(self._counts()[0])
+        merged.update({k: int(v) for k, v in counts.items()})
+        _atomic_write_bytes(self.root / COUNTS, json.dumps(merged, sort_keys=True).encode())
+
     def load(self, name: str) -> np.ndarray:
         """The cached map (``int32 (H, W)``); ``FileNotFoundError`` if absent."""
         return read_png16(self.path(name))
@@ -286,8 +326,27 @@ class SuperpixelCache:
         if p.exists():
             try:
                 return read_png16(p)
-            except ValueError:
-                pass  # a foreign/corrupt file: recompute and overwrite atomically below
+            except ValueError as exc:
+                log.warning("%s; recomputing it", exc)
         labels = self.compute(image_loader())
         self.save(name, labels)
         return labels
+
+    def adjacency(self, name: str):
+        """8-connected region adjacency ``(E, 2)`` int64 of the cached map ``name``.
+
+        Memoised per process by (path, mtime, size) of the PNG, so a recomputed map gets a
+        fresh graph; see :func:`mulact.ops.region_adjacency`.
+        """
+        st = os.stat(self.path(name))
+        return _adjacency_of_file(str(self.path(name)), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8192)
+def _adjacency_of_file(path: str, mtime_ns: int, size: int):
+    import torch
+
+    from mulact.ops import region_adjacency
+
+    labels = read_png16(path)
+    return region_adjacency(torch.from_numpy(labels)[None], int(labels.max()) + 1)[0]

@@ -7,7 +7,7 @@ and :func:`last_backend` to ask which one ran.
 """
 from ._backend import BACKENDS, cpp_available, last_backend, resolve_backend, triton_available
 from .region_adjacency import adjacency_csr, neighbor_lists, region_adjacency, region_adjacency_reference
-from .region_labels_from_mask import RegionLabels, dominant_labels, region_labels_from_mask, region_labels_from_mask_reference
+from .region_labels_from_mask import RegionLabels, dominant_labels, region_labels_from_mask, region_labels_from_mask_naive, region_labels_from_mask_reference
 from .partial_label_loss import partial_label_loss, partial_label_loss_reference
 from .prototypical_pixel_loss import prototypical_pixel_loss, prototypical_pixel_loss_reference
 from .region_class_argmax import region_class_argmax, region_class_argmax_reference
@@ -21,6 +21,7 @@ __all__ = [
     "region_adjacency",
     "region_adjacency_reference",
     "region_labels_from_mask",
+    "region_labels_from_mask_naive",
     "region_labels_from_mask_reference",
     "cpp_available",
     "last_backend",

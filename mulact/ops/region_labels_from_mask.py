@@ -126,7 +126,7 @@ def boundary_band_reference(regions: torch.Tensor, trim: int) -> torch.Tensor:
     bnd[:, :-1, :] |= dv
     bnd[:, :, 1:] |= dh
     bnd[:, :, :-1] |= dh
-    if trim == 0:
+    if trim == 0 or r.numel() == 0:
         return torch.zeros_like(bnd)
     lo, hi = (trim - 1) // 2, trim // 2  # band(y) = any boundary in [y - lo, y + hi]
     x = F.pad(bnd[:, None].to(torch.float32), (lo, hi, lo, hi), value=0.0)
@@ -151,6 +151,51 @@ def region_labels_from_mask_reference(gt, regions, num_regions: int, num_classes
     keep = valid & ~band
     trimmed.index_add_(0, key[keep], torch.ones_like(key[keep]))
     return _finalize(whole.view(b, num_regions, c1), trimmed.view(b, num_regions, c1))
+
+
+def region_labels_from_mask_naive(gt, regions, num_regions: int, num_classes: int, ignore_index: int = 255,
+                                  trim: int = 5) -> RegionLabels:
+    """Per-image, per-region formulation with scikit-image (what research code typically does).
+
+    ``find_boundaries(mode="thick")`` + ``morphology.dilation`` with a ``trim x trim``
+    rectangle, then a Python loop over the regions (cropped with
+    ``scipy.ndimage.find_objects``). Independent of the vectorised reference: the second test
+    oracle and the benchmark's user baseline. CPU only, slow.
+    """
+    import numpy as np
+    from scipy import ndimage
+    from skimage.morphology import dilation, footprint_rectangle
+    from skimage.segmentation import find_boundaries
+
+    _check(gt, regions, num_regions, num_classes, ignore_index, trim)
+    V.check_region_ids(OP, regions, num_regions)
+    b = regions.shape[0]
+    c1 = num_classes + 1
+    whole = np.zeros((b, num_regions, c1), np.int64)
+    multi_hot = np.zeros((b, num_regions, c1), bool)
+    for i in range(b):
+        reg = regions[i].cpu().numpy().astype(np.int64)
+        g = gt[i].cpu().numpy().astype(np.int64)
+        bad = (g != ignore_index) & ((g < 0) | (g >= num_classes))
+        if bad.any():
+            raise _bad_gt_error(int(g[bad][0]), num_classes, ignore_index)
+        cls = np.where(g == ignore_index, num_classes, g)
+        thick = find_boundaries(reg + 1, mode="thick")  # shifted: padding (-1) becomes label 0
+        band = dilation(thick, footprint_rectangle((trim, trim))) if trim > 0 else np.zeros_like(thick)
+        # find_objects wants labels >= 1; padding (0 after the shift) is skipped
+        for r, box in enumerate(ndimage.find_objects(np.where(reg >= 0, reg + 1, 0), max_label=num_regions)):
+            if box is None:
+                continue
+            m = reg[box] == r
+            c = cls[box][m]
+            whole[i, r] = np.bincount(c, minlength=c1)
+            kept = c[~band[box][m]]
+            present = np.unique(kept if kept.size else c)
+            multi_hot[i, r, present] = True
+    dominant = np.where(whole.sum(-1) > 0, whole.argmax(-1), -1)  # np.argmax: first maximum
+    dev = regions.device
+    return RegionLabels(torch.from_numpy(multi_hot).to(dev), torch.from_numpy(dominant).to(dev),
+                        torch.from_numpy(whole).to(dev), torch.from_numpy(multi_hot.sum(-1).astype(np.int64)).to(dev))
 
 
 # ------------------------------------------------------------------------------------- C++
