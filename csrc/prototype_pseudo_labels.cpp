@@ -1,6 +1,7 @@
 // Stage-2 pseudo labels from class prototypes (SPEC 3.4), CPU.
 //
 // Per image, in a few passes over the pixels (semantics: mulact/ops/prototype_pseudo_labels.py):
+//   0. (per image) the NaN/Inf check of the logits read and of the features (status[0] = 1 / 2);
 //   1. one pass over the region map: region-id check, labeled/unlabeled adjacency pairs
 //      (4 forward 8-neighbour shifts) and the prototype argmax of log_softmax(logits/tau) per
 //      (labeled region, labeled class), with per-thread partial maxima merged afterwards;
@@ -13,7 +14,8 @@
 // each pixel's feature is interpolated on the fly into a D-float scratch vector, so the
 // (D, H, W) upsampled tensor never exists. Every decision is a deterministic function of
 // per-pixel values, and the partial argmaxes merge by (value, smallest index): the result does
-// not depend on the number of threads.
+// not depend on the number of threads or on the (dynamic) schedule, which keeps a shared,
+// oversubscribed CPU from stalling every pass on one descheduled thread.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -29,17 +31,6 @@ namespace ppl {
 
 constexpr float kEps = 1e-12f;
 constexpr int64_t kIgnore = 255;
-
-// Dot product with 8 fixed lanes reduced in a fixed order: the rounding depends only on the
-// operands (not on their addresses), so equal feature vectors give bit-equal similarities.
-inline float dot8(const float* a, const float* b, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
-  for (int l = 0; i < n; ++i, ++l) acc[l] += a[i] * b[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
 
 // PyTorch's bilinear source index for align_corners=False (area_pixel_compute_source_index +
 // guard_index_and_lambda), in float32 like its CPU kernel for float inputs.
@@ -61,31 +52,87 @@ inline std::vector<Tap> make_taps(int64_t in, int64_t out) {
   return taps;
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PPL_INLINE inline __attribute__((always_inline))
+#else
+#define PPL_INLINE inline
+#endif
+
+// Dot product with 8 fixed lanes reduced in a fixed order: the rounding depends only on the
+// operands (not on their addresses), so equal feature vectors give bit-equal similarities.
+PPL_INLINE float dot8(const float* __restrict a, const float* __restrict b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  for (int l = 0; i < n; ++i, ++l) acc[l] += a[i] * b[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// The per-pixel hot path: bilinear interpolation of one pixel's feature into u (same operation
+// order as PyTorch's CPU kernel), its norm, and the clamped cosine to the unit prototypes
+// klist[0..nk) into s. Returns max(|u|, eps).
+PPL_INLINE float pixel_sims_body(const float* __restrict f00, const float* __restrict f01,
+                                 const float* __restrict f10, const float* __restrict f11, float bl0, float bl1,
+                                 float al0, float al1, int64_t D, const float* __restrict protos,
+                                 const int64_t* __restrict klist, int64_t nk, float* __restrict u,
+                                 float* __restrict s) {
+  for (int64_t d = 0; d < D; ++d) u[d] = (f00[d] * bl0 + f01[d] * bl1) * al0 + (f10[d] * bl0 + f11[d] * bl1) * al1;
+  const float n = std::max(std::sqrt(dot8(u, u, D)), kEps);
+  for (int64_t j = 0; j < nk; ++j) {
+    const float v = dot8(u, protos + klist[j] * D, D) / n;
+    s[j] = std::min(std::max(v, -1.f), 1.f);
+  }
+  return n;
+}
+
+using SimsFn = float (*)(const float*, const float*, const float*, const float*, float, float, float, float, int64_t,
+                         const float*, const int64_t*, int64_t, float*, float*);
+
+float pixel_sims_base(const float* f00, const float* f01, const float* f10, const float* f11, float bl0, float bl1,
+                      float al0, float al1, int64_t D, const float* protos, const int64_t* klist, int64_t nk, float* u,
+                      float* s) {
+  return pixel_sims_body(f00, f01, f10, f11, bl0, bl1, al0, al1, D, protos, klist, nk, u, s);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+// The same code compiled for AVX2/FMA, picked at run time where the CPU has it (the extension
+// itself targets baseline x86-64). Results are deterministic on a given machine; FMA rounding
+// may differ from the baseline build in the last bit.
+__attribute__((target("avx2,fma"))) float pixel_sims_avx2(const float* f00, const float* f01, const float* f10,
+                                                          const float* f11, float bl0, float bl1, float al0, float al1,
+                                                          int64_t D, const float* protos, const int64_t* klist,
+                                                          int64_t nk, float* u, float* s) {
+  return pixel_sims_body(f00, f01, f10, f11, bl0, bl1, al0, al1, D, protos, klist, nk, u, s);
+}
+#endif
+
+inline SimsFn pick_sims() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return pixel_sims_avx2;
+#endif
+  return pixel_sims_base;
+}
+
 struct Image {
   const float* feat;  // (fh, fw, D) channels-last float32
   int64_t D, fw;
   const std::vector<Tap>* ty;
   const std::vector<Tap>* tx;
   int64_t W;
+  const float* protos;
+  SimsFn fn;
 
-  // Upsampled feature of pixel p into u; returns max(|u|, eps).
-  float upsample(int64_t p, float* u) const {
+  // Upsampled feature of pixel p into u and its cosines to prototypes klist[0..nk) into s;
+  // returns max(|u|, eps).
+  float sims(int64_t p, const int64_t* klist, int64_t nk, float* u, float* s) const {
     const Tap& a = (*ty)[p / W];
     const Tap& b = (*tx)[p % W];
-    const float* f00 = feat + (a.i0 * fw + b.i0) * D;
-    const float* f01 = feat + (a.i0 * fw + b.i1) * D;
-    const float* f10 = feat + (a.i1 * fw + b.i0) * D;
-    const float* f11 = feat + (a.i1 * fw + b.i1) * D;
-    for (int64_t d = 0; d < D; ++d)
-      u[d] = (f00[d] * b.l0 + f01[d] * b.l1) * a.l0 + (f10[d] * b.l0 + f11[d] * b.l1) * a.l1;
-    return std::max(std::sqrt(dot8(u, u, D)), kEps);
+    return fn(feat + (a.i0 * fw + b.i0) * D, feat + (a.i0 * fw + b.i1) * D, feat + (a.i1 * fw + b.i0) * D,
+              feat + (a.i1 * fw + b.i1) * D, b.l0, b.l1, a.l0, a.l1, D, protos, klist, nk, u, s);
   }
 };
-
-inline float cosine(const float* u, float nrm, const float* pn, int64_t D) {
-  float s = dot8(u, pn, D) / nrm;
-  return std::min(std::max(s, -1.f), 1.f);
-}
 
 template <typename scalar_t, typename lscalar_t, typename index_t>
 void forward_impl(const scalar_t* features, const lscalar_t* logits, const index_t* regions,
@@ -97,6 +144,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
   const auto ty = make_taps(fh, H);
   const auto tx = make_taps(fw, W);
   const int nthreads = num_threads();
+  const SimsFn sims_fn = pick_sims();
   std::vector<float> feat(FHW * D);
   int32_t nonfinite = 0;
   int64_t bad_id = -1;
@@ -131,7 +179,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
       bidx.assign(S, HW);
       std::vector<int64_t>& pairs = tpairs[t];
       std::vector<float> z(C);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 8)
       for (int64_t y = 0; y < H; ++y) {
         for (int64_t x = 0; x < W; ++x) {
           const int64_t p = y * W + x;
@@ -151,22 +199,28 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
             pairs.push_back(labeled[r] ? q * R + r : r * R + q);  // key (unlabeled, labeled)
           }
           if (!labeled[r]) continue;
-          // log_softmax as torch computes it: (z - max) - log(sum exp(z - max))
+          // log_softmax_c = (z_c - max) - log1p(sum of the other classes' exp(z - max)), the
+          // evaluation of region_class_argmax: log1p keeps confident pixels apart
           float m = -std::numeric_limits<float>::infinity();
+          int64_t am = 0;
           bool fin = true;
           for (int64_t c = 0; c < C; ++c) {
             const float v = to_float(lg[c * HW + p]);
             fin = fin && std::isfinite(v);
             z[c] = v / tau;
-            m = std::max(m, z[c]);
+            if (z[c] > m) {
+              m = z[c];
+              am = c;
+            }
           }
           if (!fin || !std::isfinite(m)) {
             nf = 1;
             continue;
           }
-          float sum = 0.f;
-          for (int64_t c = 0; c < C; ++c) sum += std::exp(z[c] - m);
-          const float lse = std::log(sum);
+          float rest = 0.f;
+          for (int64_t c = 0; c < C; ++c)
+            if (c != am) rest += std::exp(z[c] - m);
+          const float lse = std::log1p(rest);
           for (int64_t c = 0; c < C; ++c) {
             const int64_t sl = slot[r * C + c];
             if (sl < 0) continue;
@@ -203,15 +257,24 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     // ---- prototypes, ordered by (region, class) ------------------------------------------
     // features (D, fh, fw) -> channels-last float32, in blocks of pixels so that both the
     // reads and the writes stay within a few cache lines
-#pragma omp parallel for num_threads(nthreads) schedule(static)
+    // (the NaN/Inf check of the features rides along: status[0] = 2)
+    int32_t feat_bad = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16) reduction(max : feat_bad)
     for (int64_t i0 = 0; i0 < FHW; i0 += 64) {
       const int64_t i1 = std::min(FHW, i0 + 64);
       for (int64_t d = 0; d < D; ++d) {
         const scalar_t* src = features + (b * D + d) * FHW;
-        for (int64_t i = i0; i < i1; ++i) feat[i * D + d] = static_cast<float>(to_float(src[i]));
+        for (int64_t i = i0; i < i1; ++i) {
+          const float v = static_cast<float>(to_float(src[i]));
+          feat_bad = std::isfinite(v) ? feat_bad : 2;
+          feat[i * D + d] = v;
+        }
       }
     }
-    const Image img{feat.data(), D, fw, &ty, &tx, W};
+    if (feat_bad) {
+      nonfinite = feat_bad;
+      break;
+    }
 
     std::vector<int64_t> kcls, kreg;
     std::vector<int64_t> own_start(R + 1, 0);
@@ -231,12 +294,15 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     }
     const int64_t K = static_cast<int64_t>(kcls.size());
     std::vector<float> protos(K * D);
+    std::vector<int64_t> kids(K);
+    std::iota(kids.begin(), kids.end(), 0);
+    const Image img{feat.data(), D, fw, &ty, &tx, W, protos.data(), sims_fn};
     for (int64_t r = 0; r < R; ++r)
       for (int64_t c = 0; c < C; ++c) {
         const int64_t k = kslot[r * C + c];
         if (k < 0) continue;
         float* pk = protos.data() + k * D;
-        const float n = img.upsample(pidx[slot[r * C + c]], pk);
+        const float n = img.sims(pidx[slot[r * C + c]], nullptr, 0, pk, nullptr);
         for (int64_t d = 0; d < D; ++d) pk[d] /= n;
       }
 
@@ -246,19 +312,20 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     int64_t nloc = 0;
 #pragma omp parallel num_threads(nthreads) reduction(+ : nloc)
     {
-      std::vector<float> u(D);
-#pragma omp for schedule(static)
+      std::vector<float> u(D), sv(C);
+#pragma omp for schedule(dynamic, 2048)
       for (int64_t p = 0; p < HW; ++p) {
         const int64_t r = static_cast<int64_t>(reg[p]);
         o[p] = kIgnore;
         if (r < 0 || !labeled[r] || own_start[r] == own_start[r + 1]) continue;
-        const float n = img.upsample(p, u.data());
+        const int64_t k0 = own_start[r], nk = own_start[r + 1] - k0;
+        img.sims(p, kids.data() + k0, nk, u.data(), sv.data());
         int64_t bk = -1;
         float bs = 0.f;
-        for (int64_t k = own_start[r]; k < own_start[r + 1]; ++k) {  // ascending class
-          const float s = cosine(u.data(), n, protos.data() + k * D, D);
+        for (int64_t j = 0; j < nk; ++j) {  // ascending class
+          const float s = sv[j];
           if (bk < 0 || s > bs) {
-            bk = k;
+            bk = k0 + j;
             bs = s;
           }
         }
@@ -282,7 +349,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
         if (rec_k[p] >= 0) vals[fill[rec_k[p]]++] = rec_s[p];
     }
     std::vector<float> alpha(K, 1.f);
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16)
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16) if (nloc > 65536)
     for (int64_t k = 0; k < K; ++k) {
       const int64_t n = cnt[k + 1] - cnt[k];
       if (n == 0) continue;
@@ -310,19 +377,22 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
         }
         nb_start[u + 1] = static_cast<int64_t>(nb_list.size());
       }
+      int64_t max_nb = 0;
+      for (int64_t u = 0; u < R; ++u) max_nb = std::max(max_nb, nb_start[u + 1] - nb_start[u]);
 #pragma omp parallel num_threads(nthreads) reduction(+ : nexp)
       {
-        std::vector<float> u(D);
-#pragma omp for schedule(static)
+        std::vector<float> u(D), sv(max_nb);
+#pragma omp for schedule(dynamic, 2048)
         for (int64_t p = 0; p < HW; ++p) {
           const int64_t r = static_cast<int64_t>(reg[p]);
           if (r < 0 || labeled[r] || nb_start[r] == nb_start[r + 1]) continue;
-          const float n = img.upsample(p, u.data());
+          const int64_t j0 = nb_start[r], nk = nb_start[r + 1] - j0;
+          img.sims(p, nb_list.data() + j0, nk, u.data(), sv.data());
           int64_t bc = -1;
           float bs = 0.f;
-          for (int64_t j = nb_start[r]; j < nb_start[r + 1]; ++j) {
-            const int64_t k = nb_list[j];
-            const float s = cosine(u.data(), n, protos.data() + k * D, D);
+          for (int64_t j = 0; j < nk; ++j) {
+            const int64_t k = nb_list[j0 + j];
+            const float s = sv[j];
             if (!(s > alpha[k])) continue;
             if (bc < 0 || s > bs || (s == bs && kcls[k] < bc)) {
               bc = kcls[k];

@@ -11,6 +11,12 @@ from .region_labels_from_mask import RegionLabels, dominant_labels, region_label
 from .partial_label_loss import partial_label_loss, partial_label_loss_reference
 from .prototypical_pixel_loss import prototypical_pixel_loss, prototypical_pixel_loss_reference
 from .region_class_argmax import region_class_argmax, region_class_argmax_reference
+from .prototype_pseudo_labels import (
+    PseudoLabelInfo,
+    prototype_pseudo_labels,
+    prototype_pseudo_labels_reference,
+    pseudo_labels_without_prototypes,
+)
 
 __all__ = [
     "BACKENDS",
@@ -31,6 +37,10 @@ __all__ = [
     "prototypical_pixel_loss_reference",
     "region_class_argmax",
     "region_class_argmax_reference",
+    "PseudoLabelInfo",
+    "prototype_pseudo_labels",
+    "prototype_pseudo_labels_reference",
+    "pseudo_labels_without_prototypes",
     "resolve_backend",
     "triton_available",
 ]

@@ -6,7 +6,8 @@ Per image:
    ``Y(r)`` (single-class regions included) the prototypical pixel is
    ``x*_{r,c} = argmax_{x in r} log_softmax(z(x))_c`` with ``z = logits / temperature``; ties go
    to the smallest flat index ``h * W + w`` (the semantics of ``region_class_argmax`` with
-   ``min_classes=1``). The prototype is the (upsampled) feature at ``x*_{r,c}``.
+   ``min_classes=1``, including its evaluation ``log_softmax_c = (z_c - max) - log1p(sum of the
+   other classes' exp(z - max))``, which keeps confident pixels apart at small temperatures). The prototype is the (upsampled) feature at ``x*_{r,c}``.
 2. **Localization** (Eq. 11). Each pixel of a labeled region takes the class of its most
    cosine-similar prototype of that region (ties -> smaller class).
 3. **Thresholds** (Eq. 12). ``alpha_{r,c}`` is the lower median of the similarities of the
@@ -83,7 +84,9 @@ class PseudoLabelInfo(NamedTuple):
 # --------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------
-def _validate(features, logits, regions, region_labels, expand, temperature) -> float:
+def _validate(features, logits, regions, region_labels, expand, temperature, check_features=True) -> float:
+    """Shape/type/device checks; ``check_features=False`` leaves the NaN/Inf scan of the
+    features to the C++ kernel, which does it while converting them."""
     _need_tensor(OP, "regions", regions)
     if regions.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8):
         raise TypeError(f"{OP}: `regions` must be an integer tensor of region ids, got {regions.dtype}")
@@ -106,7 +109,7 @@ def _validate(features, logits, regions, region_labels, expand, temperature) -> 
     if not isinstance(expand, bool):
         raise TypeError(f"{OP}: `expand` must be a bool, got {type(expand).__name__}")
     temperature = check_temperature(OP, temperature)
-    if features.numel() and not bool(torch.isfinite(features).all()):
+    if check_features and features.numel() and not bool(torch.isfinite(features).all()):
         raise ValueError(f"{OP}: `features` contains NaN or Inf")
     return temperature
 
@@ -137,7 +140,12 @@ def _prototype_index_reference(logits, regions, region_labels, temperature):
         z = logits[b].reshape(c, hw)[:, pix].float() / temperature
         if not bool(torch.isfinite(z).all()):
             raise ValueError(f"{OP}: `logits` contains NaN or Inf")
-        lsm = torch.log_softmax(z, dim=0).T  # (N, C)
+        # log_softmax_c = (z_c - max) - log1p(sum of the other classes' exp(z - max)), as
+        # region_class_argmax evaluates it: with a small temperature, log(sum) of confident
+        # pixels rounds to 0 in float32 and would tie them all
+        top = z.max(0, keepdim=True)
+        rest = torch.exp(z - top.values).scatter(0, top.indices, 0.0).sum(0, keepdim=True)
+        lsm = ((z - top.values) - torch.log1p(rest)).T  # (N, C)
         r = reg[pix][:, None].expand(-1, c)
         best = torch.full((r_count, c), float("-inf"), device=logits.device)
         best = best.scatter_reduce(0, r, lsm, "amax")
@@ -329,6 +337,8 @@ def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
         ptr(feats), code(feats), ptr(lg), code(lg), ptr(reg), code(reg), ptr(lab),
         bsz, d, fh, fw, c, h, w, r_count, float(temperature), bool(expand),
         ptr(out), ptr(thresholds), ptr(proto_index), ptr(num_loc), ptr(num_exp), ptr(status))
+    if int(status[0]) == 2:
+        raise ValueError(f"{OP}: `features` contains NaN or Inf")
     raise_on_status(OP, status, r_count)
     return out, PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
 
@@ -366,15 +376,21 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
 
     Example::
 
-        >>> feats = torch.tensor([[[[1.0, 0.9, -1.0, 1.0]]]])           # (1, D=1, 1, 4)
-        >>> logits = torch.tensor([[[[3.0, 0.0, 0.0, 0.0]], [[0.0, 3.0, 0.0, 0.0]]]])
-        >>> regions = torch.tensor([[[0, 0, 1, 1]]])
+        >>> # D=2 features, one image of 1x6 pixels: region 0 (labeled {0, 1}) and region 1
+        >>> feats = torch.tensor([[[[1.0, 0.0, 0.9, 0.1, 1.0, 0.5]], [[0.0, 1.0, 0.1, 0.9, 0.05, 0.5]]]])
+        >>> logits = torch.tensor([[[[3.0, 0, 0, 0, 0, 0]], [[0, 3.0, 0, 0, 0, 0]]]])  # x* = pixels 0, 1
+        >>> regions = torch.tensor([[[0, 0, 0, 0, 1, 1]]])
         >>> region_labels = torch.tensor([[[True, True], [False, False]]])
-        >>> prototype_pseudo_labels(feats, logits, regions, region_labels, backend="reference")
-        tensor([[[  0,   0, 255,   0]]])
+        >>> labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, return_info=True)
+        >>> labels  # pixel 4 is close enough to prototype 0 (cos 0.9988 > alpha 0.9939); pixel 5 is not
+        tensor([[[  0,   1,   0,   1,   0, 255]]])
+        >>> info.num_localized, info.num_expanded
+        (tensor([4]), tensor([1]))
     """
-    temperature = _validate(features, logits, regions, region_labels, expand, temperature)
+    _need_tensor(OP, "logits", logits)
     which = resolve_backend(OP, logits.device, backend)
+    temperature = _validate(features, logits, regions, region_labels, expand, temperature,
+                            check_features=which != "cpp")
     if regions.numel() == 0:
         bsz, c, h, w = logits.shape
         r_count = region_labels.shape[1]

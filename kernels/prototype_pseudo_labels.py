@@ -1,0 +1,377 @@
+"""Triton kernels of ``prototype_pseudo_labels`` (semantics: ``mulact.ops.prototype_pseudo_labels``).
+
+Pipeline (the torch steps between launches are index bookkeeping on small tensors):
+
+1. ``_scan_kernel`` - one pass over the region map: region-id check, labeled/unlabeled
+   adjacency (four forward 8-neighbour shifts, stored as a dense ``(B, R, L)`` byte matrix with
+   ``L`` = most labeled regions in one image) and ``atomic_max`` of
+   ``log_softmax(logits / tau)_c`` per (region, labeled class). Only the logits of pixels of
+   labeled regions are loaded (and checked for NaN/Inf).
+2. ``_argmin_kernel`` - recomputes the log-probabilities of the same pixels and
+   ``atomic_min``-s the flat index of those equal to the maximum: ties -> smallest index.
+   Both atomics are order independent, so the prototype choice is deterministic.
+3. ``_proto_kernel`` - the normalised upsampled feature at each prototypical pixel.
+4. ``_assign_kernel`` - one program per tile of up to ``BLOCK_P`` pixels of one region,
+   against that region's prototype list: its own prototypes for localization (thresholds
+   ``-inf``), the prototypes of all its labeled neighbours for expansion (thresholds
+   ``alpha``). Features are interpolated on the fly from a channels-last copy of the
+   *low-resolution* features; the ``(B, D, H, W)`` upsampled tensor is never built. Each pixel is
+   written by exactly one program, so no atomics are needed and the result is deterministic.
+   Divisions and square roots use the IEEE-rounded forms (``div_rn``, ``sqrt_rn``) so that
+   e.g. ``u / |u|`` is exactly +-1 for D=1, as on the CPU backends.
+5. Lower medians: ``torch.sort`` of the localization similarities by value and then stably by
+   prototype, one gather per prototype (documented torch step between launches).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mulact.ops._validate import new_status, raise_on_status
+
+OP = "prototype_pseudo_labels"
+IGNORE_INDEX = 255
+EPS = 1e-12
+BLOCK_N = 256  # pixels per program of the scan kernels
+BLOCK_P = 64  # pixels per tile of the assignment kernel
+TILE_ELEMS = 4096  # BLOCK_P * BLOCK_K * BLOCK_D budget of the (pixels, prototypes, channels) product
+
+
+@triton.jit
+def _source_index(o, in_size, scale):
+    # PyTorch's area_pixel_compute_source_index (align_corners=False) + guard_index_and_lambda.
+    src = scale * (o.to(tl.float32) + 0.5) - 0.5
+    src = tl.maximum(src, 0.0)
+    i0 = tl.minimum(src.to(tl.int64), in_size - 1)  # src >= 0: truncation is floor
+    l1 = tl.minimum(tl.maximum(src - i0.to(tl.float32), 0.0), 1.0)
+    i1 = tl.where(i0 < in_size - 1, i0 + 1, i0)
+    return i0, i1, 1.0 - l1, l1
+
+
+@triton.jit
+def _log1p(u):
+    # log(1 + u), accurate for tiny u: log(w) * u / (w - 1) with w = 1 + u (exact when w == 1)
+    w = 1.0 + u
+    d = w - 1.0
+    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def _log_softmax_rows(logits_ptr, b, p, rows, HW, C, tau, BLOCK_C: tl.constexpr):
+    # log_softmax over the classes of the pixels `rows`, evaluated like region_class_argmax:
+    # (z_c - max) - log1p(sum of the other classes' exp(z - max))
+    cc = tl.arange(0, BLOCK_C)
+    m2 = rows[:, None] & (cc < C)[None, :]
+    v = tl.load(logits_ptr + (b * C)[:, None] * HW + cc[None, :].to(tl.int64) * HW + p[:, None], mask=m2,
+                other=0.0).to(tl.float32)
+    finite = tl.sum(tl.where(m2 & ((v != v) | (tl.abs(v) == float("inf"))), 1, 0), 1) == 0
+    z = tl.math.div_rn(v, tau)
+    zm = tl.where(m2, z, float("-inf"))
+    mx = tl.where(rows, tl.max(zm, 1), 0.0)
+    first = tl.min(tl.where(zm == mx[:, None], cc[None, :], BLOCK_C), 1)
+    others = m2 & (cc[None, :] != first[:, None])
+    rest = tl.sum(tl.where(others, tl.exp(z - mx[:, None]), 0.0), 1)
+    lsm = (z - mx[:, None]) - _log1p(rest)[:, None]
+    return lsm, m2, finite, cc
+
+
+@triton.jit
+def _adjacent(reg_ptr, labeled_ptr, lidx_ptr, adj_ptr, offs, b, y, x, r, ok, lab, H, W, R, L,
+              DY: tl.constexpr, DX: tl.constexpr):
+    inb = ok & (y + DY < H) & (x + DX >= 0) & (x + DX < W)
+    q = tl.load(reg_ptr + offs + DY * W + DX, mask=inb, other=-1).to(tl.int64)
+    okq = inb & (q >= 0) & (q < R) & (q != r)
+    q = tl.where(okq, q, 0)
+    labq = tl.load(labeled_ptr + b * R + q, mask=okq, other=0) != 0
+    edge = okq & (labq != lab)
+    unl = tl.where(lab, q, r)
+    lreg = tl.where(lab, r, q)
+    li = tl.load(lidx_ptr + b * R + lreg, mask=edge, other=0)
+    tl.store(adj_ptr + (b * R + unl) * L + li, edge.to(tl.uint8), mask=edge)
+
+
+@triton.jit
+def _scan_kernel(reg_ptr, labeled_ptr, lidx_ptr, labels_ptr, logits_ptr, best_ptr, adj_ptr, status_ptr,
+                 N, H, W, R, C, L, tau, DO_ADJ: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    HW = H * W
+    b = offs // HW
+    p = offs % HW
+    y = p // W
+    x = p % W
+    r = tl.load(reg_ptr + offs, mask=m, other=-1).to(tl.int64)
+    tl.atomic_max(status_ptr + 1, tl.max(tl.where(m & (r >= R), r, -1), 0).to(tl.int32))
+    ok = m & (r >= 0) & (r < R)
+    r = tl.where(ok, r, 0)
+    lab = tl.load(labeled_ptr + b * R + r, mask=ok, other=0) != 0
+    if DO_ADJ:
+        _adjacent(reg_ptr, labeled_ptr, lidx_ptr, adj_ptr, offs, b, y, x, r, ok, lab, H, W, R, L, 0, 1)
+        _adjacent(reg_ptr, labeled_ptr, lidx_ptr, adj_ptr, offs, b, y, x, r, ok, lab, H, W, R, L, 1, 0)
+        _adjacent(reg_ptr, labeled_ptr, lidx_ptr, adj_ptr, offs, b, y, x, r, ok, lab, H, W, R, L, 1, 1)
+        _adjacent(reg_ptr, labeled_ptr, lidx_ptr, adj_ptr, offs, b, y, x, r, ok, lab, H, W, R, L, 1, -1)
+    rows = ok & lab
+    lsm, m2, finite, cc = _log_softmax_rows(logits_ptr, b, p, rows, HW, C, tau, BLOCK_C)
+    tl.atomic_max(status_ptr, tl.max(tl.where(rows & ~finite, 1, 0), 0).to(tl.int32))
+    slot = (b * R + r)[:, None] * C + cc[None, :]
+    bits = tl.load(labels_ptr + slot, mask=m2, other=0) != 0
+    tl.atomic_max(best_ptr + slot, lsm, mask=m2 & bits & finite[:, None])
+
+
+@triton.jit
+def _argmin_kernel(reg_ptr, labeled_ptr, labels_ptr, logits_ptr, best_ptr, idx_ptr, N, H, W, R, C, tau,
+                   BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < N
+    HW = H * W
+    b = offs // HW
+    p = offs % HW
+    r = tl.load(reg_ptr + offs, mask=m, other=-1).to(tl.int64)
+    ok = m & (r >= 0) & (r < R)
+    r = tl.where(ok, r, 0)
+    rows = ok & (tl.load(labeled_ptr + b * R + r, mask=ok, other=0) != 0)
+    lsm, m2, finite, cc = _log_softmax_rows(logits_ptr, b, p, rows, HW, C, tau, BLOCK_C)
+    slot = (b * R + r)[:, None] * C + cc[None, :]
+    bits = tl.load(labels_ptr + slot, mask=m2, other=0) != 0
+    best = tl.load(best_ptr + slot, mask=m2 & bits, other=float("inf"))
+    hit = m2 & bits & (lsm == best)
+    tl.atomic_min(idx_ptr + slot, tl.broadcast_to(p[:, None], slot.shape), mask=hit)
+
+
+@triton.jit
+def _tap_rows(gp, HW, W, fh, fw, D, scale_h, scale_w):
+    # channels-last row offsets and weights of the four bilinear taps of global pixels `gp`
+    b = gp // HW
+    p = gp % HW
+    h0, h1, lh0, lh1 = _source_index(p // W, fh, scale_h)
+    w0, w1, lw0, lw1 = _source_index(p % W, fw, scale_w)
+    base = b * fh
+    r00 = ((base + h0) * fw + w0) * D
+    r01 = ((base + h0) * fw + w1) * D
+    r10 = ((base + h1) * fw + w0) * D
+    r11 = ((base + h1) * fw + w1) * D
+    return r00, r01, r10, r11, lh0, lh1, lw0, lw1
+
+
+@triton.jit
+def _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, msk):
+    f00 = tl.load(feat_ptr + r00[:, None] + dd[None, :], mask=msk, other=0.0)
+    f01 = tl.load(feat_ptr + r01[:, None] + dd[None, :], mask=msk, other=0.0)
+    f10 = tl.load(feat_ptr + r10[:, None] + dd[None, :], mask=msk, other=0.0)
+    f11 = tl.load(feat_ptr + r11[:, None] + dd[None, :], mask=msk, other=0.0)
+    return (f00 * lw0[:, None] + f01 * lw1[:, None]) * lh0[:, None] + (f10 * lw0[:, None] + f11 * lw1[:, None]) * lh1[:, None]
+
+
+@triton.jit
+def _proto_kernel(feat_ptr, pix_ptr, out_ptr, K, HW, W, fh, fw, D, scale_h, scale_w, eps,
+                  BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    kk = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    km = kk < K
+    gp = tl.load(pix_ptr + kk, mask=km, other=0)
+    r00, r01, r10, r11, lh0, lh1, lw0, lw1 = _tap_rows(gp, HW, W, fh, fw, D, scale_h, scale_w)
+    ss = tl.zeros((BLOCK_K,), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        msk = km[:, None] & (dd < D)[None, :]
+        u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, msk)
+        ss += tl.sum(u * u, 1)
+    nrm = tl.maximum(tl.sqrt_rn(ss), eps)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        msk = km[:, None] & (dd < D)[None, :]
+        u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, msk)
+        tl.store(out_ptr + kk[:, None] * D + dd[None, :], tl.math.div_rn(u, tl.broadcast_to(nrm[:, None], u.shape)), mask=msk)
+
+
+@triton.jit
+def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
+                   tile_pix0_ptr, tile_npix_ptr, tile_pl0_ptr, tile_npl_ptr,
+                   out_ptr, rec_k_ptr, rec_s_ptr,
+                   HW, W, fh, fw, D, C, scale_h, scale_w, eps,
+                   RECORD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    t = tl.program_id(0)
+    pix0 = tl.load(tile_pix0_ptr + t)
+    npix = tl.load(tile_npix_ptr + t)
+    pl0 = tl.load(tile_pl0_ptr + t)
+    npl = tl.load(tile_npl_ptr + t)
+    offs = tl.arange(0, BLOCK_P)
+    pm = offs < npix
+    gp = tl.load(pix_ptr + pix0 + offs, mask=pm, other=0)
+    r00, r01, r10, r11, lh0, lh1, lw0, lw1 = _tap_rows(gp, HW, W, fh, fw, D, scale_h, scale_w)
+    best_s = tl.full((BLOCK_P,), float("-inf"), tl.float32)
+    best_c = tl.full((BLOCK_P,), C, tl.int64)
+    best_k = tl.full((BLOCK_P,), -1, tl.int64)
+    for k0 in range(0, npl, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        km = kk < npl
+        kid = tl.load(plist_ptr + pl0 + kk, mask=km, other=0)
+        acc = tl.zeros((BLOCK_P, BLOCK_K), tl.float32)
+        ss = tl.zeros((BLOCK_P,), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            dm = dd < D
+            u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, pm[:, None] & dm[None, :])
+            ss += tl.sum(u * u, 1)
+            pn = tl.load(protos_ptr + kid[:, None] * D + dd[None, :], mask=km[:, None] & dm[None, :], other=0.0)
+            acc += tl.sum(u[:, None, :] * pn[None, :, :], 2)
+        nrm = tl.maximum(tl.sqrt_rn(ss), eps)
+        s = tl.minimum(tl.maximum(tl.math.div_rn(acc, tl.broadcast_to(nrm[:, None], acc.shape)), -1.0), 1.0)
+        thr = tl.load(thr_ptr + kid, mask=km, other=float("inf"))
+        cls = tl.load(kcls_ptr + kid, mask=km, other=C)
+        cand = pm[:, None] & km[None, :] & (s > thr[None, :])
+        sm = tl.where(cand, s, float("-inf"))
+        cmax = tl.max(sm, 1)
+        top = cand & (sm == cmax[:, None])
+        cmin = tl.min(tl.where(top, cls[None, :], C), 1)
+        kb = tl.min(tl.where(top & (cls[None, :] == cmin[:, None]), kid[None, :], 1 << 62), 1)
+        better = (cmin < C) & ((cmax > best_s) | ((cmax == best_s) & (cmin < best_c)))
+        best_s = tl.where(better, cmax, best_s)
+        best_c = tl.where(better, cmin, best_c)
+        best_k = tl.where(better, kb, best_k)
+    tl.store(out_ptr + gp, best_c, mask=pm & (best_c < C))
+    if RECORD:
+        tl.store(rec_k_ptr + pix0 + offs, best_k, mask=pm)
+        tl.store(rec_s_ptr + pix0 + offs, best_s, mask=pm)
+
+
+def _tiles(groups: torch.Tensor):
+    """Tiles of <= BLOCK_P consecutive entries of a sorted group-key vector.
+
+    Returns (group of each tile, first entry of each tile, entries in each tile)."""
+    ug, counts = torch.unique_consecutive(groups, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    nt = (counts + BLOCK_P - 1) // BLOCK_P
+    tg = torch.repeat_interleave(torch.arange(ug.numel(), device=groups.device), nt)
+    within = torch.arange(tg.numel(), device=groups.device) - torch.repeat_interleave(torch.cumsum(nt, 0) - nt, nt)
+    pix0 = starts[tg] + within * BLOCK_P
+    npix = torch.clamp(counts[tg] - within * BLOCK_P, max=BLOCK_P)
+    return ug[tg], pix0.contiguous(), npix.contiguous()
+
+
+def _assign(feat_cl, protos, thr, kcls, plist, pix, groups, group_start, group_cnt, out, geom, record):
+    """Launch ``_assign_kernel`` over ``pix`` (global flat pixel ids sorted by their group)."""
+    hw, w, fh, fw, d, c, sh, sw = geom
+    tg, pix0, npix = _tiles(groups)
+    if tg.numel() == 0:
+        return None, None
+    pl0 = group_start[tg].contiguous()
+    npl = group_cnt[tg].contiguous()
+    max_npl = int(npl.max())
+    block_k = min(16, max(2, triton.next_power_of_2(max_npl)))
+    block_d = max(2, min(triton.next_power_of_2(d), TILE_ELEMS // (BLOCK_P * block_k)))
+    rec_k = torch.empty(pix.numel(), dtype=torch.int64, device=pix.device) if record else out
+    rec_s = torch.empty(pix.numel(), dtype=torch.float32, device=pix.device) if record else thr
+    _assign_kernel[(tg.numel(),)](
+        feat_cl, protos, thr, kcls, plist, pix, pix0, npix, pl0, npl, out, rec_k, rec_s,
+        hw, w, fh, fw, d, c, sh, sw, EPS,
+        RECORD=record, BLOCK_P=BLOCK_P, BLOCK_K=block_k, BLOCK_D=block_d)
+    return (rec_k, rec_s) if record else (None, None)
+
+
+def _scale(in_size: int, out_size: int) -> float:
+    # float32 in / out, as PyTorch's area_pixel_compute_scale computes it for float inputs
+    return float(torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32))
+
+
+def prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature):
+    """Triton forward; arguments already validated. Returns ``(labels, PseudoLabelInfo)``."""
+    from mulact.ops.prototype_pseudo_labels import PseudoLabelInfo
+
+    dev = logits.device
+    bsz, c, h, w = logits.shape
+    r_count = region_labels.shape[1]
+    _, d, fh, fw = features.shape
+    hw = h * w
+    n = bsz * hw
+    reg = regions.contiguous()
+    if reg.dtype in (torch.int8, torch.uint8, torch.int16):
+        reg = reg.to(torch.int32)
+    labels_b = region_labels.bool()
+    labels_u8 = labels_b.contiguous().view(torch.uint8)
+    labeled = labels_b.any(-1)
+    labeled_u8 = labeled.to(torch.uint8).contiguous()
+    lidx = (torch.cumsum(labeled.to(torch.int64), 1) - 1).clamp_min(0).contiguous()
+    n_lab = labeled.sum(1)
+    big_l = max(1, int(n_lab.max())) if bsz else 1
+    adj = torch.zeros(bsz * r_count * big_l if expand else 1, dtype=torch.uint8, device=dev)
+    lg = logits.contiguous()
+    best = torch.full((bsz * r_count * c,), float("-inf"), dtype=torch.float32, device=dev)
+    status = new_status(dev)
+    block_c = max(2, triton.next_power_of_2(c))
+    grid = (triton.cdiv(n, BLOCK_N),)
+    _scan_kernel[grid](reg, labeled_u8, lidx, labels_u8, lg, best, adj, status, n, h, w, r_count, c, big_l,
+                       float(temperature), DO_ADJ=expand, BLOCK=BLOCK_N, BLOCK_C=block_c)
+    raise_on_status(OP, status, r_count)
+    idx = torch.full((bsz * r_count * c,), hw, dtype=torch.int64, device=dev)
+    _argmin_kernel[grid](reg, labeled_u8, labels_u8, lg, best, idx, n, h, w, r_count, c, float(temperature),
+                         BLOCK=BLOCK_N, BLOCK_C=block_c)
+    proto_index = torch.where(labels_b.reshape(-1) & (idx < hw), idx, -1).view(bsz, r_count, c)
+
+    out = torch.full((n,), IGNORE_INDEX, dtype=torch.int64, device=dev)
+    thresholds = torch.full((bsz, r_count, c), float("nan"), dtype=torch.float32, device=dev)
+    num_loc = torch.zeros(bsz, dtype=torch.int64, device=dev)
+    num_exp = torch.zeros(bsz, dtype=torch.int64, device=dev)
+    kb, kr, kc = torch.nonzero(proto_index >= 0).unbind(1)  # prototypes sorted by (image, region, class)
+    k_count = kb.numel()
+    if k_count == 0:
+        return out.view(bsz, h, w), PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
+
+    feat_cl = features.float().permute(0, 2, 3, 1).contiguous()  # low resolution, channels-last
+    sh, sw = _scale(fh, h), _scale(fw, w)
+    geom = (hw, w, fh, fw, d, c, sh, sw)
+    protos = torch.empty((k_count, d), dtype=torch.float32, device=dev)
+    proto_pix = (kb * hw + proto_index[kb, kr, kc]).contiguous()
+    pk = 16
+    _proto_kernel[(triton.cdiv(k_count, pk),)](feat_cl, proto_pix, protos, k_count, hw, w, fh, fw, d, sh, sw, EPS,
+                                               BLOCK_K=pk, BLOCK_D=max(2, min(256, triton.next_power_of_2(d))))
+    kcls = kc.contiguous()
+    gkey = kb * r_count + kr
+    own_cnt = torch.bincount(gkey, minlength=bsz * r_count)
+    own_start = torch.cumsum(own_cnt, 0) - own_cnt
+    identity = torch.arange(k_count, device=dev)
+
+    reg_flat = reg.reshape(-1).long()
+    gpix = torch.div(torch.arange(n, device=dev), hw, rounding_mode="floor") * r_count + reg_flat.clamp_min(0)
+    inside = reg_flat >= 0
+    lab_pix = labeled.reshape(-1)[gpix]
+
+    # localization: thresholds -inf, so every own prototype is a candidate
+    loc = torch.nonzero(inside & lab_pix).squeeze(1)
+    loc = loc[torch.argsort(gpix[loc], stable=True)]
+    neg_inf = torch.full((k_count,), float("-inf"), dtype=torch.float32, device=dev)
+    rec_k, rec_s = _assign(feat_cl, protos, neg_inf, kcls, identity, loc, gpix[loc], own_start, own_cnt, out,
+                           geom, record=True)
+    num_loc = torch.bincount(torch.div(loc, hw, rounding_mode="floor"), minlength=bsz)
+
+    # exact lower medians (sort by value, then stably by prototype)
+    alpha = torch.ones(k_count, dtype=torch.float32, device=dev)
+    if rec_k is not None:
+        order = torch.argsort(rec_s, stable=True)
+        order = order[torch.argsort(rec_k[order], stable=True)]
+        vals = rec_s[order]
+        cnt = torch.bincount(rec_k, minlength=k_count)
+        start = torch.cumsum(cnt, 0) - cnt
+        has = cnt > 0
+        alpha[has] = vals[(start + (cnt - 1) // 2)[has]]
+    thresholds[kb, kr, kc] = alpha
+
+    if expand:
+        pb, pu, pl = torch.nonzero(adj.view(bsz, r_count, big_l)).unbind(1)  # sorted by (image, unlabeled)
+        lab_region = torch.full((bsz, big_l), -1, dtype=torch.int64, device=dev)
+        lb, lr = torch.nonzero(labeled).unbind(1)
+        lab_region[lb, lidx[lb, lr]] = lr
+        nb = pb * r_count + lab_region[pb, pl]
+        cnt = own_cnt[nb]
+        rep = torch.repeat_interleave(torch.arange(nb.numel(), device=dev), cnt)
+        within = torch.arange(rep.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
+        plist = (own_start[nb][rep] + within).contiguous()
+        group_cnt = torch.zeros(bsz * r_count, dtype=torch.int64, device=dev).index_add_(0, pb * r_count + pu, cnt)
+        group_start = torch.cumsum(group_cnt, 0) - group_cnt
+        exp = torch.nonzero(inside & ~lab_pix & (group_cnt[gpix] > 0)).squeeze(1)
+        exp = exp[torch.argsort(gpix[exp], stable=True)]
+        _assign(feat_cl, protos, alpha, kcls, plist, exp, gpix[exp], group_start, group_cnt, out, geom,
+                record=False)
+        got = exp[out[exp] != IGNORE_INDEX]
+        num_exp = torch.bincount(torch.div(got, hw, rounding_mode="floor"), minlength=bsz)
+    return out.view(bsz, h, w), PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)

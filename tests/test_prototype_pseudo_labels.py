@@ -1,0 +1,356 @@
+"""prototype_pseudo_labels: every backend vs the reference and vs a naive per-region loop."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from _util import backend_device
+from mulact import ops
+from mulact.ops import prototype_pseudo_labels, prototype_pseudo_labels_reference, pseudo_labels_without_prototypes
+
+IGNORE = 255
+
+
+# ------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------
+def make_case(seed, B=2, H=13, W=17, C=4, R=10, D=5, stride=1, used=None, p_labeled=0.5, p_class=0.4,
+              negative=True, feature_palette=0, logit_palette=0):
+    """Voronoi regions with ids drawn from a subset of [0, R) (the rest are absent), a band of
+    negative ids, random multi-hot labels (single-class, multi-class and absent regions labeled
+    too) and features at 1/stride resolution. Palettes draw whole vectors from a few choices,
+    so exact ties (equal similarities / equal log-probabilities) happen often."""
+    g = torch.Generator().manual_seed(seed)
+    used = R if used is None else used
+    yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    regions = torch.empty(B, H, W, dtype=torch.int64)
+    for b in range(B):
+        sy = torch.randint(0, H, (used,), generator=g)
+        sx = torch.randint(0, W, (used,), generator=g)
+        near = ((yy[None] - sy[:, None, None]) ** 2 + (xx[None] - sx[:, None, None]) ** 2).argmin(0)
+        ids = torch.randperm(R, generator=g)[:used]
+        regions[b] = ids[near]
+        if negative and H > 2 and W > 2:
+            y0 = int(torch.randint(0, H - 1, (1,), generator=g))
+            regions[b, y0, : W // 3] = -1
+    labels = (torch.rand(B, R, C, generator=g) < p_class) & (torch.rand(B, R, 1, generator=g) < p_labeled)
+    fh, fw = -(-H // stride), -(-W // stride)
+    if feature_palette:
+        pal = torch.randn(feature_palette, D, generator=g)
+        features = pal[torch.randint(0, feature_palette, (B, fh, fw), generator=g)].permute(0, 3, 1, 2).contiguous()
+    else:
+        features = torch.randn(B, D, fh, fw, generator=g)
+    if logit_palette:
+        pal = 2 * torch.randn(logit_palette, C, generator=g)
+        logits = pal[torch.randint(0, logit_palette, (B, H, W), generator=g)].permute(0, 3, 1, 2).contiguous()
+    else:
+        logits = 2 * torch.randn(B, C, H, W, generator=g)
+    return features, logits, regions, labels
+
+
+def run(backend, features, logits, regions, labels, **kw):
+    dev = backend_device(backend)
+    out, info = prototype_pseudo_labels(features.to(dev), logits.to(dev), regions.to(dev), labels.to(dev),
+                                        backend=backend, return_info=True, **kw)
+    assert ops.last_backend("prototype_pseudo_labels") == backend
+    return out.cpu(), type(info)(*(t.cpu() for t in info))
+
+
+def assert_same(ref, got, atol=1e-5):
+    (o1, i1), (o2, i2) = ref, got
+    assert o2.dtype == torch.int64 and i2.thresholds.dtype == torch.float32
+    assert i2.num_localized.dtype == torch.int64 and i2.prototype_index.dtype == torch.int64
+    torch.testing.assert_close(i2.prototype_index, i1.prototype_index, rtol=0, atol=0)
+    assert torch.equal(torch.isnan(i2.thresholds), torch.isnan(i1.thresholds))
+    torch.testing.assert_close(i2.thresholds, i1.thresholds, rtol=0, atol=atol, equal_nan=True)
+    torch.testing.assert_close(o2, o1, rtol=0, atol=0)
+    torch.testing.assert_close(i2.num_localized, i1.num_localized, rtol=0, atol=0)
+    torch.testing.assert_close(i2.num_expanded, i1.num_expanded, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# independent naive formulation: a Python loop over regions, dilation by scipy, numpy median
+# ------------------------------------------------------------------------------------------
+def naive(features, logits, regions, labels, expand=True, temperature=1.0):
+    B, C, H, W = logits.shape
+    R = labels.shape[1]
+    up = F.interpolate(features.float(), size=(H, W), mode="bilinear", align_corners=False).double().numpy()
+    z = logits.double().numpy() / temperature
+    regs = regions.numpy()
+    labs = labels.bool().numpy()
+    out = np.full((B, H, W), IGNORE, dtype=np.int64)
+    thresholds = np.full((B, R, C), np.nan, dtype=np.float32)
+    n_loc, n_exp = [0] * B, [0] * B
+
+    def cos(fx, p):  # fx (D, N), p (D,) unit; float32 decisions, like the op
+        n = np.maximum(np.linalg.norm(fx, axis=0), 1e-12)
+        return np.clip((p @ fx) / n, -1, 1).astype(np.float32)
+
+    for b in range(B):
+        reg, f = regs[b], up[b]
+        lsm = z[b] - z[b].max(0) - np.log(np.exp(z[b] - z[b].max(0)).sum(0))
+        labeled = labs[b].any(1)
+        best = {}  # pixel -> (similarity, class) over all expansions
+        for r in range(R):
+            mask = reg == r
+            if not labeled[r] or not mask.any():
+                continue
+            ys = np.flatnonzero(labs[b, r])
+            flat = np.flatnonzero(mask.reshape(-1))  # ascending: argmax ties -> smallest index
+            protos = []
+            for c in ys:
+                x = flat[np.argmax(lsm[c].reshape(-1)[flat])]
+                p = f.reshape(len(f), -1)[:, x]
+                protos.append(p / max(np.linalg.norm(p), 1e-12))
+            fx = f[:, mask]
+            sims = np.stack([cos(fx, p) for p in protos])  # (|Y|, N)
+            who = np.argmax(sims, 0)  # first maximum -> smaller class
+            out[b][mask] = ys[who]
+            n_loc[b] += int(mask.sum())
+            alpha = []
+            for j, c in enumerate(ys):
+                mine = sims[j][who == j]
+                alpha.append(np.sort(mine)[(len(mine) - 1) // 2] if len(mine) else np.float32(1.0))
+                thresholds[b, r, c] = alpha[-1]
+            if not expand:
+                continue
+            ring = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool)) & ~mask
+            for q in np.unique(reg[ring]):
+                if q < 0 or labeled[q]:
+                    continue
+                qm = reg == q
+                coords = np.argwhere(qm)
+                qs = np.stack([cos(f[:, qm], p) for p in protos])
+                for j, c in enumerate(ys):
+                    for i in np.flatnonzero(qs[j] > alpha[j]):
+                        key = tuple(coords[i])
+                        cand = (float(qs[j, i]), -int(c))
+                        if key not in best or cand > best[key]:
+                            best[key] = cand
+        for (y, x), (_, negc) in best.items():
+            out[b, y, x] = -negc
+            n_exp[b] += 1
+    return torch.from_numpy(out), torch.from_numpy(thresholds), torch.tensor(n_loc), torch.tensor(n_exp)
+
+
+# ------------------------------------------------------------------------------------------
+# backends vs the reference
+# ------------------------------------------------------------------------------------------
+CASES = {
+    "stride1": dict(seed=0),
+    "stride2_odd": dict(seed=1, H=15, W=11, stride=2, D=8),
+    "stride4_odd": dict(seed=2, H=19, W=23, stride=4, D=16, R=14, used=9),
+    "d1_ties": dict(seed=3, D=1, stride=2),
+    "duplicates": dict(seed=4, feature_palette=3, logit_palette=4, C=5),
+    "dense_labels": dict(seed=5, B=1, H=16, W=16, C=12, R=9, p_labeled=0.6, p_class=0.6, D=6, stride=2),
+    "b3_large_d": dict(seed=6, B=3, H=9, W=14, D=40, stride=3, R=7),
+    "all_labeled": dict(seed=7, p_labeled=1.0, p_class=0.7),
+    "all_unlabeled": dict(seed=8, p_labeled=0.0),
+    "one_pixel": dict(seed=9, B=1, H=1, W=1, R=2, used=1, p_labeled=1.0, p_class=0.9),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference(backend, case):
+    args = make_case(**CASES[case])
+    ref = prototype_pseudo_labels_reference(*args)
+    assert_same(ref, run(backend, *args))
+
+
+@pytest.mark.parametrize("backend_", ["cpp", "triton"])
+def test_no_expand_and_temperature(backend_):
+    args = make_case(seed=11, stride=2, D=6)
+    for kw in (dict(expand=False), dict(temperature=0.1)):
+        ref = prototype_pseudo_labels_reference(*args, **kw)
+        got = run(backend_, *args, **kw)
+        assert_same(ref, got)
+    assert int(got[1].num_expanded.sum()) > 0  # the case does expand
+    assert int(run(backend_, *args, expand=False)[1].num_expanded.sum()) == 0
+
+
+def test_cases_hit_the_edge_cases():
+    # guard the generator: the cases above really contain what they are meant to cover
+    _, info = prototype_pseudo_labels_reference(*make_case(**CASES["duplicates"]))
+    assert (info.thresholds == 1.0).any(), "a prototype that owns no pixel"
+    f, lg, reg, lab = make_case(**CASES["stride4_odd"])
+    present = torch.zeros(lab.shape[:2], dtype=torch.bool)
+    for b in range(reg.shape[0]):
+        present[b, reg[b][reg[b] >= 0].unique()] = True
+    assert (lab.any(-1) & ~present).any(), "a labeled region absent from the image"
+    assert (lab.sum(-1) == 1).any() and (lab.sum(-1) >= 2).any()
+    assert (reg < 0).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_inputs(backend, dtype):
+    f, lg, reg, lab = make_case(seed=12, stride=2, D=6)
+    f, lg = f.to(dtype), lg.to(dtype)
+    ref = prototype_pseudo_labels_reference(f, lg, reg, lab)
+    assert_same(ref, run(backend, f, lg, reg, lab))
+
+
+@pytest.mark.parametrize("rdtype", [torch.int32, torch.int16])
+def test_region_dtypes_and_uint8_labels(backend, rdtype):
+    f, lg, reg, lab = make_case(seed=13, stride=2)
+    ref = prototype_pseudo_labels_reference(f, lg, reg, lab)
+    assert_same(ref, run(backend, f, lg, reg.to(rdtype), lab.to(torch.uint8)))
+
+
+# ------------------------------------------------------------------------------------------
+# vs the naive loop
+# ------------------------------------------------------------------------------------------
+NAIVE_CASES = [
+    dict(seed=20, B=1, H=7, W=9, R=5, C=3, D=3),
+    dict(seed=21, B=2, H=9, W=8, R=6, C=4, D=4, stride=2),
+    dict(seed=22, B=1, H=11, W=10, R=8, C=3, D=1, stride=3, used=6),
+    dict(seed=23, B=1, H=8, W=8, R=6, C=4, D=2, feature_palette=3, logit_palette=3, p_labeled=0.6),
+    dict(seed=24, B=1, H=10, W=12, R=9, C=5, D=5, stride=4, p_labeled=0.7, p_class=0.6),
+]
+
+
+@pytest.mark.parametrize("idx", range(len(NAIVE_CASES)))
+def test_matches_naive_loop(backend, idx):
+    args = make_case(**NAIVE_CASES[idx])
+    out, thr, n_loc, n_exp = naive(*args)
+    got, info = run(backend, *args)
+    torch.testing.assert_close(got, out, rtol=0, atol=0)
+    torch.testing.assert_close(info.thresholds, thr, rtol=0, atol=1e-5, equal_nan=True)
+    assert torch.equal(info.num_localized, n_loc) and torch.equal(info.num_expanded, n_exp)
+
+
+# ------------------------------------------------------------------------------------------
+# hand-made semantics
+# ------------------------------------------------------------------------------------------
+def _hand_case():
+    """1 x 8 pixels, D=2. Regions: 0 (labeled {0,1}) | 1 (unlabeled) | 2 (labeled {1}) | 3 (labeled {2})
+    ids: [0 0 0 | 1 1 | 2 | -1 | 3]. Classes 0 and 1 of region 0 share their prototypical pixel,
+    so class 1 owns no pixel (threshold 1.0) and never expands, even to an exact copy of it."""
+    f = torch.tensor([[1.0, 1.0, 0.8, 1.0, 0.0, 0.0, 1.0, 0.0],
+                      [0.0, 0.0, 0.6, 0.0, 1.0, 1.0, 0.0, 1.0]])[None, :, None, :]
+    lg = torch.zeros(1, 3, 1, 8)
+    lg[0, :2, 0, 0] = 4.0  # pixel 0 is x* of classes 0 and 1 in region 0
+    reg = torch.tensor([[[0, 0, 0, 1, 1, 2, -1, 3]]])
+    lab = torch.zeros(1, 4, 3, dtype=torch.bool)
+    lab[0, 0, :2] = True
+    lab[0, 2, 1] = True
+    lab[0, 3, 2] = True
+    return f, lg, reg, lab
+
+
+def test_hand_made_case(backend):
+    out, info = run(backend, *_hand_case())
+    # region 0: all pixels -> class 0 (tie with the identical class-1 prototype -> smaller class)
+    # alpha_{0,0} = lower median of {1, 1, 0.8} = 1 -> pixel 3 (cos 1) is not > 1; class 1 has alpha 1.0
+    # pixel 4 of region 1 touches region 2 (labeled {1}, alpha 1.0, single pixel) -> no candidate
+    # pixel 6 has a negative id, region 3 is labeled: localization only
+    assert out.tolist() == [[[0, 0, 0, IGNORE, IGNORE, 1, IGNORE, 2]]]
+    assert info.prototype_index[0].tolist() == [[0, 0, -1], [-1, -1, -1], [-1, 5, -1], [-1, -1, 7]]
+    th = info.thresholds[0]
+    assert th[0, 0] == 1.0 and th[0, 1] == 1.0 and th[2, 1] == 1.0 and th[3, 2] == 1.0
+    assert torch.isnan(th[1]).all() and torch.isnan(th[0, 2])
+    assert info.num_localized.tolist() == [5] and info.num_expanded.tolist() == [0]
+
+
+def test_expansion_picks_best_neighbour(backend):
+    # unlabeled region 1 in the middle touches labeled regions 0 (class 0) and 2 (class 2);
+    # each pixel of region 1 goes to the more similar prototype above its threshold
+    f = torch.tensor([[1.0, 0.9, 0.95, 0.1, 0.0, 0.1, 0.5],
+                      [0.0, 0.1, 0.05, 0.95, 1.0, 0.9, 0.5]])[None, :, None, :]
+    reg = torch.tensor([[[0, 0, 1, 1, 2, 2, 1]]])
+    lab = torch.zeros(1, 3, 3, dtype=torch.bool)
+    lab[0, 0, 0] = True
+    lab[0, 2, 2] = True
+    lg = torch.zeros(1, 3, 1, 7)
+    lg[0, 0, 0, 0] = 3.0
+    lg[0, 2, 0, 4] = 3.0
+    out, info = run(backend, f, lg, reg, lab)
+    # alpha_0 = lower median {1, cos(p0, (.9,.1))}; pixel 2 (.95,.05) is closer than pixel 1 -> class 0;
+    # pixel 3 (.1,.95) is closer to p2 than pixel 5 -> class 2; pixel 6 (.5,.5) below both thresholds
+    assert out.tolist() == [[[0, 0, 0, 2, 2, 2, IGNORE]]]
+    assert info.num_expanded.tolist() == [2]
+    # a labeled neighbour is never expanded into, even when it is very similar
+    lab[0, 1, 1] = True
+    out, info = run(backend, f, lg, reg, lab)
+    assert info.num_expanded.tolist() == [0] and (out != IGNORE).all()
+
+
+# ------------------------------------------------------------------------------------------
+# baseline without prototypes
+# ------------------------------------------------------------------------------------------
+def test_without_prototypes_matches_loop():
+    f, lg, reg, lab = make_case(seed=30, logit_palette=3)
+    got = pseudo_labels_without_prototypes(lg, reg, lab, temperature=0.5)
+    want = torch.full_like(reg, IGNORE)
+    for b in range(reg.shape[0]):
+        for y in range(reg.shape[1]):
+            for x in range(reg.shape[2]):
+                r = int(reg[b, y, x])
+                if r < 0 or not lab[b, r].any():
+                    continue
+                ys = torch.nonzero(lab[b, r]).squeeze(1)
+                want[b, y, x] = ys[int(torch.argmax(lg[b, ys, y, x]))]
+    assert got.dtype == torch.int64
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="regions"):
+        pseudo_labels_without_prototypes(lg, reg + 100, lab)
+    bad = lg.clone()
+    bad[reg[:, None].expand_as(bad) >= 0] = float("nan")
+    with pytest.raises(ValueError, match="logits"):
+        pseudo_labels_without_prototypes(bad, reg, lab)
+
+
+# ------------------------------------------------------------------------------------------
+# bad inputs
+# ------------------------------------------------------------------------------------------
+def test_bad_inputs_raise(backend):
+    dev = backend_device(backend)
+    f, lg, reg, lab = (t.to(dev) for t in make_case(seed=40, stride=2))
+
+    def call(features=f, logits=lg, regions=reg, region_labels=lab, **kw):
+        return prototype_pseudo_labels(features, logits, regions, region_labels, backend=backend, **kw)
+
+    with pytest.raises(ValueError, match="features"):
+        call(features=torch.randn(2, 3, 30, 9, device=dev))  # h > H
+    with pytest.raises(ValueError, match="features"):
+        call(features=f[:1])
+    with pytest.raises(TypeError, match="features"):
+        call(features=f.to(torch.int64))
+    with pytest.raises(ValueError, match="features"):
+        call(features=torch.full_like(f, float("inf")))
+    with pytest.raises(ValueError, match="logits"):
+        call(logits=lg[:, :, :5])
+    with pytest.raises(ValueError, match="region_labels"):
+        call(region_labels=lab[:, :, :2])
+    with pytest.raises(TypeError, match="region_labels"):
+        call(region_labels=lab.float())
+    with pytest.raises(TypeError, match="regions"):
+        call(regions=reg.float())
+    with pytest.raises(ValueError, match="regions"):
+        call(regions=reg + lab.shape[1])  # ids >= R: detected inside the kernels
+    with pytest.raises(ValueError, match="temperature"):
+        call(temperature=0.0)
+    with pytest.raises(TypeError, match="expand"):
+        call(expand=1)
+    nan = lg.clone()
+    labeled_pix = lab.any(-1).gather(1, reg.clamp_min(0).flatten(1)).view_as(reg) & (reg >= 0)
+    nan[:, 1][labeled_pix] = float("nan")
+    with pytest.raises(ValueError, match="logits"):
+        call(logits=nan)
+    # NaN only where no labeled region is: never read, no error
+    off = lg.clone()
+    off[:, 1][~labeled_pix] = float("nan")
+    assert torch.equal(call(logits=off).cpu(), call().cpu())
+
+
+def test_confident_pixels_stay_apart(backend):
+    # at tau = 0.1 the class-0 log-probabilities of these pixels are about -2e-9, -1e-11 and
+    # -9e-14: log(sum exp) rounds all three to 0 in float32, log1p keeps the last one the best
+    f = torch.randn(1, 3, 1, 4, generator=torch.Generator().manual_seed(0))
+    lg = torch.zeros(1, 3, 1, 4)
+    lg[0, 0, 0, :3] = torch.tensor([2.0, 2.5, 3.0])
+    reg = torch.tensor([[[0, 0, 0, 1]]])
+    lab = torch.zeros(1, 2, 3, dtype=torch.bool)
+    lab[0, 0, 0] = True
+    _, info = run(backend, f, lg, reg, lab, temperature=0.1)
+    assert info.prototype_index[0, 0, 0] == 2
