@@ -139,7 +139,7 @@ PRESETS: dict[str, dict] = {
     "demo": dict(
         name="demo", dataset="demo", encoder="resnet18", encoder_weights=None,
         decoder_channels=64, rounds=4, budget=1000, acquisition="pixbal", labeling="multi",
-        nu=6.0, iterations=100, batch_size=4, crop_size=128, scale_min=0.75, scale_max=1.5,
+        nu=6.0, iterations=120, batch_size=4, crop_size=128, scale_min=0.75, scale_max=1.5,
         lr=4e-3, lr_stage2=4e-3, weight_decay=1e-5, region_size=16, superpixel_method="seeds",
         eval_interval=0, checkpoint_interval=50, stage2=False, num_workers=0,
         acquisition_batch_size=8, eval_batch_size=8,
