@@ -32,14 +32,14 @@ struct Partial {
 };
 
 // mode: 0 = sum (+count), 1 = max (+arg), 2 = min (+arg), 3 = count only.
-template <typename T, typename I>
-void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64_t R, int mode,
+template <int mode, typename T, typename I>
+void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64_t R,
                 typename Acc<T>::type* val_out, int64_t* arg_out, int64_t* cnt_out, int32_t* status) {
   using A = typename Acc<T>::type;
   const int64_t blocks_per_image = (N + kBlock - 1) / kBlock;
   const int64_t total = B * blocks_per_image;
   const int64_t RK = R * K;
-  const bool extremum = mode == 1 || mode == 2;
+  constexpr bool extremum = mode == 1 || mode == 2;
   const A init = mode == 1 ? -std::numeric_limits<A>::infinity()
                            : (mode == 2 ? std::numeric_limits<A>::infinity() : A(0));
   const int T_max = num_threads();
@@ -60,7 +60,7 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
       P.b_hi = (q1 - 1) / blocks_per_image;
       const int64_t imgs = P.b_hi - P.b_lo + 1;
       P.cnt.assign(imgs * R, 0);
-      if (mode != 3) P.val.assign(imgs * RK, init);
+      if constexpr (mode != 3) P.val.assign(imgs * RK, init);
       if (extremum) P.arg.assign(imgs * RK, -1);
     }
     // Runs of equal, valid ids inside the current block, shared by all K planes: superpixels
@@ -90,7 +90,7 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
         }
         p = e;
       }
-      if (mode == 3) continue;
+      if constexpr (mode == 3) continue;
       A* vb = P.val.data() + (b - P.b_lo) * RK;
       int64_t* ab = extremum ? P.arg.data() + (b - P.b_lo) * RK : nullptr;
       const int64_t nruns = static_cast<int64_t>(run_id.size());
@@ -100,7 +100,7 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
         for (int64_t j = 0; j < nruns; ++j) {
           const int64_t e = run_end[j];
           const int64_t sl = run_id[j] * K + k;
-          if (mode == 0) {
+          if constexpr (mode == 0) {
             A acc = A(0);
             for (int64_t p = run_start[j]; p < e; ++p) acc += static_cast<A>(to_float(xk[p]));
             vb[sl] += acc;
@@ -133,7 +133,7 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
         c += Q.cnt[(b - Q.b_lo) * R + r];
       }
       cnt_out[br] = c;
-      if (mode == 3) continue;
+      if constexpr (mode == 3) continue;
       for (int64_t k = 0; k < K; ++k) {
         A v = init;
         int64_t a = -1;
@@ -168,9 +168,18 @@ void forward(std::uintptr_t values, int dtype, std::uintptr_t regions, int index
   MULACT_DISPATCH_FLOAT(dtype, "region_reduce", [&] {
     MULACT_DISPATCH_INDEX(index_dtype, "region_reduce", [&] {
       using A = typename Acc<scalar_t>::type;
-      reduce_cpu<scalar_t, index_t>(ptr<const scalar_t>(values), ptr<const index_t>(regions), B, K, N, R, mode,
-                                    ptr<A>(val_out), ptr<int64_t>(arg_out), ptr<int64_t>(cnt_out),
-                                    ptr<int32_t>(status));
+      // The mode is a template argument so the per-pixel loops carry no mode tests.
+      auto run = [&](auto mode_tag) {
+        reduce_cpu<decltype(mode_tag)::value, scalar_t, index_t>(
+            ptr<const scalar_t>(values), ptr<const index_t>(regions), B, K, N, R, ptr<A>(val_out),
+            ptr<int64_t>(arg_out), ptr<int64_t>(cnt_out), ptr<int32_t>(status));
+      };
+      switch (mode) {
+        case 0: run(std::integral_constant<int, 0>{}); break;
+        case 1: run(std::integral_constant<int, 1>{}); break;
+        case 2: run(std::integral_constant<int, 2>{}); break;
+        default: run(std::integral_constant<int, 3>{}); break;
+      }
     });
   });
 }

@@ -2,15 +2,20 @@
 
 A program owns ``BLOCK`` pixels of one image: it loads their region ids once and loops over
 the K value planes (each load a coalesced run along pixels), accumulating into the
-region-major ``(B, R, K)`` buffers with atomics. Max/min/argmax take two passes so the result
-is deterministic: pass 1 finds the extremum with ``atomic_max`` (min is the max of −v, exact),
-pass 2 takes the smallest flat pixel index whose value equals it with ``atomic_min``.
+region-major ``(B, R, K)`` buffers with atomics. Runs of consecutive pixels with the same id
+are pre-reduced in registers with a segmented scan (``_segments.py``), so only a run's last
+pixel issues an atomic (superpixels are spatially coherent: this removes most same-address
+contention). Max/min/argmax take two passes so the result is deterministic: pass 1 finds the
+extremum with ``atomic_max`` (min is the max of −v, exact), pass 2 takes the smallest flat
+pixel index whose value equals it with ``atomic_min``.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from ._segments import log2, run_layout, run_max, run_min, run_sum
 
 _BLOCK = 256
 
@@ -24,7 +29,8 @@ def _report_bad_ids(ids, pmask, R, status_ptr):
 
 @triton.jit
 def _region_sum_kernel(x_ptr, reg_ptr, out_ptr, cnt_ptr, status_ptr, K, N, R,
-                       WITH_VALUES: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+                       WITH_VALUES: tl.constexpr, ACC_FP64: tl.constexpr, BLOCK: tl.constexpr,
+                       LOG2_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -32,7 +38,10 @@ def _region_sum_kernel(x_ptr, reg_ptr, out_ptr, cnt_ptr, status_ptr, K, N, R,
     ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
     _report_bad_ids(ids, pmask, R, status_ptr)
     valid = pmask & (ids >= 0) & (ids < R)
-    tl.atomic_add(cnt_ptr + b * R + ids, tl.full([BLOCK], 1, tl.int32), mask=valid)
+    head, tail = run_layout(tl.where(valid, ids, -1), BLOCK, LOG2_BLOCK)
+    tail = tail & valid
+    n_run = run_sum(valid.to(tl.int32), head, BLOCK, LOG2_BLOCK)
+    tl.atomic_add(cnt_ptr + b * R + ids, n_run, mask=tail)
     if WITH_VALUES:
         slot = (b * R + ids) * K
         for k in range(K):
@@ -41,12 +50,13 @@ def _region_sum_kernel(x_ptr, reg_ptr, out_ptr, cnt_ptr, status_ptr, K, N, R,
                 v = v.to(tl.float64)
             else:
                 v = v.to(tl.float32)
-            tl.atomic_add(out_ptr + slot + k, v, mask=valid)
+            v_run = run_sum(v, head, BLOCK, LOG2_BLOCK)
+            tl.atomic_add(out_ptr + slot + k, v_run, mask=tail)
 
 
 @triton.jit
 def _region_max_kernel(x_ptr, reg_ptr, best_ptr, status_ptr, K, N, R, sign,
-                       ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+                       ACC_FP64: tl.constexpr, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -54,6 +64,8 @@ def _region_max_kernel(x_ptr, reg_ptr, best_ptr, status_ptr, K, N, R, sign,
     ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
     _report_bad_ids(ids, pmask, R, status_ptr)
     valid = pmask & (ids >= 0) & (ids < R)
+    head, tail = run_layout(tl.where(valid, ids, -1), BLOCK, LOG2_BLOCK)
+    tail = tail & valid
     slot = (b * R + ids) * K
     for k in range(K):
         v = tl.load(x_ptr + (b * K + k) * N + offs, mask=valid, other=0.0)
@@ -61,18 +73,21 @@ def _region_max_kernel(x_ptr, reg_ptr, best_ptr, status_ptr, K, N, R, sign,
             v = v.to(tl.float64) * sign
         else:
             v = v.to(tl.float32) * sign
-        tl.atomic_max(best_ptr + slot + k, v, mask=valid)
+        v_run = run_max(v, head, BLOCK, LOG2_BLOCK)
+        tl.atomic_max(best_ptr + slot + k, v_run, mask=tail)
 
 
 @triton.jit
 def _region_argbest_kernel(x_ptr, reg_ptr, best_ptr, arg_ptr, K, N, R, sign,
-                           ACC_FP64: tl.constexpr, BLOCK: tl.constexpr):
+                           ACC_FP64: tl.constexpr, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     pmask = offs < N
     ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1).to(tl.int64)
     valid = pmask & (ids >= 0) & (ids < R)
+    head, tail = run_layout(tl.where(valid, ids, -1), BLOCK, LOG2_BLOCK)
+    tail = tail & valid
     slot = (b * R + ids) * K
     for k in range(K):
         v = tl.load(x_ptr + (b * K + k) * N + offs, mask=valid, other=0.0)
@@ -81,7 +96,9 @@ def _region_argbest_kernel(x_ptr, reg_ptr, best_ptr, arg_ptr, K, N, R, sign,
         else:
             v = v.to(tl.float32) * sign
         best = tl.load(best_ptr + slot + k, mask=valid, other=0.0)
-        tl.atomic_min(arg_ptr + slot + k, offs, mask=valid & (v == best))
+        cand = tl.where(valid & (v == best), offs, N)
+        c_run = run_min(cand, head, BLOCK, LOG2_BLOCK)
+        tl.atomic_min(arg_ptr + slot + k, c_run, mask=tail & (c_run < N))
 
 
 @triton.jit
@@ -112,7 +129,8 @@ def region_sum_triton(values: torch.Tensor | None, regions: torch.Tensor, batch:
     if batch * N > 0:
         grid = (triton.cdiv(N, _BLOCK), batch)
         _region_sum_kernel[grid](values if values is not None else out, regions, out, cnt, status, K, N, num_regions,
-                                 WITH_VALUES=values is not None, ACC_FP64=acc_dtype == torch.float64, BLOCK=_BLOCK)
+                                 WITH_VALUES=values is not None, ACC_FP64=acc_dtype == torch.float64, BLOCK=_BLOCK,
+                                 LOG2_BLOCK=log2(_BLOCK))
     return out, cnt
 
 
@@ -128,9 +146,10 @@ def region_extremum_triton(values: torch.Tensor, regions: torch.Tensor, num_regi
     if B * N > 0 and K > 0:
         grid = (triton.cdiv(N, _BLOCK), B)
         fp64 = acc == torch.float64
-        _region_max_kernel[grid](values, regions, best, status, K, N, num_regions, sign, ACC_FP64=fp64, BLOCK=_BLOCK)
+        _region_max_kernel[grid](values, regions, best, status, K, N, num_regions, sign, ACC_FP64=fp64, BLOCK=_BLOCK,
+                                 LOG2_BLOCK=log2(_BLOCK))
         _region_argbest_kernel[grid](values, regions, best, arg, K, N, num_regions, sign, ACC_FP64=fp64,
-                                     BLOCK=_BLOCK)
+                                     BLOCK=_BLOCK, LOG2_BLOCK=log2(_BLOCK))
     empty = arg == N
     arg = arg.masked_fill(empty, -1)
     if N == 0:

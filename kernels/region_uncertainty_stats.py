@@ -2,9 +2,11 @@
 
 One program owns a tile of ``BLOCK`` pixels × ``C_PAD`` classes of one image. Loads run along
 pixels (the contiguous axis of ``(B, C, H, W)``), so each class row is a coalesced read; the
-softmax, top-1/top-2 and the pixel uncertainty stay in registers. The tile's softmax sum is
-reduced in-register and added to ``prob_sum`` with one atomic per class (per-block
-pre-aggregation); ``u`` and the count go to ``(B, R, C)`` with one atomic per valid pixel.
+softmax, top-1/top-2 and the pixel uncertainty stay in registers. Pre-aggregation inside the
+block: the tile's softmax sum is reduced in registers and stored as one ``(C,)`` row per
+program (rows summed afterwards, so ``prob_sum`` is deterministic); ``u`` and the count are
+summed over runs of consecutive pixels sharing (region, top-1 class) with a segmented scan
+(``_segments.py``), and only each run's last pixel issues the two atomics into ``(B, R, C)``.
 Region ids ``>= R`` and non-finite logits are reported through the shared status buffer.
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._segments import log2, run_layout, run_sum
+
 MEASURE_CODES = {"bvsb": 0, "margin": 1, "entropy": 2, "least_confidence": 3}
 
 
@@ -20,7 +24,8 @@ MEASURE_CODES = {"bvsb": 0, "margin": 1, "entropy": 2, "least_confidence": 3}
 def _region_uncertainty_stats_kernel(
     x_ptr, reg_ptr, u_ptr, n_ptr, prob_ptr, status_ptr,
     C, N, R, inv_t,
-    MEASURE: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, ACC_FP64: tl.constexpr,
+    MEASURE: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr,
+    ACC_FP64: tl.constexpr,
 ):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -42,7 +47,8 @@ def _region_uncertainty_stats_kernel(
 
     zm = tl.where(cmask[:, None], z, float("-inf"))
     m1 = tl.max(zm, axis=0)
-    top = tl.argmax(zm, axis=0, tie_break_left=True)
+    # Smallest maximal class, spelled out rather than relying on tl.argmax's tie rule.
+    top = tl.min(tl.where(zm == m1[None, :], cls[:, None], C_PAD), axis=0)
     m2 = tl.max(tl.where(cls[:, None] == top[None, :], float("-inf"), zm), axis=0)
     d = tl.where(cmask[:, None], zm - m1[None, :], 0.0)  # padded classes: 0, not -inf, so e * d stays finite
     e = tl.where(cmask[:, None], tl.exp(d), 0.0)
@@ -64,12 +70,21 @@ def _region_uncertainty_stats_kernel(
         tl.atomic_max(status_ptr + 1, tl.minimum(worst, 2147483647).to(tl.int32))
     valid = pmask & (ids >= 0) & (ids < R)
 
+    # Per-program softmax sums go to their own row (summed on the host side afterwards): no
+    # same-address atomics from every program, and prob_sum is run-to-run deterministic.
     w = tl.where(valid, inv_s, 0.0)
-    tl.atomic_add(prob_ptr + cls, tl.sum(e * w[None, :], axis=1), mask=cmask)
+    row = b * tl.num_programs(0) + pid
+    tl.store(prob_ptr + row * C + cls, tl.sum(e * w[None, :], axis=1), mask=cmask)
 
-    slot = (b * R + ids.to(tl.int64)) * C + top
-    tl.atomic_add(u_ptr + slot, u, mask=valid)
-    tl.atomic_add(n_ptr + slot, tl.full([BLOCK], 1, tl.int32), mask=valid)
+    # Pre-aggregate runs of equal (region, top-1 class) along the pixel axis (superpixels are
+    # spatially coherent) with a segmented scan; only the last pixel of each run issues the
+    # atomics, which removes most same-address atomic traffic.
+    slot = tl.where(valid, (b * R + ids.to(tl.int64)) * C + top, -1)
+    head, tail = run_layout(slot, BLOCK, LOG2_BLOCK)
+    u_run = run_sum(tl.where(valid, u, 0.0), head, BLOCK, LOG2_BLOCK)
+    n_run = run_sum(valid.to(tl.int32), head, BLOCK, LOG2_BLOCK)
+    tl.atomic_add(u_ptr + slot, u_run, mask=valid & tail)
+    tl.atomic_add(n_ptr + slot, n_run, mask=valid & tail)
 
 
 def region_uncertainty_stats_triton(logits: torch.Tensor, regions: torch.Tensor, num_regions: int, inv_t: float,
@@ -87,9 +102,12 @@ def region_uncertainty_stats_triton(logits: torch.Tensor, regions: torch.Tensor,
         c_pad = triton.next_power_of_2(C)
         block = max(16, min(256, 4096 // c_pad))
         grid = (triton.cdiv(N, block), B)
+        prob_rows = torch.empty(B * grid[0], C, dtype=acc, device=logits.device)
         _region_uncertainty_stats_kernel[grid](
-            logits, regions, u, n, prob, status, C, N, R, inv_t,
-            MEASURE=MEASURE_CODES[measure], C_PAD=c_pad, BLOCK=block, ACC_FP64=acc == torch.float64,
+            logits, regions, u, n, prob_rows, status, C, N, R, inv_t,
+            MEASURE=MEASURE_CODES[measure], C_PAD=c_pad, BLOCK=block, LOG2_BLOCK=log2(block),
+            ACC_FP64=acc == torch.float64,
             num_warps=4,
         )
+        prob = prob_rows.sum(dim=0)
     return u.to(torch.float32), n, prob.to(torch.float32)

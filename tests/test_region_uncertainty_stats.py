@@ -199,6 +199,8 @@ def test_bad_inputs(backend):
         region_uncertainty_stats(logits[0], regions, 4, backend=backend)
     with pytest.raises(TypeError, match="logits"):
         region_uncertainty_stats(logits.long(), regions, 4, backend=backend)
+    with pytest.raises(ValueError, match="logits"):
+        region_uncertainty_stats(logits[:, :0], regions, 4, backend=backend)
     with pytest.raises(TypeError, match="regions"):
         region_uncertainty_stats(logits, regions.float(), 4, backend=backend)
     with pytest.raises(ValueError, match="measure"):
@@ -232,3 +234,17 @@ def test_cpp_is_deterministic():
     a = region_uncertainty_stats(logits, regions, 50, backend="cpp")
     b = region_uncertainty_stats(logits, regions, 50, backend="cpp")
     assert torch.equal(a.u_sum, b.u_sum) and torch.equal(a.prob_sum, b.prob_sum) and torch.equal(a.count, b.count)
+
+
+def test_long_runs_of_one_region(backend):
+    """Long runs of one (region, top-1 class) key across block edges (run pre-aggregation)."""
+    H, W = 9, 70
+    flat = torch.arange(H * W)
+    regions = ((flat // 300) * 2).view(1, H, W)
+    regions.view(-1)[400:405] = 0
+    logits = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(6)) * 0.3
+    logits[:, 1] += 2.0  # mostly one top-1 class: runs of the same key are long
+    dev = backend_device(backend)
+    st = region_uncertainty_stats(logits.to(dev), regions.to(dev), 5, backend=backend)
+    st = RegionUncertaintyStats(st.u_sum.cpu(), st.count.cpu(), st.prob_sum.cpu(), st.num_pixels)
+    check_against(st, *naive_stats(logits, regions, 5, 1.0, "bvsb"), rtol=1e-5, atol=1e-4)

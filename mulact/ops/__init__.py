@@ -44,38 +44,10 @@ __all__ = [
     "resolve_backend",
     "triton_available",
 ]
-from .region_uncertainty_stats import RegionUncertaintyStats, region_uncertainty_stats, region_uncertainty_stats_reference
+from .region_uncertainty_stats import RegionUncertaintyStats, region_uncertainty_stats, region_uncertainty_stats_reference  # noqa: E402,E501
+from .region_reduce import region_reduce, region_reduce_reference  # noqa: E402
+from .acquisition import *  # noqa: E402,F401,F403  (names listed in acquisition.__all__)
+from . import acquisition as _acquisition  # noqa: E402
 
-__all__ += ["RegionUncertaintyStats", "region_uncertainty_stats", "region_uncertainty_stats_reference"]
-from .region_reduce import region_reduce, region_reduce_reference
-
-__all__ += ["region_reduce", "region_reduce_reference"]
-from .acquisition import (
-    ACQUISITION_METHODS,
-    PoolStatistics,
-    class_prior,
-    classbal_scores,
-    dominant_class,
-    dominant_class_fraction,
-    mean_uncertainty,
-    measure_for,
-    pixbal_scores,
-    random_scores,
-    region_scores,
-    selectable,
-)
-
-__all__ += [
-    "ACQUISITION_METHODS",
-    "PoolStatistics",
-    "class_prior",
-    "classbal_scores",
-    "dominant_class",
-    "dominant_class_fraction",
-    "mean_uncertainty",
-    "measure_for",
-    "pixbal_scores",
-    "random_scores",
-    "region_scores",
-    "selectable",
-]
+__all__ += ["RegionUncertaintyStats", "region_uncertainty_stats", "region_uncertainty_stats_reference",
+            "region_reduce", "region_reduce_reference", *_acquisition.__all__]

@@ -40,6 +40,22 @@ import math
 
 import torch
 
+__all__ = [
+    "ACQUISITION_METHODS",
+    "PoolStatistics",
+    "class_prior",
+    "classbal_scores",
+    "dominant_class",
+    "dominant_class_fraction",
+    "mean_uncertainty",
+    "measure_for",
+    "pixbal_scores",
+    "random_scores",
+    "region_scores",
+    "region_size",
+    "selectable",
+]
+
 OP = "region_scores"
 ACQUISITION_METHODS = ("random", "bvsb", "margin", "entropy", "least_confidence", "classbal", "pixbal")
 _MEASURE = {"random": "bvsb", "bvsb": "bvsb", "margin": "margin", "entropy": "entropy",
@@ -163,8 +179,11 @@ def classbal_scores(u_sum: torch.Tensor, count: torch.Tensor, dominant_fraction:
 
 
 def random_scores(shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Uniform scores in ``(0, 1]`` (so excluded regions, scored 0, sort last)."""
-    return 1.0 - torch.rand(shape, generator=generator, device=device)
+    """Uniform scores in ``(0, 1]`` (so excluded regions, scored 0, sort last), drawn on the
+    generator's device and moved to ``device``."""
+    draw_on = generator.device if generator is not None else device
+    scores = 1.0 - torch.rand(shape, generator=generator, device=draw_on)
+    return scores if device is None else scores.to(device)
 
 
 def region_scores(method: str, u_sum: torch.Tensor, count: torch.Tensor, *, prior: torch.Tensor | None = None,

@@ -135,7 +135,8 @@ class _RegionReduceFn(torch.autograd.Function):
             (arg,) = ctx.saved_tensors
             # Each pixel lies in one region, so the chosen (image, plane, pixel) slots are distinct.
             out = torch.zeros(B * K * N, dtype=ctx.dtype, device=grad.device)
-            plane = (torch.arange(B, device=grad.device).view(B, 1, 1) * K + torch.arange(K, device=grad.device).view(1, 1, K))
+            dev = grad.device
+            plane = torch.arange(B, device=dev).view(B, 1, 1) * K + torch.arange(K, device=dev).view(1, 1, K)
             hit = arg >= 0
             out[(plane * N + arg)[hit]] = grad[hit].to(ctx.dtype)
             out = out.view(B, K, N)
@@ -168,6 +169,12 @@ def region_reduce(values: torch.Tensor, regions: torch.Tensor, num_regions: int,
     mean) to every pixel of the region; ``max``/``min`` pass it only to the pixel ``argmax``
     (resp. the arg-min) reports, i.e. the smallest flat index among tied extrema —
     deterministic, unlike an even split. ``count`` and ``argmax`` are not differentiable.
+
+    Raises:
+        TypeError: ``values`` not a float tensor (except for ``count``), ``regions`` not integer.
+        ValueError: shapes that disagree, an id ``>= num_regions`` (checked inside the kernel's
+            own pass), an unknown ``reduce``, tensors on different devices.
+        RuntimeError: a forced ``backend`` that cannot run on the inputs' device.
 
     ``values`` should be finite: NaN propagates through sum/mean and makes max/min/argmax
     unspecified. Max/min/argmax/count are exact and identical on every backend; sums are

@@ -41,6 +41,8 @@ class RegionUncertaintyStats(NamedTuple):
 def _check(logits, regions, num_regions, temperature, measure) -> float:
     V.check_regions(OP, regions, num_regions)
     V.check_logits(OP, logits, regions)
+    if logits.shape[1] == 0:
+        raise ValueError(f"{OP}: `logits` needs at least one class, got shape {tuple(logits.shape)}")
     V.check_choice(OP, "measure", measure, MEASURES)
     return V.check_temperature(OP, temperature)
 
@@ -170,13 +172,21 @@ def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_re
         ``u_sum.sum(-1) / count.sum(-1)``; the mean softmax probability over the pixels seen is
         ``prob_sum / num_pixels`` (PixBal's P(c), Eq. 3).
 
+    Raises:
+        TypeError: non-float ``logits``, non-integer ``regions``, non-numeric ``temperature``.
+        ValueError: shapes that disagree, ``C == 0``, an id ``>= num_regions``, a NaN/Inf
+            logit (both found inside the kernel's single pass), unknown ``measure``,
+            ``temperature <= 0``, tensors on different devices.
+        RuntimeError: a forced ``backend`` that cannot run on the inputs' device.
+
     No autograd: acquisition runs under ``torch.no_grad()`` and this op is decorated with it,
     so the outputs never require grad.
 
     Determinism: top-1 assignment and ``count`` are exact on every backend. The C++ backend
     reduces per-thread partial sums in thread order (bitwise reproducible for a fixed thread
-    count). On CUDA, ``u_sum`` and ``prob_sum`` are accumulated with float atomics, so they are
-    not bitwise reproducible across runs (differences are rounding-level).
+    count). On CUDA, ``u_sum`` is accumulated with float atomics (after summing runs of
+    equal (region, class) pixels inside each block), so it is not bitwise reproducible across
+    runs (differences are rounding-level); ``prob_sum`` is reduced without atomics and is.
 
     Example:
         >>> logits = torch.randn(2, 19, 64, 64)
