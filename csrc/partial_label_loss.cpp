@@ -12,8 +12,10 @@
 // Work is split into fixed chunks of pixels inside one image. Each chunk sums sequentially and
 // the chunk partials are reduced in chunk order, so results do not depend on the number of
 // threads or on scheduling. Inside a chunk the active pixels (labeled region, non-zero scale)
-// are compacted into tiles of kTile pixels staged class-major in a small buffer: unlabeled
-// pixels cost one region-id read, and the tile math runs on vectors of active pixels only.
+// are compacted into tiles of up to kTile pixels staged class-major in a per-thread buffer
+// (C * kTile values, L2-resident): unlabeled pixels cost one region-id read, the tile math runs
+// on vectors of active pixels only, and each class row is read as one forward stream per tile
+// (small tiles would interleave C strided streams, more than the hardware prefetcher follows).
 // Without trapping math GCC may if-convert the float selects of the tile loops (clamps in
 // fast_exp, masked maxima) and vectorise them; no kernel here reads the FP exception flags.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -32,7 +34,7 @@
 namespace mulact {
 namespace {
 
-constexpr int64_t kTile = 64;
+constexpr int64_t kTile = 1024;
 constexpr int64_t kChunk = 2048;
 
 // Store an accumulator value; float64 keeps full precision (from_float<double> takes a float).
@@ -48,10 +50,12 @@ template <> inline double store<double, double>(double v) { return v; }
 template <typename A>
 struct Tile {
   std::vector<A> z, ey, y;
-  int64_t pos[kTile], rid[kTile];
-  A mx[kTile], my[kTile], s[kTile], sy[kTile];
+  std::vector<int64_t> pos, rid;
+  std::vector<A> mx, my, s, sy;
   int64_t n = 0;
-  explicit Tile(int64_t C) : z(C * kTile), ey(C * kTile), y(C * kTile) {}
+  explicit Tile(int64_t C)
+      : z(C * kTile), ey(C * kTile), y(C * kTile), pos(kTile), rid(kTile), mx(kTile), my(kTile), s(kTile),
+        sy(kTile) {}
 
   // Returns true if a loaded logit is NaN/Inf.
   template <typename T>

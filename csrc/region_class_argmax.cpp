@@ -23,7 +23,7 @@
 namespace mulact {
 namespace {
 
-constexpr int64_t kArgTile = 64;
+constexpr int64_t kArgTile = 1024;
 constexpr int64_t kArgChunk = 4096;
 
 template <typename A>
@@ -61,9 +61,9 @@ void argmax_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintptr
     // Active pixels (region with enough labels) are compacted into tiles of kArgTile, stored
     // class-major so that the class loops below vectorise over pixels.
     std::vector<A> z(C * kArgTile);
-    int64_t pos[kArgTile], rid[kArgTile];
-    A mx[kArgTile], rest[kArgTile];
-    int32_t amx[kArgTile];
+    std::vector<int64_t> pos(kArgTile), rid(kArgTile);
+    std::vector<A> mx(kArgTile), rest(kArgTile);
+    std::vector<int32_t> amx(kArgTile);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < nchunks; ++k) {
       const int64_t b = k / per_img;

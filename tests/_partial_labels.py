@@ -113,8 +113,11 @@ def saved_tensor_sizes(fn):
 def small_triton_blocks(monkeypatch, block_p=16):
     """Force tiny Triton pixel blocks so the tiny test images span several programs (the
     cross-program partial sums and atomics are then exercised, not just one program)."""
-    import mulact.kernels.partial_label_loss as pll
-    import mulact.kernels.region_class_argmax as rca
+    try:
+        import mulact.kernels.partial_label_loss as pll
+        import mulact.kernels.region_class_argmax as rca
+    except ImportError:  # no triton here: the triton-backend tests fail on their own
+        return
 
     original = pll.block_sizes
 

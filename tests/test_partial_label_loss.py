@@ -342,3 +342,43 @@ def test_triton_kernels_compile_for_cuda():
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
     done = subprocess.run([sys.executable, "-c", _AOT_COMPILE], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def test_cpp_many_chunks_and_tiles():
+    # Several C++ work chunks per image, each with more active pixels than one tile holds.
+    logits, regions, labels = make_case(2, 3, 48, 101, 6, seed=23, label_sizes=(1, 2, 3), absent=0)
+    for normalize in NORMALIZE:
+        ce, mp, g = _loss_and_grad(logits, regions, labels, 0.3, normalize, "cpp")
+        r_ce, r_mp, r_g = _loss_and_grad(logits, regions, labels, 0.3, normalize, "reference")
+        torch.testing.assert_close(ce, r_ce, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mp, r_mp, rtol=1e-5, atol=1e-6)
+        _close_grad(g, r_g.double())
+
+
+_THREAD_PROBE = """
+import hashlib, sys, torch
+sys.path.insert(0, sys.argv[1])
+from _partial_labels import make_case
+from mulact.ops import partial_label_loss, region_class_argmax
+logits, regions, labels = make_case(2, 3, 48, 101, 6, seed=23, label_sizes=(1, 2, 3), absent=0)
+x = logits.clone().requires_grad_(True)
+ce, mp = partial_label_loss(x, regions, labels, 0.3, "region", backend="cpp")
+(16 * ce + 8 * mp).backward()
+idx = region_class_argmax(logits, regions, labels, 0.3, backend="cpp")
+h = hashlib.sha256()
+for t in (ce.detach(), mp.detach(), x.grad, idx):
+    h.update(t.numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_cpp_results_independent_of_thread_count():
+    here = os.path.dirname(os.path.abspath(__file__))
+    digests = set()
+    for threads in ("1", "2", "3"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads)
+        done = subprocess.run([sys.executable, "-c", _THREAD_PROBE, here], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1

@@ -144,3 +144,12 @@ def test_bad_inputs(backend):
     bad[0, 0, 0] = 9
     with pytest.raises(ValueError, match=r"regions.*9"):
         prototypical_pixel_loss(logits, bad, labels, backend=backend)
+
+
+def test_channels_last_logits(backend):
+    device = backend_device(backend)
+    logits, regions, labels = make_case(2, 4, 6, 7, 5, seed=19, device=device, label_sizes=(2, 3))
+    loss, g = _loss_and_grad(logits.to(memory_format=torch.channels_last), regions, labels, 0.4, "pair", backend)
+    n_loss, n_g = _naive(logits, regions, labels, 0.4, "pair")
+    torch.testing.assert_close(loss.double().cpu(), n_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g.double().cpu(), n_g, rtol=1e-4, atol=1e-5 * float(n_g.abs().max()))

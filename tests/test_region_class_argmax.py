@@ -166,3 +166,9 @@ def test_default_triton_blocks(monkeypatch):
         logits, regions, labels = make_case(2, 5, 17, 19, 12, seed=4, dtype=dtype, device=device)
         out = region_class_argmax(logits, regions, labels, backend="triton")
         assert torch.equal(out.cpu(), naive_region_class_argmax(logits.cpu(), regions.cpu(), labels.cpu(), 0.1, 1))
+
+
+def test_cpp_many_chunks_and_tiles():
+    logits, regions, labels = make_case(2, 3, 48, 101, 6, seed=23, label_sizes=(1, 2, 3), absent=0)
+    out = region_class_argmax(logits, regions, labels, 0.3, backend="cpp")
+    assert torch.equal(out, naive_region_class_argmax(logits, regions, labels, 0.3, 1))

@@ -199,11 +199,10 @@ class PartialLabelLossFunction(torch.autograd.Function):
         if normalize == "pixel":
             denom = counts.to(acc)
         denom = denom.clamp(min=1)
-        losses = sums / denom
         ctx.temperature = temperature
         ctx.backend = backend
         ctx.save_for_backward(logits, regions, labels, terms, weight, denom)
-        return losses[0], losses[1]
+        return sums[0] / denom[0], sums[1] / denom[1]  # separate tensors, not views of one
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -218,11 +217,7 @@ class PartialLabelLossFunction(torch.autograd.Function):
             zero if grad_ce is None else grad_ce.to(denom.dtype) / denom[0],
             zero if grad_mp is None else grad_mp.to(denom.dtype) / denom[1],
         ]) / ctx.temperature
-        if grad_ce is None:
-            terms = torch.where(terms == 1, 0, terms)
-        if grad_mp is None:
-            terms = torch.where(terms == 2, 0, terms)
-        scale = coef[terms.long()]
+        scale = coef[terms.long()]  # 0 for a term whose gradient is None: its pixels are not read
         if weight is not None:
             scale = scale * weight
         _, backward = _LAUNCH[ctx.backend]

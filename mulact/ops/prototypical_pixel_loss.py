@@ -41,8 +41,8 @@ def loss_from_prototypes(logits, index, temperature, normalize="pair"):
     batch, num_classes, height, width = logits.shape
     num_regions = index.shape[1]
     b, r, c = (index >= 0).nonzero(as_tuple=True)
-    flat = logits.reshape(batch, num_classes, height * width)
-    picked = flat[b, :, index[b, r, c]]  # (K, C)
+    pix = index[b, r, c]
+    picked = logits[b, :, pix // width, pix % width]  # (K, C); no reshape copy of the logits
     nll = -torch.log_softmax(picked.to(acc_dtype(logits)) / temperature, dim=1).gather(1, c.unsqueeze(1)).squeeze(1)
     if normalize == "pair":
         return nll.sum() / max(int(nll.numel()), 1)
