@@ -1,24 +1,32 @@
 // Stage-2 pseudo labels from class prototypes (SPEC 3.4), CPU.
 //
-// Per image, in a few passes over the pixels (semantics: mulact/ops/prototype_pseudo_labels.py):
-//   0. (per image) the NaN/Inf check of the logits read and of the features (status[0] = 1 / 2);
-//   1. one pass over the region map: region-id check, labeled/unlabeled adjacency pairs
-//      (4 forward 8-neighbour shifts) and the prototype argmax of log_softmax(logits/tau) per
-//      (labeled region, labeled class), with per-thread partial maxima merged afterwards;
-//   2. prototypes: the upsampled feature at each x*_{r,c}, normalised;
-//   3. localization over the pixels of labeled regions, recording (prototype, similarity);
-//   4. exact lower medians per prototype: counting sort by prototype + nth_element;
-//   5. expansion over the pixels of unlabeled regions that touch a labeled one, against the
-//      prototypes of all their labeled neighbours (a CSR list per unlabeled region).
-// Features are converted once to a channels-last float32 copy at their own (low) resolution;
-// each pixel's feature is interpolated on the fly into a D-float scratch vector, so the
-// (D, H, W) upsampled tensor never exists. Every decision is a deterministic function of
-// per-pixel values, and the partial argmaxes merge by (value, smallest index): the result does
-// not depend on the number of threads or on the (dynamic) schedule, which keeps a shared,
-// oversubscribed CPU from stalling every pass on one descheduled thread.
+// Per image (semantics: mulact/ops/prototype_pseudo_labels.py):
+//   1. one pass over the region map: region-id check, labeled/unlabeled adjacency pairs (four
+//      forward 8-neighbour shifts; pairs sorted + deduplicated afterwards) and the prototype
+//      argmax of log_softmax(logits/tau) per (labeled region, labeled class), evaluated like
+//      region_class_argmax ((z - max) - log1p(sum of the other exps)), with per-thread partial
+//      maxima merged by (larger value, then smaller index). Only labeled pixels' logits are
+//      read, and checked for NaN/Inf (status[0] = 1);
+//   2. features: a contiguous NaN/Inf scan (status[0] = 2), then a channels-last float32 copy
+//      at their own (low) resolution of the pixels anything interpolates from;
+//   3. prototypes: the upsampled feature at each x*_{r,c}, normalised;
+//   4. localization over the pixels of labeled regions, recording (prototype, similarity);
+//   5. exact lower medians per prototype: counting sort by prototype + nth_element;
+//   6. expansion, region by region, over the unlabeled regions touching a labeled one, against
+//      the prototypes of all their labeled neighbours. Bilinear interpolation is linear, so a
+//      per-region table of low-resolution dots bounds every pixel's similarities cheaply; only
+//      pixels within a safe margin of a threshold are evaluated exactly (labels are exactly
+//      those of the direct evaluation).
+// Each pixel's feature is interpolated on the fly (PyTorch's operation order) into a D-float
+// scratch vector, so the (D, H, W) upsampled tensor never exists. The per-pixel hot loops have
+// an AVX2/FMA clone picked at run time. Every decision is a deterministic function of per-pixel
+// values and the partial argmaxes merge order-independently: the result does not depend on the
+// number of threads or on the (dynamic) schedule, which keeps a shared, oversubscribed CPU from
+// stalling every pass on one descheduled thread.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -107,6 +115,54 @@ __attribute__((target("avx2,fma"))) float pixel_sims_avx2(const float* f00, cons
 }
 #endif
 
+// Expansion pre-filter tables for one region: for every low-resolution tap (i, j) of the box
+// [i_lo, i_lo + bh) x [j_lo, j_lo + bw), the dots with the prototypes klist[0..nk) (dk) and the
+// Gram entries with its right, lower, lower-right neighbours and the anti-diagonal pair of its
+// 2x2 block (g, 5 per tap). Bilinear interpolation is linear, so these give <u, p> and |u|^2
+// of every pixel in the box with a few scalar operations.
+PPL_INLINE void table_body(const float* __restrict feat, int64_t fw, int64_t D, int64_t i_lo, int64_t bh, int64_t j_lo,
+                           int64_t bw, const float* __restrict protos, const int64_t* __restrict klist, int64_t nk,
+                           float* __restrict dk, float* __restrict g) {
+  for (int64_t ti = 0; ti < bh; ++ti)
+    for (int64_t tj = 0; tj < bw; ++tj) {
+      const int64_t t = ti * bw + tj;
+      const float* f = feat + ((i_lo + ti) * fw + j_lo + tj) * D;
+      for (int64_t j = 0; j < nk; ++j) dk[t * nk + j] = dot8(f, protos + klist[j] * D, D);
+      const bool right = tj + 1 < bw, down = ti + 1 < bh;
+      const float* fr = f + D;
+      const float* fd = f + fw * D;
+      g[t * 5 + 0] = dot8(f, f, D);
+      g[t * 5 + 1] = right ? dot8(f, fr, D) : 0.f;
+      g[t * 5 + 2] = down ? dot8(f, fd, D) : 0.f;
+      g[t * 5 + 3] = right && down ? dot8(f, fd + D, D) : 0.f;
+      g[t * 5 + 4] = right && down ? dot8(fr, fd, D) : 0.f;
+    }
+}
+
+using TableFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, const float*,
+                         const int64_t*, int64_t, float*, float*);
+
+void table_base(const float* feat, int64_t fw, int64_t D, int64_t i_lo, int64_t bh, int64_t j_lo, int64_t bw,
+                const float* protos, const int64_t* klist, int64_t nk, float* dk, float* g) {
+  table_body(feat, fw, D, i_lo, bh, j_lo, bw, protos, klist, nk, dk, g);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx2,fma"))) void table_avx2(const float* feat, int64_t fw, int64_t D, int64_t i_lo, int64_t bh,
+                                                    int64_t j_lo, int64_t bw, const float* protos, const int64_t* klist,
+                                                    int64_t nk, float* dk, float* g) {
+  table_body(feat, fw, D, i_lo, bh, j_lo, bw, protos, klist, nk, dk, g);
+}
+#endif
+
+inline TableFn pick_table() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return table_avx2;
+#endif
+  return table_base;
+}
+
 inline SimsFn pick_sims() {
 #if defined(__GNUC__) && defined(__x86_64__)
   __builtin_cpu_init();
@@ -134,6 +190,44 @@ struct Image {
   }
 };
 
+// Expansion pre-filter. From the tables of `table_body`, <u, p_k> and |u|^2 of a pixel follow
+// by linearity in double precision. They differ from the direct float32 evaluation only by
+// float32 rounding of D-term dots, amplified by rho^2 = (sum_t w_t |f_t|)^2 / |u|^2 when the
+// taps cancel. A pixel whose every estimate is below alpha_k by more than a generous bound on
+// that difference cannot be a candidate and is skipped; every other pixel (and every pixel
+// where the bound is not small) goes through the exact path, so the labels are exactly those
+// of the direct evaluation.
+inline bool maybe_candidate(const Tap& a, const Tap& b, int64_t i_lo, int64_t j_lo, int64_t bw, const float* dk,
+                            const float* g, const int64_t* klist, int64_t nk, const float* alpha, int64_t D) {
+  const int64_t ti0 = a.i0 - i_lo, ti1 = a.i1 - i_lo, tj0 = b.i0 - j_lo, tj1 = b.i1 - j_lo;
+  const bool dy = ti1 != ti0, dx = tj1 != tj0;
+  const int64_t t00 = ti0 * bw + tj0, t01 = ti0 * bw + tj1, t10 = ti1 * bw + tj0, t11 = ti1 * bw + tj1;
+  const double s00 = g[t00 * 5], s01 = g[t01 * 5], s10 = g[t10 * 5], s11 = g[t11 * 5];
+  const double h0 = dx ? g[t00 * 5 + 1] : s00;  // <f00, f01>
+  const double h1 = dx ? g[t10 * 5 + 1] : s10;  // <f10, f11>
+  const double v0 = dy ? g[t00 * 5 + 2] : s00;  // <f00, f10>
+  const double v1 = dy ? g[t01 * 5 + 2] : s01;  // <f01, f11>
+  const double dg = dy && dx ? g[t00 * 5 + 3] : dy ? v0 : dx ? h0 : s00;  // <f00, f11>
+  const double ad = dy && dx ? g[t00 * 5 + 4] : dy ? v0 : dx ? h0 : s00;  // <f01, f10>
+  const double w00 = double(a.l0) * b.l0, w01 = double(a.l0) * b.l1, w10 = double(a.l1) * b.l0,
+               w11 = double(a.l1) * b.l1;
+  const double n2 = w00 * w00 * s00 + w01 * w01 * s01 + w10 * w10 * s10 + w11 * w11 * s11 +
+                    2 * (w00 * w01 * h0 + w10 * w11 * h1 + w00 * w10 * v0 + w01 * w11 * v1 + w00 * w11 * dg +
+                         w01 * w10 * ad);
+  const double nabs = w00 * std::sqrt(std::max(s00, 0.0)) + w01 * std::sqrt(std::max(s01, 0.0)) +
+                      w10 * std::sqrt(std::max(s10, 0.0)) + w11 * std::sqrt(std::max(s11, 0.0));
+  if (!(n2 > 1e-20) || nabs * nabs > 1e6 * n2) return true;
+  const double err = 4e-7 * static_cast<double>(D + 8) * (nabs * nabs / n2) + 1e-6;
+  if (err > 1e-3) return true;
+  const double margin = 1e-3 + err;
+  const double inv = 1.0 / std::sqrt(n2);
+  for (int64_t j = 0; j < nk; ++j) {
+    const double d = w00 * dk[t00 * nk + j] + w01 * dk[t01 * nk + j] + w10 * dk[t10 * nk + j] + w11 * dk[t11 * nk + j];
+    if (d * inv > static_cast<double>(alpha[klist[j]]) - margin) return true;
+  }
+  return false;
+}
+
 template <typename scalar_t, typename lscalar_t, typename index_t>
 void forward_impl(const scalar_t* features, const lscalar_t* logits, const index_t* regions,
                   const uint8_t* region_labels, int64_t B, int64_t D, int64_t fh, int64_t fw, int64_t C,
@@ -145,7 +239,23 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
   const auto tx = make_taps(fw, W);
   const int nthreads = num_threads();
   const SimsFn sims_fn = pick_sims();
-  std::vector<float> feat(FHW * D);
+  const TableFn table_fn = pick_table();
+  // Scratch that scales with the image lives in grow-only per-calling-thread buffers: a fresh
+  // multi-megabyte allocation per call costs more in first-touch page faults than the pass
+  // that fills it.
+  // (bound to references here: inside the parallel regions the name of a thread_local would
+  // resolve to each worker's own, empty, instance)
+  thread_local std::vector<float> tl_feat;
+  thread_local std::vector<int64_t> tl_rec_k;
+  thread_local std::vector<float> tl_rec_s;
+  std::vector<float>& feat = tl_feat;
+  std::vector<int64_t>& rec_k = tl_rec_k;
+  std::vector<float>& rec_s = tl_rec_s;
+  if (feat.size() < static_cast<size_t>(FHW * D)) feat.resize(FHW * D);
+  if (rec_k.size() < static_cast<size_t>(HW)) {
+    rec_k.resize(HW);
+    rec_s.resize(HW);
+  }
   int32_t nonfinite = 0;
   int64_t bad_id = -1;
 
@@ -254,20 +364,63 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
       pidx[sl] = bi < HW ? bi : -1;
     }
 
+    // adjacency pairs (unlabeled, labeled), sorted and unique
+    std::vector<int64_t> pairs;
+    for (auto& v : tpairs) pairs.insert(pairs.end(), v.begin(), v.end());
+    std::sort(pairs.begin(), pairs.end());
+    pairs.erase(std::unique(pairs.begin(), pairs.end()), pairs.end());
+
     // ---- prototypes, ordered by (region, class) ------------------------------------------
-    // features (D, fh, fw) -> channels-last float32, in blocks of pixels so that both the
-    // reads and the writes stay within a few cache lines
-    // (the NaN/Inf check of the features rides along: status[0] = 2)
+    // Low-resolution pixels that some pixel to label interpolates from: the taps of labeled
+    // regions and, with expansion, of the unlabeled regions touching them.
+    std::vector<uint8_t> need_region(labeled);
+    if (expand)
+      for (const int64_t key : pairs) need_region[key / R] = 1;
+    std::vector<uint8_t> need(FHW, 0);
+    for (int64_t p = 0; p < HW; ++p) {
+      const int64_t r = static_cast<int64_t>(reg[p]);
+      if (r < 0 || !need_region[r]) continue;
+      const Tap& a = ty[p / W];
+      const Tap& c = tx[p % W];
+      need[a.i0 * fw + c.i0] = need[a.i0 * fw + c.i1] = need[a.i1 * fw + c.i0] = need[a.i1 * fw + c.i1] = 1;
+    }
+    // NaN/Inf check of every feature value (status[0] = 2), one contiguous vectorisable pass:
+    // a float is not finite iff its exponent bits are all set
     int32_t feat_bad = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 16) reduction(max : feat_bad)
-    for (int64_t i0 = 0; i0 < FHW; i0 += 64) {
-      const int64_t i1 = std::min(FHW, i0 + 64);
-      for (int64_t d = 0; d < D; ++d) {
-        const scalar_t* src = features + (b * D + d) * FHW;
-        for (int64_t i = i0; i < i1; ++i) {
-          const float v = static_cast<float>(to_float(src[i]));
-          feat_bad = std::isfinite(v) ? feat_bad : 2;
-          feat[i * D + d] = v;
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 8) reduction(max : feat_bad)
+    for (int64_t d = 0; d < D; ++d) {
+      const scalar_t* src = features + (b * D + d) * FHW;
+      uint32_t bad_any = 0;
+      for (int64_t i = 0; i < FHW; ++i) {
+        const float v = static_cast<float>(to_float(src[i]));
+        uint32_t bits;
+        std::memcpy(&bits, &v, sizeof bits);
+        bad_any |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+      }
+      if (bad_any) feat_bad = 2;
+    }
+    // features (D, fh, fw) -> channels-last float32 for the needed pixels: 8x8 tiles (fixed
+    // trip counts, fully unrolled) inside 64-pixel blocks, skipping blocks nothing reads.
+    if (!feat_bad) {
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+      for (int64_t i0 = 0; i0 < FHW; i0 += 64) {
+        const int64_t i1 = std::min(FHW, i0 + 64);
+        bool any = false;
+        for (int64_t i = i0; i < i1; ++i) any = any || need[i];
+        if (!any) continue;
+        const scalar_t* src = features + b * D * FHW;
+        for (int64_t d0 = 0; d0 < D; d0 += 8) {
+          for (int64_t t0 = i0; t0 < i1; t0 += 8) {
+            if (d0 + 8 <= D && t0 + 8 <= i1) {
+              for (int64_t ii = 0; ii < 8; ++ii)
+                for (int64_t dd = 0; dd < 8; ++dd)
+                  feat[(t0 + ii) * D + d0 + dd] = static_cast<float>(to_float(src[(d0 + dd) * FHW + t0 + ii]));
+            } else {
+              for (int64_t i = t0; i < std::min(i1, t0 + 8); ++i)
+                for (int64_t d = d0; d < std::min(D, d0 + 8); ++d)
+                  feat[i * D + d] = static_cast<float>(to_float(src[d * FHW + i]));
+            }
+          }
         }
       }
     }
@@ -307,8 +460,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
       }
 
     // ---- localization ---------------------------------------------------------------------
-    std::vector<int64_t> rec_k(HW, -1);
-    std::vector<float> rec_s(HW);
+    std::fill(rec_k.begin(), rec_k.begin() + HW, -1);
     int64_t nloc = 0;
 #pragma omp parallel num_threads(nthreads) reduction(+ : nloc)
     {
@@ -362,10 +514,6 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     // ---- expansion ----------------------------------------------------------------------------
     int64_t nexp = 0;
     if (expand) {
-      std::vector<int64_t> pairs;
-      for (auto& v : tpairs) pairs.insert(pairs.end(), v.begin(), v.end());
-      std::sort(pairs.begin(), pairs.end());
-      pairs.erase(std::unique(pairs.begin(), pairs.end()), pairs.end());
       // CSR: unlabeled region -> prototypes of all its labeled neighbours
       std::vector<int64_t> nb_start(R + 1, 0);
       std::vector<int64_t> nb_list;
@@ -379,29 +527,73 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
       }
       int64_t max_nb = 0;
       for (int64_t u = 0; u < R; ++u) max_nb = std::max(max_nb, nb_start[u + 1] - nb_start[u]);
-#pragma omp parallel num_threads(nthreads) reduction(+ : nexp)
+      // pixels of the regions to expand into, grouped by region (ascending pixel index)
+      std::vector<int64_t> ex_start(R + 1, 0);
+      for (int64_t p = 0; p < HW; ++p) {
+        const int64_t r = static_cast<int64_t>(reg[p]);
+        if (r >= 0 && !labeled[r] && nb_start[r + 1] > nb_start[r]) ++ex_start[r + 1];
+      }
+      std::partial_sum(ex_start.begin(), ex_start.end(), ex_start.begin());
+      std::vector<int64_t> ex_pix(ex_start[R]);
+      std::vector<int64_t> ex_regions;
       {
-        std::vector<float> u(D), sv(max_nb);
-#pragma omp for schedule(dynamic, 2048)
+        std::vector<int64_t> fill(ex_start.begin(), ex_start.end() - 1);
         for (int64_t p = 0; p < HW; ++p) {
           const int64_t r = static_cast<int64_t>(reg[p]);
-          if (r < 0 || labeled[r] || nb_start[r] == nb_start[r + 1]) continue;
+          if (r >= 0 && !labeled[r] && nb_start[r + 1] > nb_start[r]) ex_pix[fill[r]++] = p;
+        }
+        for (int64_t r = 0; r < R; ++r)
+          if (ex_start[r + 1] > ex_start[r]) ex_regions.push_back(r);
+      }
+      const int64_t n_ex = static_cast<int64_t>(ex_regions.size());
+#pragma omp parallel num_threads(nthreads) reduction(+ : nexp)
+      {
+        std::vector<float> u(D), sv(max_nb), dk, g;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t e = 0; e < n_ex; ++e) {
+          const int64_t r = ex_regions[e];
           const int64_t j0 = nb_start[r], nk = nb_start[r + 1] - j0;
-          img.sims(p, nb_list.data() + j0, nk, u.data(), sv.data());
-          int64_t bc = -1;
-          float bs = 0.f;
-          for (int64_t j = 0; j < nk; ++j) {
-            const int64_t k = nb_list[j0 + j];
-            const float s = sv[j];
-            if (!(s > alpha[k])) continue;
-            if (bc < 0 || s > bs || (s == bs && kcls[k] < bc)) {
-              bc = kcls[k];
-              bs = s;
-            }
+          const int64_t* klist = nb_list.data() + j0;
+          const int64_t* px = ex_pix.data() + ex_start[r];
+          const int64_t np = ex_start[r + 1] - ex_start[r];
+          int64_t i_lo = fh, i_hi = -1, j_lo = fw, j_hi = -1;
+          for (int64_t q = 0; q < np; ++q) {
+            const Tap& a = ty[px[q] / W];
+            const Tap& c = tx[px[q] % W];
+            i_lo = std::min(i_lo, a.i0);
+            i_hi = std::max(i_hi, a.i1);
+            j_lo = std::min(j_lo, c.i0);
+            j_hi = std::max(j_hi, c.i1);
           }
-          if (bc >= 0) {
-            o[p] = bc;
-            ++nexp;
+          const int64_t bh = i_hi - i_lo + 1, bw = j_hi - j_lo + 1;
+          // the tables only pay off when the region has more pixels than low-resolution taps
+          const bool filter = bh * bw * 2 < np;
+          if (filter) {
+            dk.resize(bh * bw * nk);
+            g.resize(bh * bw * 5);
+            table_fn(feat.data(), fw, D, i_lo, bh, j_lo, bw, protos.data(), klist, nk, dk.data(), g.data());
+          }
+          for (int64_t q = 0; q < np; ++q) {
+            const int64_t p = px[q];
+            if (filter && !maybe_candidate(ty[p / W], tx[p % W], i_lo, j_lo, bw, dk.data(), g.data(), klist, nk,
+                                           alpha.data(), D))
+              continue;
+            img.sims(p, klist, nk, u.data(), sv.data());
+            int64_t bc = -1;
+            float bs = 0.f;
+            for (int64_t j = 0; j < nk; ++j) {
+              const int64_t k = klist[j];
+              const float sj = sv[j];
+              if (!(sj > alpha[k])) continue;
+              if (bc < 0 || sj > bs || (sj == bs && kcls[k] < bc)) {
+                bc = kcls[k];
+                bs = sj;
+              }
+            }
+            if (bc >= 0) {
+              o[p] = bc;
+              ++nexp;
+            }
           }
         }
       }

@@ -16,7 +16,7 @@ IGNORE = 255
 # data
 # ------------------------------------------------------------------------------------------
 def make_case(seed, B=2, H=13, W=17, C=4, R=10, D=5, stride=1, used=None, p_labeled=0.5, p_class=0.4,
-              negative=True, feature_palette=0, logit_palette=0):
+              negative=True, feature_palette=0, logit_palette=0, smooth=False):
     """Voronoi regions with ids drawn from a subset of [0, R) (the rest are absent), a band of
     negative ids, random multi-hot labels (single-class, multi-class and absent regions labeled
     too) and features at 1/stride resolution. Palettes draw whole vectors from a few choices,
@@ -39,6 +39,10 @@ def make_case(seed, B=2, H=13, W=17, C=4, R=10, D=5, stride=1, used=None, p_labe
     if feature_palette:
         pal = torch.randn(feature_palette, D, generator=g)
         features = pal[torch.randint(0, feature_palette, (B, fh, fw), generator=g)].permute(0, 3, 1, 2).contiguous()
+    elif smooth:  # spatially correlated, like real features: similar neighbours, real expansion
+        coarse = torch.randn(B, D, max(1, fh // 3), max(1, fw // 3), generator=g)
+        features = F.interpolate(coarse, size=(fh, fw), mode="bilinear", align_corners=False)
+        features = features + 0.2 * torch.randn(B, D, fh, fw, generator=g)
     else:
         features = torch.randn(B, D, fh, fw, generator=g)
     if logit_palette:
@@ -147,6 +151,11 @@ CASES = {
     "b3_large_d": dict(seed=6, B=3, H=9, W=14, D=40, stride=3, R=7),
     "all_labeled": dict(seed=7, p_labeled=1.0, p_class=0.7),
     "all_unlabeled": dict(seed=8, p_labeled=0.0),
+    # regions much larger than their low-resolution footprint: the C++ expansion pre-filter
+    # (linear low-resolution tables, exact re-evaluation near the thresholds) is active
+    "big_regions_s4": dict(seed=14, B=2, H=32, W=40, R=6, D=12, stride=4, smooth=True),
+    "big_regions_d1": dict(seed=15, B=1, H=30, W=36, R=5, D=1, stride=4, p_labeled=0.6),
+    "big_regions_d2_s2": dict(seed=17, B=1, H=28, W=33, R=4, D=2, stride=2, p_labeled=0.5, smooth=True),
     "one_pixel": dict(seed=9, B=1, H=1, W=1, R=2, used=1, p_labeled=1.0, p_class=0.9),
 }
 
@@ -316,8 +325,10 @@ def test_bad_inputs_raise(backend):
         call(features=f[:1])
     with pytest.raises(TypeError, match="features"):
         call(features=f.to(torch.int64))
+    one_nan = f.clone()
+    one_nan[1, 2, 3, 1] = float("nan")  # a single value, in the second image
     with pytest.raises(ValueError, match="features"):
-        call(features=torch.full_like(f, float("inf")))
+        call(features=one_nan)
     with pytest.raises(ValueError, match="logits"):
         call(logits=lg[:, :, :5])
     with pytest.raises(ValueError, match="region_labels"):

@@ -34,6 +34,22 @@ Numerics shared by all backends:
   Triton backends compute them in float32. Thresholds therefore agree up to float32 rounding
   of the similarity; all decisions (argmax, ``>`` threshold) are taken on float32 values.
 
+Backends (all deterministic; same labels up to float32 rounding of the similarities):
+
+- ``reference``: pure torch, the test oracle. Prototype pixels come from
+  :func:`_prototype_index_reference` (a private twin of ``region_class_argmax_reference(...,
+  min_classes=1)``, to be swapped for it); adjacency from :func:`_labeled_adjacency_reference`
+  (brute-force 8-neighbour shifts into a dense bool ``(R, R)`` per image, only labeled/unlabeled
+  pairs kept).
+- ``cpp``: ``csrc/prototype_pseudo_labels.cpp``, a few fused passes per image (prototype argmax
+  and adjacency pairs in one pass over the region map; expansion with an exact pre-filter).
+- ``triton``: ``kernels/prototype_pseudo_labels.py`` (atomic argmax + adjacency scan, tiled
+  assignment, lower medians by ``torch.sort`` between launches).
+
+NaN/Inf are checked in the features (all of them) and in the logits of the pixels of labeled
+regions (the only logits read); region ids ``>= R`` raise. The C++ path keeps grow-only scratch
+buffers per calling thread (a few bytes per low-resolution feature value and per pixel).
+
 The op produces integer labels and has no gradient.
 """
 from __future__ import annotations
