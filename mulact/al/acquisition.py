@@ -1,0 +1,133 @@
+"""Pool acquisition: score every unlabeled region with the current model and pick a batch.
+
+:func:`scan_pool` makes **exactly one forward pass per pool image** (an image is in the pool
+while it still has an unlabeled region). For each batch it calls the fused
+:func:`mulact.ops.region_uncertainty_stats`, keeping per image the ``(R, C+1)`` sums of pixel
+uncertainty and counts split by the pixel's top-1 class, and accumulating the soft class
+prior of PixBal (Eq. 3) in the same pass. Scores are then a cheap function of those tables
+(:func:`mulact.ops.region_scores`), so PixBal needs no second pass.
+
+Methods: ``random`` (uniform scores from a generator seeded by ``(seed, round)``; no model),
+``bvsb`` (region mean of p_sb/p_b), ``classbal`` (Cai et al. 2021), ``pixbal`` (Eq. 4),
+``margin`` (region mean of 1 − (p_b − p_sb)), ``entropy`` (region mean entropy).
+Model-based methods ban regions whose dominant predicted class is the *undefined* class
+(Appendix B): they are never selected. Labeled regions and region ids with no pixel are never
+candidates. Selection then follows :func:`mulact.al.pool.select_by_budget`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .pool import RegionPool, select_by_budget
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PoolStats", "scan_pool", "score_pool", "acquire"]
+
+
+
+@dataclass
+class PoolStats:
+    """Per-region statistics of one pool scan (flat region indices, see :class:`RegionPool`).
+
+    ``u_sum``/``count``: ``(N, K)`` sums of pixel uncertainty / pixel counts by top-1 class
+    (``K = C + 1`` model outputs); rows of images that were not scanned are zero.
+    ``prob_sum``: ``(K,)`` soft class mass over all scanned pixels; ``num_pixels`` their count.
+    ``forwards``: number of images passed through the model.
+    """
+
+    u_sum: torch.Tensor
+    count: torch.Tensor
+    prob_sum: torch.Tensor
+    num_pixels: int
+    forwards: int
+
+
+@torch.no_grad()
+def scan_pool(model, dataset, pool: RegionPool, images, *, measure: str, temperature: float,
+              device, batch_size: int = 4, amp: bool = False, num_workers: int = 0,
+              collate=None) -> PoolStats:
+    """One forward pass per image of ``images`` over the *untransformed* ``dataset``."""
+    from mulact.ops import region_uncertainty_stats
+
+    from mulact.engine.train import collate_pad
+
+    device = torch.device(device)
+    K = pool.num_classes + 1
+    N = int(pool.offsets[-1])
+    u_sum = torch.zeros(N, K, dtype=torch.float32)
+    count = torch.zeros(N, K, dtype=torch.int32)
+    prob_sum = torch.zeros(K, dtype=torch.float64)
+    num_pixels = 0
+    forwards = 0
+    images = [int(i) for i in images]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, images), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, collate_fn=collate or collate_pad)
+    was_training = model.training
+    model.eval()
+    use_amp = amp and device.type == "cuda"
+    for batch in tqdm(loader, desc="acquisition", leave=False, dynamic_ncols=True):
+        idx = batch["index"].numpy()
+        R = int(max(pool.offsets[i + 1] - pool.offsets[i] for i in idx))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(batch["image"].to(device, non_blocking=True))
+        forwards += logits.shape[0]
+        if logits.shape[1] != K:
+            raise ValueError(f"model: expected {K} output channels (C + undefined), got {logits.shape[1]}")
+        stats = region_uncertainty_stats(logits, batch["regions"].to(device), R,
+                                         temperature=temperature, measure=measure)
+        us, cs = stats.u_sum.cpu(), stats.count.cpu()
+        for b, i in enumerate(idx):
+            lo, hi = int(pool.offsets[i]), int(pool.offsets[i + 1])
+            u_sum[lo:hi] = us[b, : hi - lo]
+            count[lo:hi] = cs[b, : hi - lo]
+        prob_sum += stats.prob_sum.double().cpu()
+        num_pixels += int(stats.num_pixels)
+    model.train(was_training)
+    return PoolStats(u_sum, count, prob_sum.float(), num_pixels, forwards)
+
+
+def score_pool(method: str, pool: RegionPool, stats: PoolStats | None, *, nu: float,
+               seed: int, round_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores (N,) float64, banned (N,) bool)`` for every flat region of the pool."""
+    from mulact.engine.train import derive_seed
+
+    from mulact.ops.acquisition import (
+        class_prior,
+        dominant_class,
+        dominant_class_fraction,
+        random_scores,
+        region_scores,
+        selectable,
+    )
+
+    N = int(pool.offsets[-1])
+    if method == "random":
+        gen = torch.Generator().manual_seed(derive_seed(seed, round_index, 0xACE))
+        return random_scores(N, generator=gen).double().numpy(), np.zeros(N, bool)
+    if stats is None:
+        raise ValueError(f"stats: method {method!r} needs a pool scan")
+    undefined = pool.num_classes
+    K = undefined + 1
+    dom = dominant_class(stats.count)
+    # ClassBal's class frequencies count the dominant predictions of the *pool* regions only.
+    in_pool = torch.from_numpy(pool.unlabeled_mask()) & (dom >= 0)
+    fraction = dominant_class_fraction(dom[in_pool], K)
+    prior = class_prior(stats.prob_sum, stats.num_pixels) if stats.num_pixels > 0 else None
+    scores = region_scores(method, stats.u_sum, stats.count, prior=prior, nu=nu,
+                           dominant_fraction=fraction, undefined_class=undefined)
+    banned = ~selectable(stats.count, undefined)
+    return scores.double().numpy(), banned.numpy()
+
+
+def acquire(pool: RegionPool, scores: np.ndarray, banned: np.ndarray, costs: np.ndarray,
+            budget: int) -> np.ndarray:
+    """Flat indices of the next batch: unlabeled, non-empty, not banned, by descending score."""
+    candidates = pool.unlabeled_mask() & ~banned
+    return select_by_budget(scores, candidates, costs, budget)

@@ -1,0 +1,385 @@
+"""The active-learning experiment (SPEC §4): acquisition → oracle → stage 1 → (stage 2) →
+evaluation, round after round, resumable at every step.
+
+Run directory layout (``cfg.resolved_run_dir()``)::
+
+    config.yaml              resolved configuration (a rerun must match it)
+    oracle.npz               oracle answers for every train region (OracleTable)
+    pool.npz                 labeled regions, labels, costs, rounds, selections (RegionPool)
+    selections/round_XX.json the round's queries in selection order (image, region, classes, cost, score)
+    round_XX/stage1_last.pt  resumable training checkpoint (removed once the stage is done)
+    round_XX/stage1_best.pt  best validation checkpoint (when eval_interval > 0)
+    round_XX/stage1.pt       final stage-1 weights + training summary
+    round_XX/pseudo/         stage-2 pseudo labels (int16 .npy per labeled image)
+    round_XX/stage2*.pt      the same for stage 2
+    metrics.json, metrics.csv, miou_vs_clicks.png
+
+Every file is written atomically; a step is skipped on rerun when its output exists, so a
+killed run restarted with the same command continues where it stopped and — training being
+deterministic for a seed (:mod:`mulact.engine.train`) — makes the same selections.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mulact.config import TrainConfig
+from mulact.engine.evaluate import evaluate
+from mulact.engine.losses import stage1_loss
+from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
+from mulact.model import build_model
+from mulact.ops.acquisition import measure_for
+
+from .acquisition import acquire, scan_pool, score_pool
+from .data import AugmentedView, build_oracle
+from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Experiment", "run_experiment"]
+
+# Options that may differ between the original command and a rerun of the same run.
+RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size"}
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available")
+    return dev
+
+
+class Experiment:
+    """One AL run; :meth:`run` executes (or resumes) every round."""
+
+    def __init__(self, cfg: TrainConfig, echo=print):
+        cfg.validate()
+        self.cfg = cfg
+        self.echo = echo
+        self.dir = cfg.resolved_run_dir()
+        self.device = _resolve_device(cfg.device)
+        self._build_data()
+        os.makedirs(self.dir, exist_ok=True)
+        self._check_config()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _check_config(self) -> None:
+        import yaml
+
+        path = os.path.join(self.dir, "config.yaml")
+        current = self.cfg.to_dict()
+        if os.path.isfile(path):
+            with open(path) as fh:
+                saved = yaml.safe_load(fh) or {}
+            diff = sorted(k for k in current if k not in RUNTIME_OPTIONS and saved.get(k) != current[k])
+            if diff:
+                detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff[:6])
+                raise ValueError(f"run_dir: {self.dir!r} holds a run with a different configuration "
+                                 f"({detail}); use another --name/--run-dir to start a new run")
+        text = yaml.safe_dump(current, sort_keys=False)
+        from .pool import _atomic
+
+        _atomic(path, lambda fh: fh.write(text.encode()))
+
+    def _build_data(self) -> None:
+        from mulact.data import TrainTransform, build_dataset
+
+        cfg = self.cfg
+        kwargs = dict(superpixels=cfg.superpixel_method, region_size=cfg.region_size)
+        demo = None
+        root = cfg.data_root
+        if cfg.dataset == "demo":
+            demo = dict(seed=0, height=cfg.demo_height, width=cfg.demo_width, num_train=cfg.demo_train_images,
+                        num_val=cfg.demo_val_images, progress=True)
+        train_kw = dict(kwargs)
+        if cfg.superpixel_dir:
+            train_kw["superpixel_dir"] = os.path.join(cfg.superpixel_dir, "train")
+        self.train = build_dataset(cfg.dataset, root, "train", demo_options=demo, **train_kw)
+        val_kw = dict(kwargs)
+        if cfg.superpixel_dir:
+            val_kw["superpixel_dir"] = os.path.join(cfg.superpixel_dir, "val")
+        self.val = build_dataset(cfg.dataset, root, "val", demo_options=demo, **val_kw)
+        n = len(self.train) if cfg.max_train_images is None else min(len(self.train), cfg.max_train_images)
+        self.train_indices = np.arange(n)
+        self.num_classes = self.train.num_classes
+        self.class_names = list(self.train.class_names)
+        self.transform = TrainTransform(cfg.crop_size, (cfg.scale_min, cfg.scale_max), flip=cfg.hflip,
+                                        ignore_index=self.train.ignore_index)
+        val = self.val
+        if cfg.max_val_images is not None:
+            val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
+        self.val_loader = torch.utils.data.DataLoader(
+            val, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
+            collate_fn=collate_pad)
+
+    def _oracle(self) -> OracleTable:
+        path = os.path.join(self.dir, "oracle.npz")
+        if os.path.isfile(path):
+            return OracleTable.load(path)
+        self.echo(f"computing superpixels and oracle labels for {len(self.train_indices)} training images")
+        oracle = build_oracle(self.train, self.train_indices, trim=self.cfg.trim)
+        oracle.save(path)
+        return oracle
+
+    # -- helpers ----------------------------------------------------------------------------
+    def round_dir(self, t: int) -> str:
+        return os.path.join(self.dir, f"round_{t:02d}")
+
+    def new_model(self):
+        c = self.cfg
+        return build_model(self.num_classes, c.encoder, c.encoder_weights, c.decoder_channels,
+                           seed=derive_seed(c.seed, 0xB0D)).to(self.device)
+
+    def final_weights(self, t: int) -> str:
+        rd = self.round_dir(t)
+        s2 = os.path.join(rd, "stage2.pt")
+        return s2 if self.cfg.stage2 else os.path.join(rd, "stage1.pt")
+
+    def load_model(self, path: str):
+        model = self.new_model()
+        model.load_state_dict(torch.load(path, map_location=self.device, weights_only=False)["model"])
+        return model
+
+    def evaluate(self, model, desc="evaluate") -> dict:
+        return evaluate(model, self.val_loader, self.num_classes, self.device, self.train.ignore_index,
+                        amp=self.cfg.amp, desc=desc)
+
+    def _loader(self, view, indices, iterations, seed, start, extra_keys):
+        sampler = ResumableBatchSampler(indices, self.cfg.batch_size, iterations, seed, start)
+        return torch.utils.data.DataLoader(
+            view, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+            collate_fn=lambda items: collate_pad(items, extra_keys), pin_memory=self.device.type == "cuda")
+
+    def _train(self, stage: str, t: int, view, indices, iterations, lr, step_loss, extra_keys) -> dict:
+        c = self.cfg
+        rd = self.round_dir(t)
+        final = os.path.join(rd, f"{stage}.pt")
+        if os.path.isfile(final):
+            return torch.load(final, map_location="cpu", weights_only=False)["summary"]
+        model = self.new_model()
+        seed = derive_seed(c.seed, t, 1 if stage == "stage1" else 2)
+        settings = TrainSettings(
+            iterations=iterations, lr=lr, encoder_lr_mult=c.encoder_lr_mult, weight_decay=c.weight_decay,
+            poly_power=c.poly_power, seed=seed, device=str(self.device), amp=c.amp,
+            checkpoint_interval=c.checkpoint_interval, eval_interval=c.eval_interval,
+            desc=f"round {t} {stage}")
+        eval_fn = (lambda m: self.evaluate(m, desc=f"round {t} {stage} val")["miou"]) if c.eval_interval > 0 else None
+        last = os.path.join(rd, f"{stage}_last.pt")
+        t0 = time.time()
+        summary = train_model(model, lambda start: self._loader(view, indices, iterations, seed, start, extra_keys),
+                              step_loss, settings, last, eval_fn=eval_fn,
+                              best_path=os.path.join(rd, f"{stage}_best.pt"))
+        summary["seconds"] = time.time() - t0
+        atomic_torch_save(final, {"model": model.state_dict(), "summary": summary})
+        if os.path.isfile(last):
+            os.unlink(last)
+        return summary
+
+    # -- steps ------------------------------------------------------------------------------
+    def select(self, t: int, pool: RegionPool, oracle: OracleTable) -> bool:
+        """Acquisition for round ``t``; returns False when nothing is left to select."""
+        c = self.cfg
+        method = "random" if t == 1 else c.acquisition
+        stats = None
+        t0 = time.time()
+        if method != "random":
+            model = self.load_model(self.final_weights(t - 1))
+            stats = scan_pool(model, self.train, pool, pool.images_with_unlabeled(), measure=measure_for(method),
+                              temperature=c.temperature, device=self.device, batch_size=c.acquisition_batch_size,
+                              amp=c.amp, num_workers=c.num_workers)
+            del model
+        scores, banned = score_pool(method, pool, stats, nu=c.nu, seed=c.seed, round_index=t)
+        _, costs = oracle.answer(np.arange(int(oracle.offsets[-1])), "multi")
+        if c.labeling == "dominant":
+            costs = np.ones_like(costs)
+        chosen = acquire(pool, scores, banned, costs, c.budget)
+        if len(chosen) == 0:
+            return False
+        bits, cost = oracle.answer(chosen, c.labeling)
+        pool.add_round(chosen, bits, cost)
+        pool.save(os.path.join(self.dir, "pool.npz"))
+        self._write_selection(t, pool, scores)
+        log.info("round %d: %s selected %d regions (%d clicks) in %.1fs", t, method, len(chosen),
+                 pool.clicks(t), time.time() - t0)
+        return True
+
+    def _write_selection(self, t, pool, scores) -> None:
+        flat = pool.selections[t - 1]
+        names = self.train.names()
+        rec = pool.selection_record(t, names=names, scores=scores[flat])
+        rec["acquisition"] = "random" if t == 1 else self.cfg.acquisition
+        rec["labeling"] = self.cfg.labeling
+        atomic_write_json(os.path.join(self.dir, "selections", f"round_{t:02d}.json"), rec)
+
+    def stage1(self, t: int, pool: RegionPool) -> dict:
+        c = self.cfg
+        R = int(np.diff(pool.offsets).max())
+
+        def labels_of(i):
+            return pool.region_labels(i, R)
+
+        view = AugmentedView(self.train, self.transform, region_labels_fn=labels_of)
+
+        def step(model, batch, progress):
+            logits = model(batch["image"].to(self.device, non_blocking=True))
+            return stage1_loss(c, logits, batch["regions"].to(self.device),
+                               batch["region_labels"].to(self.device), progress)
+
+        return self._train("stage1", t, view, pool.labeled_images(), c.iterations, c.lr, step, ("region_labels",))
+
+    def stage2(self, t: int, pool: RegionPool) -> dict:
+        from .stage2 import generate_pseudo_labels, pseudo_label_path, stage2_step
+
+        c = self.cfg
+        rd = self.round_dir(t)
+        images = pool.labeled_images()
+        pseudo_dir = os.path.join(rd, "pseudo")
+        info = generate_pseudo_labels(self, t, pool, images, pseudo_dir)
+
+        def label_of(i):
+            return torch.from_numpy(np.load(pseudo_label_path(pseudo_dir, i)).astype(np.int64))
+
+        view = AugmentedView(self.train, self.transform, label_fn=label_of)
+        iters = c.stage2_iterations or c.iterations
+        summary = self._train("stage2", t, view, images, iters, c.lr_stage2,
+                              lambda m, b, p: stage2_step(self, m, b), ())
+        summary["pseudo"] = info
+        return summary
+
+    # -- the experiment ---------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        c = self.cfg
+        t_start = time.time()
+        oracle = self._oracle()
+        pool_path = os.path.join(self.dir, "pool.npz")
+        pool = RegionPool.load(pool_path) if os.path.isfile(pool_path) else RegionPool(
+            oracle.offsets, self.num_classes, valid=oracle.pixels > 0)
+        full_cost = oracle.full_annotation_cost()
+        metrics = self.load_metrics()
+        done_rounds = {m["round"] for m in metrics}
+        for t in range(1, c.rounds + 1):
+            if pool.num_rounds < t:
+                if not self.select(t, pool, oracle):
+                    self.echo(f"round {t}: the pool is exhausted (every selectable region is labeled); stopping")
+                    break
+            elif not os.path.isfile(os.path.join(self.dir, "selections", f"round_{t:02d}.json")):
+                self._write_selection(t, pool, np.full(int(pool.offsets[-1]), math.nan))
+            if t in done_rounds:
+                continue
+            s1 = self.stage1(t, pool)
+            model = self.load_model(os.path.join(self.round_dir(t), "stage1.pt"))
+            ev1 = self.evaluate(model, desc=f"round {t} stage1 eval")
+            del model
+            rec = self._round_record(t, pool, full_cost, ev1, s1)
+            if c.stage2:
+                s2 = self.stage2(t, pool)
+                model = self.load_model(os.path.join(self.round_dir(t), "stage2.pt"))
+                ev2 = self.evaluate(model, desc=f"round {t} stage2 eval")
+                del model
+                rec.update(stage2_miou=ev2["miou"], stage2_iou=ev2["iou"], miou=ev2["miou"], iou=ev2["iou"],
+                           pseudo_label_accuracy=s2["pseudo"]["accuracy"],
+                           pseudo_localized_pixels=s2["pseudo"]["localized"],
+                           pseudo_expanded_pixels=s2["pseudo"]["expanded"],
+                           stage2_seconds=s2.get("seconds"))
+            metrics.append(rec)
+            self.save_metrics(metrics)
+            self.echo(f"round {t}: mIoU {100 * rec['miou']:.2f}  clicks {rec['clicks']} "
+                      f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
+        self.echo(self.summary_table(metrics))
+        self.echo(f"run directory: {self.dir}   ({time.time() - t_start:.0f}s this invocation)")
+        return metrics
+
+    def _round_record(self, t, pool, full_cost, ev, s1) -> dict:
+        cum = int(pool.cost[(pool.round > 0) & (pool.round <= t)].sum())
+        return {
+            "round": t,
+            "acquisition": "random" if t == 1 else self.cfg.acquisition,
+            "clicks": pool.clicks(t),
+            "cumulative_clicks": cum,
+            "percent_full_cost": 100.0 * cum / max(full_cost, 1),
+            "full_annotation_cost": full_cost,
+            "labeled_regions": int(((pool.round > 0) & (pool.round <= t)).sum()),
+            "labeled_images": len(np.unique(pool.image_of(np.flatnonzero((pool.round > 0) & (pool.round <= t))))),
+            "miou": ev["miou"],
+            "iou": ev["iou"],
+            "stage1_miou": ev["miou"],
+            "stage1_iou": ev["iou"],
+            "stage1_seconds": s1.get("seconds"),
+            "stage1_final_loss": s1.get("last_loss"),
+        }
+
+    # -- outputs ----------------------------------------------------------------------------
+    def load_metrics(self) -> list[dict]:
+        import json
+
+        path = os.path.join(self.dir, "metrics.json")
+        if not os.path.isfile(path):
+            return []
+        with open(path) as fh:
+            return json.load(fh)["rounds"]
+
+    def save_metrics(self, metrics: list[dict]) -> None:
+        atomic_write_json(os.path.join(self.dir, "metrics.json"),
+                          {"class_names": self.class_names, "rounds": metrics})
+        buf = io.StringIO()
+        cols = ["round", "acquisition", "clicks", "cumulative_clicks", "percent_full_cost", "labeled_regions",
+                "labeled_images", "miou", "stage1_miou", "stage2_miou", "pseudo_label_accuracy"]
+        w = csv.writer(buf)
+        w.writerow(cols + [f"iou_{n}" for n in self.class_names])
+        for m in metrics:
+            w.writerow([m.get(k, "") for k in cols] + list(m["iou"]))
+        from .pool import _atomic
+
+        _atomic(os.path.join(self.dir, "metrics.csv"), lambda fh: fh.write(buf.getvalue().encode()))
+        self.plot(metrics)
+
+    def plot(self, metrics: list[dict]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+        x = [m["cumulative_clicks"] for m in metrics]
+        ax.plot(x, [100 * m["stage1_miou"] for m in metrics], "o-", label="stage 1")
+        if any("stage2_miou" in m for m in metrics):
+            ax.plot(x, [100 * m.get("stage2_miou", math.nan) for m in metrics], "s-", label="stage 2")
+        ax.set_xlabel("clicks (cumulative)")
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title(f"{self.cfg.name}: {self.cfg.acquisition}, {self.cfg.labeling}-class labels")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        from .pool import _atomic
+
+        _atomic(os.path.join(self.dir, "miou_vs_clicks.png"), lambda fh: fh.write(buf.getvalue()))
+
+    def summary_table(self, metrics: list[dict]) -> str:
+        head = f"{'round':>5} {'clicks':>8} {'cumulative':>10} {'% full':>7} {'regions':>8} {'mIoU':>7}"
+        if self.cfg.stage2:
+            head += f" {'stage1':>7} {'stage2':>7}"
+        lines = [head, "-" * len(head)]
+        for m in metrics:
+            line = (f"{m['round']:>5} {m['clicks']:>8} {m['cumulative_clicks']:>10} {m['percent_full_cost']:>7.2f} "
+                    f"{m['labeled_regions']:>8} {100 * m['miou']:>7.2f}")
+            if self.cfg.stage2:
+                line += f" {100 * m['stage1_miou']:>7.2f} {100 * m.get('stage2_miou', math.nan):>7.2f}"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+def run_experiment(cfg: TrainConfig, echo=print) -> list[dict]:
+    return Experiment(cfg, echo=echo).run()

@@ -1,0 +1,86 @@
+"""Stage 2 (paper §3.3): pseudo labels from the stage-1 model, then plain CE training.
+
+Pseudo labels are generated once per round for every image that holds a labeled region, on
+the untransformed image, with :func:`mulact.ops.prototype_pseudo_labels` (localization +
+optional expansion; ``cfg.pseudo = "confident"`` uses the "w/o prototypes" baseline instead,
+without expansion). Each map is stored as an int16 ``.npy`` (255 = no label) under
+``round_XX/pseudo/`` and augmented together with the image during training.
+
+Pseudo-label accuracy (reported per round) = fraction of pixels with a pseudo label in
+``[0, C)`` whose ground truth (not void) agrees; pixels labeled *undefined* and void ground
+truth are left out.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .pool import _atomic, atomic_write_json
+
+__all__ = ["generate_pseudo_labels", "pseudo_label_path", "stage2_step"]
+
+
+def pseudo_label_path(pseudo_dir: str, image: int) -> str:
+    return os.path.join(pseudo_dir, f"{int(image):06d}.npy")
+
+
+@torch.no_grad()
+def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
+    from mulact.engine.train import collate_pad
+    from mulact.ops.prototype_pseudo_labels import prototype_pseudo_labels, pseudo_labels_without_prototypes
+
+    done = os.path.join(pseudo_dir, "summary.json")
+    if os.path.isfile(done):
+        with open(done) as fh:
+            return json.load(fh)
+    cfg = exp.cfg
+    model = exp.load_model(os.path.join(exp.round_dir(t), "stage1.pt"))
+    model.eval()
+    C = exp.num_classes
+    R = int(np.diff(pool.offsets).max())
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(exp.train, [int(i) for i in images]), batch_size=cfg.acquisition_batch_size,
+        shuffle=False, num_workers=cfg.num_workers, collate_fn=collate_pad)
+    correct = labeled = localized = expanded = 0
+    use_amp = cfg.amp and exp.device.type == "cuda"
+    for batch in tqdm(loader, desc=f"round {t} pseudo labels", leave=False, dynamic_ncols=True):
+        idx = batch["index"].tolist()
+        regions = batch["regions"].to(exp.device)
+        region_labels = torch.stack([pool.region_labels(i, R) for i in idx]).to(exp.device)
+        with torch.autocast(device_type=exp.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits, feats = model(batch["image"].to(exp.device), return_features=True)
+        if cfg.pseudo == "prototype":
+            labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, expand=cfg.expand,
+                                                   temperature=cfg.temperature, return_info=True)
+            localized += int(info.num_localized.sum())
+            expanded += int(info.num_expanded.sum())
+        else:
+            labels = pseudo_labels_without_prototypes(logits, regions, region_labels, temperature=cfg.temperature)
+            localized += int((labels != 255).sum())
+        labels = labels.cpu()
+        gt = batch["label"]
+        valid = (labels < C) & (gt != 255)
+        correct += int((valid & (labels == gt)).sum())
+        labeled += int(valid.sum())
+        for b, i in enumerate(idx):
+            h, w = (int(v) for v in batch["sizes"][b])
+            arr = labels[b, :h, :w].numpy().astype(np.int16)
+            _atomic(pseudo_label_path(pseudo_dir, i), lambda fh, a=arr: np.save(fh, a))
+    info = {"accuracy": correct / labeled if labeled else float("nan"), "localized": localized,
+            "expanded": expanded, "images": len(images)}
+    atomic_write_json(done, info)
+    return info
+
+
+def stage2_step(exp, model, batch):
+    logits = model(batch["image"].to(exp.device, non_blocking=True))
+    target = batch["label"].to(exp.device)
+    if not (target != 255).any():
+        return logits.sum() * 0.0, {"ce": torch.zeros(())}
+    loss = F.cross_entropy(logits.float() / exp.cfg.temperature, target, ignore_index=255)
+    return loss, {"ce": loss.detach()}

@@ -1,0 +1,69 @@
+"""Semantic-segmentation evaluation: dataset-level confusion matrix and mIoU.
+
+Conventions (SPEC §4, step 5):
+- The model's extra *undefined* channel (index ``num_classes``) is dropped before the argmax,
+  so every evaluated pixel is predicted as one of the dataset's classes.
+- Ground-truth pixels equal to ``ignore_index`` (255) are not counted.
+- IoU of class c = TP / (TP + FP + FN) over the whole split (one confusion matrix summed over
+  all images, not a mean of per-image IoUs). A class absent from both the ground truth and
+  the predictions has 0/0: its IoU is NaN and it is excluded from the mean (``np.nanmean``),
+  as in the Cityscapes and VOC evaluation scripts; the per-class list keeps the NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["confusion_matrix", "iou_from_confusion", "evaluate"]
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = 255) -> torch.Tensor:
+    """``(num_classes, num_classes)`` int64 counts, rows = ground truth, columns = prediction."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred: shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
+    t = target.reshape(-1).long()
+    p = pred.reshape(-1).long()
+    keep = t != ignore_index
+    t, p = t[keep], p[keep]
+    if t.numel() and (t.min() < 0 or t.max() >= num_classes):
+        raise ValueError(f"target: labels must be in [0, {num_classes}) or {ignore_index}, "
+                         f"got range [{int(t.min())}, {int(t.max())}]")
+    if p.numel() and (p.min() < 0 or p.max() >= num_classes):
+        raise ValueError(f"pred: predictions must be in [0, {num_classes})")
+    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes).cpu()
+
+
+def iou_from_confusion(conf) -> tuple[float, list[float]]:
+    """(mIoU, per-class IoU) from a confusion matrix; NaN classes are excluded from the mean."""
+    conf = np.asarray(conf, dtype=np.float64)
+    tp = np.diag(conf)
+    denom = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else math.nan
+    return miou, [float(x) for x in iou]
+
+
+@torch.no_grad()
+def evaluate(model, loader, num_classes: int, device, ignore_index: int = 255,
+             amp: bool = False, desc: str = "evaluate") -> dict:
+    """mIoU of ``model`` over ``loader`` (items with ``image`` and ``label``)."""
+    was_training = model.training
+    model.eval()
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    use_amp = amp and torch.device(device).type == "cuda"
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(images)
+        pred = logits[:, :num_classes].argmax(dim=1)
+        conf += confusion_matrix(pred, labels, num_classes, ignore_index)
+    model.train(was_training)
+    miou, iou = iou_from_confusion(conf)
+    return {"miou": miou, "iou": iou, "confusion": conf.tolist()}
