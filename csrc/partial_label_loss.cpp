@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -38,6 +39,7 @@
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define MULACT_PLL_AVX2 1
+#include <immintrin.h>
 #define MULACT_PLL_INLINE inline __attribute__((always_inline))
 #else
 #define MULACT_PLL_AVX2 0
@@ -49,6 +51,25 @@ namespace {
 
 constexpr int64_t kTile = 1024;
 constexpr int64_t kChunk = 2048;
+// Gradients at least this large are written with non-temporal stores: they do not fit in cache
+// next to the logits anyway, and streaming skips reading every line before overwriting it.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// memcpy whose aligned middle bypasses the caches (x86-64: SSE2 streaming stores).
+MULACT_PLL_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
+#if MULACT_PLL_AVX2
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  const int64_t head = std::min<int64_t>(bytes, (16 - (reinterpret_cast<std::uintptr_t>(d) & 15)) & 15);
+  std::memcpy(d, s, head);
+  int64_t i = head;
+  for (; i + 16 <= bytes; i += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+  std::memcpy(d + i, s + i, bytes - i);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
 
 // Store an accumulator value; float64 keeps full precision (from_float<double> takes a float).
 template <typename T, typename A> MULACT_PLL_INLINE T store(A v) { return from_float<T>(static_cast<float>(v)); }
@@ -89,10 +110,11 @@ struct Tile {
   std::vector<int32_t> j0, len;
   std::vector<A> val;  // per run: loss weight (forward) or gradient scale (backward)
   std::vector<int8_t> term;
+  std::vector<double> rowbuf;  // backward: one class row of a chunk, staged for streaming stores
   int64_t n = 0, runs = 0;
   explicit Tile(int64_t C)
       : z(C * kTile), e(C * kTile), mx(kTile), s(kTile), ly(kTile), tmp(kTile), p0(kTile), slot(kTile), j0(kTile),
-        len(kTile), val(kTile), term(kTile) {}
+        len(kTile), val(kTile), term(kTile), rowbuf(kChunk) {}
 
   MULACT_PLL_INLINE void clear() { n = runs = 0; }
 
@@ -197,6 +219,7 @@ struct Args {
   const A* scale;   // backward
   const LabelLists* y;
   T* grad;
+  bool stream;  // write the gradient with non-temporal stores
   int64_t B, C, HW, R, per_img;
   A inv_t;
 };
@@ -288,20 +311,23 @@ MULACT_PLL_INLINE void backward_flush(const Args<T, I>& a, Tile<typename Acc<T>:
       }
     }
   }
+  T* buf = reinterpret_cast<T*>(tile.rowbuf.data());
   for (int64_t c = 0; c < C; ++c) {
     T* row = a.grad + (b * C + c) * a.HW;
+    T* dstrow = a.stream ? buf - w0 : row;  // staged, then streamed out
     const A* g = tile.e.data() + c * kTile;
     int64_t p = w0;
     for (int64_t q = 0; q < tile.runs; ++q) {
       const int64_t s0 = tile.p0[q], m = tile.len[q];
-      for (; p < s0; ++p) row[p] = zero;
+      for (; p < s0; ++p) dstrow[p] = zero;
       const A* src = g + tile.j0[q];
-      T* dst = row + s0;
+      T* dst = dstrow + s0;
 #pragma omp simd
       for (int64_t i = 0; i < m; ++i) dst[i] = store<T, A>(src[i]);
       p = s0 + m;
     }
-    for (; p < w1; ++p) row[p] = zero;
+    for (; p < w1; ++p) dstrow[p] = zero;
+    if (a.stream) stream_copy(row + w0, buf, (w1 - w0) * static_cast<int64_t>(sizeof(T)));
   }
   tile.clear();
 }
@@ -330,6 +356,9 @@ MULACT_PLL_INLINE void backward_chunk(const Args<T, I>& a, Tile<typename Acc<T>:
     }
   }
   if (w0 < c1) backward_flush(a, tile, b, w0, c1);
+#if MULACT_PLL_AVX2
+  if (a.stream) _mm_sfence();  // streaming stores are weakly ordered
+#endif
 }
 
 #if MULACT_PLL_AVX2
@@ -355,7 +384,7 @@ void forward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintpt
   const LabelLists y(ptr<const uint8_t>(labels_p), B * R, C);
   const int64_t per_img = (HW + kChunk - 1) / kChunk;
   const Args<T, I> a{ptr<const T>(logits_p), ptr<const I>(regions_p), ptr<const int8_t>(kind_p),
-                     weight_p ? ptr<const A>(weight_p) : nullptr, nullptr, &y, nullptr, B, C, HW, R, per_img,
+                     weight_p ? ptr<const A>(weight_p) : nullptr, nullptr, &y, nullptr, false, B, C, HW, R, per_img,
                      A(1) / static_cast<A>(temperature)};
   const int64_t nchunks = B * per_img;
   std::vector<double> chunk_sum(2 * nchunks, 0.0);
@@ -403,7 +432,7 @@ void backward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintp
   const LabelLists y(ptr<const uint8_t>(labels_p), B * R, C);
   const int64_t per_img = (HW + kChunk - 1) / kChunk;
   const Args<T, I> a{ptr<const T>(logits_p), ptr<const I>(regions_p), nullptr, nullptr, ptr<const A>(scale_p), &y,
-                     ptr<T>(grad_p), B, C, HW, R, per_img, A(1) / static_cast<A>(temperature)};
+                     ptr<T>(grad_p), B * C * HW * static_cast<int64_t>(sizeof(T)) >= kStreamBytes, B, C, HW, R, per_img, A(1) / static_cast<A>(temperature)};
   const int64_t nchunks = B * per_img;
   const bool avx2 = use_avx2();
 
