@@ -134,24 +134,30 @@ struct Tile {
     ++n;
   }
 
-  // Returns true if a loaded logit is NaN/Inf (checked before scaling).
+  // Returns true if a loaded logit is NaN/Inf (checked before scaling). The runs of the next
+  // class row are prefetched while this one is copied: each row is a new stream of short
+  // pieces that the hardware prefetcher would only pick up after a few misses.
   template <typename T>
   MULACT_PLL_INLINE bool load(const T* img, int64_t C, int64_t HW, A inv_t) {
+    constexpr int64_t kLine = 64 / sizeof(T);
     int bad = 0;
     for (int64_t c = 0; c < C; ++c) {
       const T* row = img + c * HW;
+      const T* next = c + 1 < C ? row + HW : row;
       A* zc = z.data() + c * kTile;
       for (int64_t k = 0; k < runs; ++k) {
         const T* src = row + p0[k];
         A* dst = zc + j0[k];
         const int64_t m = len[k];
+        for (int64_t i = 0; i < m; i += kLine) __builtin_prefetch(next + p0[k] + i);
+        __builtin_prefetch(next + p0[k] + m - 1);
+        for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<A>(to_float(src[i]));
+      }
 #pragma omp simd reduction(| : bad)
-        for (int64_t i = 0; i < m; ++i) {
-          const A v = static_cast<A>(to_float(src[i]));
-          const A d = v - v;  // NaN exactly when the value is NaN or +-Inf
-          bad |= d != d;
-          dst[i] = v * inv_t;
-        }
+      for (int64_t j = 0; j < n; ++j) {
+        const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
+        bad |= d != d;
+        zc[j] *= inv_t;
       }
     }
     return bad != 0;
