@@ -1,11 +1,11 @@
 // Stage-1 partial-label losses (L_CE, L_MP) on the CPU: one fused forward pass and one
 // fused backward pass over the logits.
 //
-// Per labeled pixel x with label set Y:  l(x) = logsumexp_c z_c - logsumexp_{c in Y} z_c.
+// Per labeled pixel x with label set Y:  l(x) = lse_all(x) - lse_Y(x),  lse = logsumexp of z.
 // The forward returns, per term (0 = CE, |Y| = 1; 1 = MP, |Y| >= 2), the weighted sum
 // sum_x w(r(x)) l(x) and the pixel count; the Python side turns them into the mean that the
 // chosen normalisation asks for. The backward writes the whole gradient
-//   dL/dlogits = scale(r(x)) * (softmax(z) - q),   q = softmax renormalised over Y,
+//   dL/dlogits_c = scale(r(x)) * (exp(z_c - lse_all) - [c in Y] exp(z_c - lse_Y)),
 // where `scale` (B, R) already holds the upstream gradient, the normaliser and 1/tau; pixels
 // with scale 0 get a zero gradient without their logits being read.
 //
@@ -13,17 +13,23 @@
 // the chunk partials are reduced in chunk order, so results do not depend on the number of
 // threads or on scheduling. Inside a chunk the active pixels (labeled region, non-zero scale)
 // are compacted into tiles of up to kTile pixels staged class-major in a per-thread buffer
-// (C * kTile values, L2-resident): unlabeled pixels cost one region-id read, the tile math runs
-// on vectors of active pixels only, and each class row is read as one forward stream per tile
-// (small tiles would interleave C strided streams, more than the hardware prefetcher follows).
+// (L2-resident), as runs of consecutive pixels of one region: each class row of the logits is
+// read as one forward stream of contiguous pieces per tile (the hardware prefetcher follows it),
+// unlabeled pixels cost one region-id read, and the label set is constant along a run, so
+// lse_Y only touches the |Y| labeled classes (CE: lse_Y = z_y, no exp at all) while lse_all
+// takes one exp per class. The backward writes each class row of the chunk once, in order:
+// zeros between runs and the tile's values on them (no separate zero fill of the gradient).
 // Without trapping math GCC may if-convert the float selects of the tile loops (clamps in
-// fast_exp, masked maxima) and vectorise them; no kernel here reads the FP exception flags.
+// fast_exp, maxima) and vectorise them; no kernel here reads the FP exception flags.
+// On x86-64 the per-chunk work is also compiled for AVX2+FMA and picked at run time (the
+// extension itself is built for the baseline ISA); results are deterministic on one machine.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
 #endif
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -31,76 +37,349 @@
 #include "fast_exp.h"
 #include "registry.h"
 
+#if defined(__GNUC__) && defined(__x86_64__)
+#define MULACT_PLL_AVX2 1
+#include <immintrin.h>
+#define MULACT_PLL_INLINE inline __attribute__((always_inline))
+#else
+#define MULACT_PLL_AVX2 0
+#define MULACT_PLL_INLINE inline
+#endif
+
 namespace mulact {
 namespace {
 
 constexpr int64_t kTile = 1024;
 constexpr int64_t kChunk = 2048;
+// Gradients at least this large are written with non-temporal stores: they do not fit in cache
+// next to the logits anyway, and streaming skips reading every line before overwriting it.
+constexpr int64_t kStreamBytes = int64_t(8) << 20;
+
+// memcpy whose aligned middle bypasses the caches (x86-64: SSE2 streaming stores).
+MULACT_PLL_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
+#if MULACT_PLL_AVX2
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  const int64_t head = std::min<int64_t>(bytes, (16 - (reinterpret_cast<std::uintptr_t>(d) & 15)) & 15);
+  std::memcpy(d, s, head);
+  int64_t i = head;
+  for (; i + 16 <= bytes; i += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+  std::memcpy(d + i, s + i, bytes - i);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
 
 // Store an accumulator value; float64 keeps full precision (from_float<double> takes a float).
-template <typename T, typename A> inline T store(A v) { return from_float<T>(static_cast<float>(v)); }
-template <> inline double store<double, double>(double v) { return v; }
+template <typename T, typename A> MULACT_PLL_INLINE T store(A v) { return from_float<T>(static_cast<float>(v)); }
+template <> MULACT_PLL_INLINE double store<double, double>(double v) { return v; }
 
-// One tile of up to kTile *active* pixels of one image (compacted: pos[j] is the pixel index
-// of slot j), class-major. After load(): z (scaled logits) and y (1 where the class is in the
-// pixel's label set). After stats(): mx/my = max over all classes / over Y, s/sy = the exp-sums
-// relative to those maxima, z overwritten by exp(z - mx), ey = y * exp(z - my). Separate maxima
-// keep sum_Y from underflowing when the labeled classes are far below the top class (tau = 0.1
-// makes that common). The class loops are branch-free so that they vectorise (fast_exp too).
+bool use_avx2() {
+#if MULACT_PLL_AVX2
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Label sets as class lists: region slot i = b * R + r holds cls[first[i] .. first[i + 1]).
+struct LabelLists {
+  std::vector<int64_t> first;
+  std::vector<int32_t> cls;
+  LabelLists(const uint8_t* labels, int64_t slots, int64_t C) : first(slots + 1) {
+    for (int64_t i = 0; i < slots; ++i) {
+      first[i] = static_cast<int64_t>(cls.size());
+      for (int64_t c = 0; c < C; ++c)
+        if (labels[i * C + c]) cls.push_back(static_cast<int32_t>(c));
+    }
+    first[slots] = static_cast<int64_t>(cls.size());
+  }
+};
+
+// One tile of up to kTile active pixels of one image, as runs of consecutive pixels of one
+// region (run k: pixels p0[k] .. p0[k] + len[k] - 1 in slots j0[k] ..), class-major.
+// After load(): z (scaled logits). After stats(): mx = max_c z, s = sum_c exp(z - mx) and, if
+// asked, e = exp(z - mx). After label_lse(): ly = lse_Y; separate maxima keep sum_Y from
+// underflowing when the labeled classes are far below the top class (tau = 0.1 makes that common).
 template <typename A>
 struct Tile {
-  std::vector<A> z, ey, y;
-  std::vector<int64_t> pos, rid;
-  std::vector<A> mx, my, s, sy;
-  int64_t n = 0;
+  std::vector<A> z, e, mx, s, ly, tmp;
+  std::vector<int64_t> p0, slot;
+  std::vector<int32_t> j0, len;
+  std::vector<A> val;  // per run: loss weight (forward) or gradient scale (backward)
+  std::vector<int8_t> term;
+  std::vector<double> rowbuf;  // backward: one class row of a chunk, staged for streaming stores
+  int64_t n = 0, runs = 0;
   explicit Tile(int64_t C)
-      : z(C * kTile), ey(C * kTile), y(C * kTile), pos(kTile), rid(kTile), mx(kTile), my(kTile), s(kTile),
-        sy(kTile) {}
+      : z(C * kTile), e(C * kTile), mx(kTile), s(kTile), ly(kTile), tmp(kTile), p0(kTile), slot(kTile), j0(kTile),
+        len(kTile), val(kTile), term(kTile), rowbuf(kChunk) {}
 
-  // Returns true if a loaded logit is NaN/Inf.
-  template <typename T>
-  bool load(const T* logits, const uint8_t* labels, int64_t b, int64_t C, int64_t HW, int64_t R, A inv_t) {
-    const bool bad = load_scaled_tile(logits, pos.data(), n, b, C, HW, inv_t, z.data(), kTile);
-    for (int64_t c = 0; c < C; ++c) {
-      A* yc = y.data() + c * kTile;
-      for (int64_t j = 0; j < n; ++j) yc[j] = A(labels[(b * R + rid[j]) * C + c] != 0);
+  MULACT_PLL_INLINE void clear() { n = runs = 0; }
+
+  // Append pixel p of region slot `sl`; the caller keeps n < kTile.
+  MULACT_PLL_INLINE void add(int64_t p, int64_t sl, A v, int8_t t) {
+    if (runs && slot[runs - 1] == sl && p0[runs - 1] + len[runs - 1] == p) {
+      ++len[runs - 1];
+    } else {
+      p0[runs] = p;
+      slot[runs] = sl;
+      j0[runs] = static_cast<int32_t>(n);
+      len[runs] = 1;
+      val[runs] = v;
+      term[runs] = t;
+      ++runs;
     }
-    return bad;
+    ++n;
   }
 
-  void stats(int64_t C) {
+  // Returns true if a loaded logit is NaN/Inf (checked before scaling). The runs of the next
+  // class row are prefetched while this one is copied: each row is a new stream of short
+  // pieces that the hardware prefetcher would only pick up after a few misses.
+  template <typename T>
+  MULACT_PLL_INLINE bool load(const T* img, int64_t C, int64_t HW, A inv_t) {
+    constexpr int64_t kLine = 64 / sizeof(T);
+    int bad = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const T* row = img + c * HW;
+      const T* next = c + 1 < C ? row + HW : row;
+      A* zc = z.data() + c * kTile;
+      for (int64_t k = 0; k < runs; ++k) {
+        const T* src = row + p0[k];
+        A* dst = zc + j0[k];
+        const int64_t m = len[k];
+        for (int64_t i = 0; i < m; i += kLine) __builtin_prefetch(next + p0[k] + i);
+        __builtin_prefetch(next + p0[k] + m - 1);
+        for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<A>(to_float(src[i]));
+      }
+#pragma omp simd reduction(| : bad)
+      for (int64_t j = 0; j < n; ++j) {
+        const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
+        bad |= d != d;
+        zc[j] *= inv_t;
+      }
+    }
+    return bad != 0;
+  }
+
+  template <bool kKeepExp>
+  MULACT_PLL_INLINE void stats(int64_t C) {
     const A lowest = -std::numeric_limits<A>::max();
+    A* m = mx.data();
+    A* sum = s.data();
     for (int64_t j = 0; j < n; ++j) {
-      mx[j] = lowest;
-      my[j] = lowest;
-      s[j] = A(0);
-      sy[j] = A(0);
+      m[j] = lowest;
+      sum[j] = A(0);
     }
     for (int64_t c = 0; c < C; ++c) {
       const A* zc = z.data() + c * kTile;
-      const A* yc = y.data() + c * kTile;
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) {
-        mx[j] = zc[j] > mx[j] ? zc[j] : mx[j];
-        my[j] = (yc[j] != A(0) && zc[j] > my[j]) ? zc[j] : my[j];
-      }
+      for (int64_t j = 0; j < n; ++j) m[j] = zc[j] > m[j] ? zc[j] : m[j];
     }
     for (int64_t c = 0; c < C; ++c) {
-      A* zc = z.data() + c * kTile;
-      A* ec = ey.data() + c * kTile;
-      const A* yc = y.data() + c * kTile;
+      const A* zc = z.data() + c * kTile;
+      A* ec = e.data() + c * kTile;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
-        const A e = fast_exp(zc[j] - mx[j]);
-        const A f = yc[j] * fast_exp(zc[j] - my[j]);
-        zc[j] = e;
-        ec[j] = f;
-        s[j] += e;
-        sy[j] += f;
+        const A v = fast_exp(zc[j] - m[j]);
+        if (kKeepExp) ec[j] = v;
+        sum[j] += v;
       }
     }
   }
+
+  MULACT_PLL_INLINE void label_lse(const LabelLists& y) {
+    for (int64_t k = 0; k < runs; ++k) {
+      const int32_t* cls = y.cls.data() + y.first[slot[k]];
+      const int64_t ny = y.first[slot[k] + 1] - y.first[slot[k]];
+      const int64_t m = len[k];
+      A* l = ly.data() + j0[k];
+      const A* za = z.data() + cls[0] * kTile + j0[k];
+      for (int64_t i = 0; i < m; ++i) l[i] = za[i];
+      if (ny == 1) continue;
+      for (int64_t t = 1; t < ny; ++t) {
+        const A* zt = z.data() + cls[t] * kTile + j0[k];
+#pragma omp simd
+        for (int64_t i = 0; i < m; ++i) l[i] = zt[i] > l[i] ? zt[i] : l[i];
+      }
+      A* sy = tmp.data() + j0[k];
+      for (int64_t i = 0; i < m; ++i) sy[i] = A(0);
+      for (int64_t t = 0; t < ny; ++t) {
+        const A* zt = z.data() + cls[t] * kTile + j0[k];
+#pragma omp simd
+        for (int64_t i = 0; i < m; ++i) sy[i] += fast_exp(zt[i] - l[i]);
+      }
+      for (int64_t i = 0; i < m; ++i) l[i] += std::log(sy[i]);
+    }
+  }
 };
+
+template <typename T, typename I>
+struct Args {
+  using A = typename Acc<T>::type;
+  const T* logits;
+  const I* regions;
+  const int8_t* kind;
+  const A* weight;  // forward (may be null)
+  const A* scale;   // backward
+  const LabelLists* y;
+  T* grad;
+  bool stream;  // write the gradient with non-temporal stores
+  int64_t B, C, HW, R, per_img;
+  A inv_t;
+};
+
+// Forward of work item k: writes its per-term sums/counts.
+template <typename T, typename I>
+MULACT_PLL_INLINE void forward_chunk(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t k, double* sum,
+                                     int64_t* cnt, int64_t& bad, int& nonfinite) {
+  using A = typename Acc<T>::type;
+  const int64_t b = k / a.per_img;
+  const int64_t c0 = (k % a.per_img) * kChunk;
+  const int64_t c1 = std::min(c0 + kChunk, a.HW);
+  const I* reg = a.regions + b * a.HW;
+  A acc[2] = {A(0), A(0)};
+  int64_t nn[2] = {0, 0};
+  tile.clear();
+  for (int64_t p = c0; p < c1 || tile.n; ++p) {
+    if (p < c1) {
+      const int64_t r = static_cast<int64_t>(reg[p]);
+      if (r < 0) continue;
+      if (r >= a.R) {
+        bad = std::max(bad, r);
+        continue;
+      }
+      const int8_t t = a.kind[b * a.R + r];
+      if (t == 0) continue;
+      tile.add(p, b * a.R + r, a.weight ? a.weight[b * a.R + r] : A(1), t);
+      if (tile.n < kTile && p + 1 < c1) continue;
+    }
+    nonfinite |= tile.load(a.logits + b * a.C * a.HW, a.C, a.HW, a.inv_t) ? 1 : 0;
+    tile.template stats<false>(a.C);
+    tile.label_lse(*a.y);
+    for (int64_t q = 0; q < tile.runs; ++q) {
+      const int t = tile.term[q] - 1;
+      const A w = tile.val[q];
+      for (int64_t j = tile.j0[q], j1 = j + tile.len[q]; j < j1; ++j) {
+        const A l = (tile.mx[j] + std::log(tile.s[j])) - tile.ly[j];
+        acc[t] += a.weight ? w * l : l;
+      }
+      nn[t] += tile.len[q];
+    }
+    tile.clear();
+  }
+  for (int t = 0; t < 2; ++t) {
+    sum[t] = static_cast<double>(acc[t]);
+    cnt[t] = nn[t];
+  }
+}
+
+// Backward: computes the gradient of the tile's pixels and writes pixels [w0, w1) of image b
+// (every class row once, in order: zeros between the runs, the tile's values on them).
+template <typename T, typename I>
+MULACT_PLL_INLINE void backward_flush(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t b, int64_t w0,
+                                      int64_t w1) {
+  using A = typename Acc<T>::type;
+  const int64_t C = a.C;
+  const T zero = from_float<T>(0.0f);
+  if (tile.n) {
+    tile.load(a.logits + b * C * a.HW, C, a.HW, a.inv_t);
+    tile.template stats<true>(C);
+    tile.label_lse(*a.y);
+    A* rs = tile.tmp.data();
+    for (int64_t q = 0; q < tile.runs; ++q) {
+      const A v = tile.val[q];
+      for (int64_t j = tile.j0[q], j1 = j + tile.len[q]; j < j1; ++j) rs[j] = v / tile.s[j];
+    }
+    const int64_t n = tile.n;
+    for (int64_t c = 0; c < C; ++c) {
+      A* ec = tile.e.data() + c * kTile;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) ec[j] *= rs[j];
+    }
+    for (int64_t q = 0; q < tile.runs; ++q) {
+      const LabelLists& y = *a.y;
+      const int32_t* cls = y.cls.data() + y.first[tile.slot[q]];
+      const int64_t ny = y.first[tile.slot[q] + 1] - y.first[tile.slot[q]];
+      const int64_t m = tile.len[q];
+      const A v = tile.val[q];
+      const A* l = tile.ly.data() + tile.j0[q];
+      for (int64_t t = 0; t < ny; ++t) {
+        A* et = tile.e.data() + cls[t] * kTile + tile.j0[q];
+        const A* zt = tile.z.data() + cls[t] * kTile + tile.j0[q];
+        if (ny == 1) {  // lse_Y = z_y: exp(z_y - lse_Y) = 1
+          for (int64_t i = 0; i < m; ++i) et[i] -= v;
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < m; ++i) et[i] -= v * fast_exp(zt[i] - l[i]);
+        }
+      }
+    }
+  }
+  T* buf = reinterpret_cast<T*>(tile.rowbuf.data());
+  for (int64_t c = 0; c < C; ++c) {
+    T* row = a.grad + (b * C + c) * a.HW;
+    T* dstrow = a.stream ? buf - w0 : row;  // staged, then streamed out
+    const A* g = tile.e.data() + c * kTile;
+    int64_t p = w0;
+    for (int64_t q = 0; q < tile.runs; ++q) {
+      const int64_t s0 = tile.p0[q], m = tile.len[q];
+      for (; p < s0; ++p) dstrow[p] = zero;
+      const A* src = g + tile.j0[q];
+      T* dst = dstrow + s0;
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) dst[i] = store<T, A>(src[i]);
+      p = s0 + m;
+    }
+    for (; p < w1; ++p) dstrow[p] = zero;
+    if (a.stream) stream_copy(row + w0, buf, (w1 - w0) * static_cast<int64_t>(sizeof(T)));
+  }
+  tile.clear();
+}
+
+// Backward of work item k: writes every gradient value of its pixels.
+template <typename T, typename I>
+MULACT_PLL_INLINE void backward_chunk(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t k) {
+  using A = typename Acc<T>::type;
+  const int64_t b = k / a.per_img;
+  const int64_t c0 = (k % a.per_img) * kChunk;
+  const int64_t c1 = std::min(c0 + kChunk, a.HW);
+  const I* reg = a.regions + b * a.HW;
+  const int64_t* first = a.y->first.data();
+  int64_t w0 = c0;  // gradient written up to here
+  tile.clear();
+  for (int64_t p = c0; p < c1; ++p) {
+    const int64_t r = static_cast<int64_t>(reg[p]);
+    if (r < 0 || r >= a.R) continue;
+    const int64_t sl = b * a.R + r;
+    const A v = a.scale[sl];
+    if (v == A(0) || first[sl + 1] == first[sl]) continue;
+    tile.add(p, sl, v, 0);
+    if (tile.n == kTile) {
+      backward_flush(a, tile, b, w0, p + 1);
+      w0 = p + 1;
+    }
+  }
+  if (w0 < c1) backward_flush(a, tile, b, w0, c1);
+#if MULACT_PLL_AVX2
+  if (a.stream) _mm_sfence();  // streaming stores are weakly ordered
+#endif
+}
+
+#if MULACT_PLL_AVX2
+template <typename T, typename I>
+__attribute__((target("avx2,fma"))) void forward_chunk_avx2(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile,
+                                                           int64_t k, double* sum, int64_t* cnt, int64_t& bad,
+                                                           int& nonfinite) {
+  forward_chunk(a, tile, k, sum, cnt, bad, nonfinite);
+}
+template <typename T, typename I>
+__attribute__((target("avx2,fma"))) void backward_chunk_avx2(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile,
+                                                            int64_t k) {
+  backward_chunk(a, tile, k);
+}
+#endif
 
 template <typename T, typename I>
 void forward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintptr_t labels_p,
@@ -108,64 +387,33 @@ void forward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintpt
                   int64_t R, double temperature, std::uintptr_t sums_p, std::uintptr_t counts_p,
                   std::uintptr_t status_p) {
   using A = typename Acc<T>::type;
-  const T* logits = ptr<const T>(logits_p);
-  const I* regions = ptr<const I>(regions_p);
-  const uint8_t* labels = ptr<const uint8_t>(labels_p);
-  const int8_t* kind = ptr<const int8_t>(kind_p);
-  const A* weight = weight_p ? ptr<const A>(weight_p) : nullptr;
-  const A inv_t = A(1) / static_cast<A>(temperature);
-
+  const LabelLists y(ptr<const uint8_t>(labels_p), B * R, C);
   const int64_t per_img = (HW + kChunk - 1) / kChunk;
+  const Args<T, I> a{ptr<const T>(logits_p), ptr<const I>(regions_p), ptr<const int8_t>(kind_p),
+                     weight_p ? ptr<const A>(weight_p) : nullptr, nullptr, &y, nullptr, false, B, C, HW, R, per_img,
+                     A(1) / static_cast<A>(temperature)};
   const int64_t nchunks = B * per_img;
   std::vector<double> chunk_sum(2 * nchunks, 0.0);
   std::vector<int64_t> chunk_cnt(2 * nchunks, 0);
   int64_t bad = -1;
   int nonfinite = 0;
+  const bool avx2 = use_avx2();
 
 #pragma omp parallel reduction(max : bad) reduction(| : nonfinite)
   {
     Tile<A> tile(C);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < nchunks; ++k) {
-      const int64_t b = k / per_img;
-      const int64_t c0 = (k % per_img) * kChunk;
-      const int64_t c1 = std::min(c0 + kChunk, HW);
-      A acc[2] = {A(0), A(0)};
-      int64_t cnt[2] = {0, 0};
-      int8_t kd[kTile];
-      auto flush = [&] {
-        nonfinite |= tile.load(logits, labels, b, C, HW, R, inv_t);
-        tile.stats(C);
-        for (int64_t j = 0; j < tile.n; ++j) {
-          const A l = (tile.mx[j] + std::log(tile.s[j])) - (tile.my[j] + std::log(tile.sy[j]));
-          const int t = kd[j] - 1;
-          acc[t] += weight ? weight[b * R + tile.rid[j]] * l : l;
-          cnt[t] += 1;
-        }
-        tile.n = 0;
-      };
-      tile.n = 0;
-      for (int64_t p = c0; p < c1; ++p) {
-        const int64_t r = static_cast<int64_t>(regions[b * HW + p]);
-        if (r < 0) continue;
-        if (r >= R) {
-          bad = std::max(bad, r);
-          continue;
-        }
-        const int8_t t = kind[b * R + r];
-        if (t == 0) continue;
-        tile.pos[tile.n] = p;
-        tile.rid[tile.n] = r;
-        kd[tile.n] = t;
-        if (++tile.n == kTile) flush();
+#if MULACT_PLL_AVX2
+      if (avx2) {
+        forward_chunk_avx2(a, tile, k, &chunk_sum[2 * k], &chunk_cnt[2 * k], bad, nonfinite);
+        continue;
       }
-      if (tile.n) flush();
-      for (int t = 0; t < 2; ++t) {
-        chunk_sum[2 * k + t] = static_cast<double>(acc[t]);
-        chunk_cnt[2 * k + t] = cnt[t];
-      }
+#endif
+      forward_chunk(a, tile, k, &chunk_sum[2 * k], &chunk_cnt[2 * k], bad, nonfinite);
     }
   }
+  (void)avx2;
 
   double* sums = ptr<double>(sums_p);
   int64_t* counts = ptr<int64_t>(counts_p);
@@ -187,59 +435,28 @@ void backward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintp
                    std::uintptr_t scale_p, int64_t B, int64_t C, int64_t HW, int64_t R, double temperature,
                    std::uintptr_t grad_p) {
   using A = typename Acc<T>::type;
-  const T* logits = ptr<const T>(logits_p);
-  const I* regions = ptr<const I>(regions_p);
-  const uint8_t* labels = ptr<const uint8_t>(labels_p);
-  const A* scale = ptr<const A>(scale_p);
-  T* grad = ptr<T>(grad_p);
-  const A inv_t = A(1) / static_cast<A>(temperature);
-  const T zero = from_float<T>(0.0f);
-
+  const LabelLists y(ptr<const uint8_t>(labels_p), B * R, C);
   const int64_t per_img = (HW + kChunk - 1) / kChunk;
+  const Args<T, I> a{ptr<const T>(logits_p), ptr<const I>(regions_p), nullptr, nullptr, ptr<const A>(scale_p), &y,
+                     ptr<T>(grad_p), B * C * HW * static_cast<int64_t>(sizeof(T)) >= kStreamBytes, B, C, HW, R, per_img, A(1) / static_cast<A>(temperature)};
   const int64_t nchunks = B * per_img;
+  const bool avx2 = use_avx2();
 
 #pragma omp parallel
   {
     Tile<A> tile(C);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < nchunks; ++k) {
-      const int64_t b = k / per_img;
-      const int64_t c0 = (k % per_img) * kChunk;
-      const int64_t c1 = std::min(c0 + kChunk, HW);
-      // Zero this chunk's gradient first (contiguous rows, still in cache for the scatter of
-      // the active pixels below).
-      for (int64_t c = 0; c < C; ++c) std::fill(grad + (b * C + c) * HW + c0, grad + (b * C + c) * HW + c1, zero);
-      A sc[kTile];
-      auto flush = [&] {
-        tile.load(logits, labels, b, C, HW, R, inv_t);
-        tile.stats(C);
-        A rs[kTile], rsy[kTile];
-        for (int64_t j = 0; j < tile.n; ++j) {
-          rs[j] = sc[j] / tile.s[j];
-          rsy[j] = sc[j] / tile.sy[j];
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          const A* e = tile.z.data() + c * kTile;
-          const A* ey = tile.ey.data() + c * kTile;
-          T* out = grad + (b * C + c) * HW;
-          for (int64_t j = 0; j < tile.n; ++j) out[tile.pos[j]] = store<T, A>(rs[j] * e[j] - rsy[j] * ey[j]);
-        }
-        tile.n = 0;
-      };
-      tile.n = 0;
-      for (int64_t p = c0; p < c1; ++p) {
-        const int64_t r = static_cast<int64_t>(regions[b * HW + p]);
-        if (r < 0 || r >= R) continue;
-        const A v = scale[b * R + r];
-        if (v == A(0)) continue;
-        tile.pos[tile.n] = p;
-        tile.rid[tile.n] = r;
-        sc[tile.n] = v;
-        if (++tile.n == kTile) flush();
+#if MULACT_PLL_AVX2
+      if (avx2) {
+        backward_chunk_avx2(a, tile, k);
+        continue;
       }
-      if (tile.n) flush();
+#endif
+      backward_chunk(a, tile, k);
     }
   }
+  (void)avx2;
 }
 
 }  // namespace

@@ -374,3 +374,18 @@ def test_cpp_results_independent_of_thread_count():
         assert done.returncode == 0, done.stderr[-3000:]
         digests.add(done.stdout.strip())
     assert len(digests) == 1
+
+
+def test_cpp_large_gradient_streamed_stores():
+    # A gradient of >= 8 MiB is written with streaming stores from a staged row; an odd H * W
+    # leaves the class rows unaligned, so the scalar head/tail of every row is exercised too.
+    logits, regions, labels = make_case(1, 4, 725, 725, 9, seed=29, dtype=torch.float32)
+    assert logits.float().numel() * 4 >= 8 << 20
+    logits = logits.float()
+    ce, mp, g = _loss_and_grad(logits, regions, labels, 0.3, "pixel", "cpp")
+    r_ce, r_mp, r_g = _loss_and_grad(logits, regions, labels, 0.3, "pixel", "reference")
+    torch.testing.assert_close(ce, r_ce, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(mp, r_mp, rtol=1e-4, atol=1e-6)
+    _close_grad(g, r_g.double())
+    unlabeled = (labels.sum(-1)[0][regions[0].clamp(min=0)] == 0) | (regions[0] < 0)
+    assert bool(unlabeled.any()) and bool((g[0][:, unlabeled] == 0).all())
