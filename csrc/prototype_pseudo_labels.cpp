@@ -465,7 +465,10 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
           }
           static const int dys[4] = {0, 1, 1, 1};
           static const int dxs[4] = {1, 0, 1, -1};
-          for (int k = 0; k < 4; ++k) {
+          // most pixels are inside their region: all four forward neighbours share its id
+          const bool inner = y + 1 < H && x >= 1 && x + 1 < W && reg[p + 1] == reg[p] && reg[p + W - 1] == reg[p] &&
+                             reg[p + W] == reg[p] && reg[p + W + 1] == reg[p];
+          for (int k = 0; k < 4 && !inner; ++k) {
             const int64_t yy = y + dys[k], xx = x + dxs[k];
             if (yy >= H || xx < 0 || xx >= W) continue;
             const int64_t q = static_cast<int64_t>(reg[yy * W + xx]);
