@@ -27,8 +27,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -77,6 +81,115 @@ PPL_INLINE float dot8(const float* __restrict a, const float* __restrict b, int6
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+// out[j] = dot8(a, bs[j], n) for j < m. The baseline build calls dot8 per vector; the AVX2/FMA
+// build (dots_fma) sweeps up to four vectors at once with the same per-lane FMA order, so the
+// results are bit-identical to dot8 there, but four independent chains hide the FMA latency
+// that makes a single dot8 latency-bound.
+inline void dots_base(const float* __restrict a, const float* const* bs, int64_t m, int64_t n, float* out) {
+  for (int64_t j = 0; j < m; ++j) out[j] = dot8(a, bs[j], n);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define PPL_HAVE_FMA_CLONE 1
+__attribute__((target("avx2,fma"))) inline float lanes_sum(__m256 v) {
+  alignas(32) float acc[8];
+  _mm256_store_ps(acc, v);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <int NV>
+__attribute__((target("avx2,fma"))) inline void dots_fma_n(const float* __restrict a, const float* const* bs,
+                                                             int64_t n, float* out) {
+  __m256 acc[NV];
+  for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 va = _mm256_loadu_ps(a + i);
+    for (int v = 0; v < NV; ++v) acc[v] = _mm256_fmadd_ps(va, _mm256_loadu_ps(bs[v] + i), acc[v]);
+  }
+  for (int v = 0; v < NV; ++v) {
+    if (i < n) {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, acc[v]);
+      for (int64_t j = i, l = 0; j < n; ++j, ++l) t[l] = std::fma(a[j], bs[v][j], t[l]);
+      acc[v] = _mm256_load_ps(t);
+    }
+    out[v] = lanes_sum(acc[v]);
+  }
+}
+
+__attribute__((target("avx2,fma"))) void dots_fma(const float* __restrict a, const float* const* bs, int64_t m,
+                                                  int64_t n, float* out) {
+  int64_t j = 0;
+  for (; j + 4 <= m; j += 4) dots_fma_n<4>(a, bs + j, n, out + j);
+  switch (m - j) {
+    case 3: dots_fma_n<3>(a, bs + j, n, out + j); break;
+    case 2: dots_fma_n<2>(a, bs + j, n, out + j); break;
+    case 1: dots_fma_n<1>(a, bs + j, n, out + j); break;
+    default: break;
+  }
+}
+#endif
+
+using DotsFn = void (*)(const float*, const float* const*, int64_t, int64_t, float*);
+
+// Channels-last copy of float32 features for pixels [i0, i1): dst[i * D + d] = src[d * FHW + i].
+// The AVX2 version transposes 8x8 tiles in registers; both only move values.
+using CopyFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, float*);
+
+inline void copy_cl_base(const float* __restrict src, int64_t FHW, int64_t D, int64_t i0, int64_t i1,
+                         float* __restrict dst) {
+  for (int64_t d0 = 0; d0 < D; d0 += 8)
+    for (int64_t t0 = i0; t0 < i1; t0 += 8)
+      for (int64_t i = t0; i < std::min(i1, t0 + 8); ++i)
+        for (int64_t d = d0; d < std::min(D, d0 + 8); ++d) dst[i * D + d] = src[d * FHW + i];
+}
+
+#ifdef PPL_HAVE_FMA_CLONE
+__attribute__((target("avx2,fma"))) void copy_cl_avx2(const float* __restrict src, int64_t FHW, int64_t D, int64_t i0,
+                                                      int64_t i1, float* __restrict dst) {
+  int64_t d0 = 0;
+  for (; d0 + 8 <= D; d0 += 8) {
+    int64_t t0 = i0;
+    for (; t0 + 8 <= i1; t0 += 8) {
+      const float* s0 = src + d0 * FHW + t0;
+      const __m256 r0 = _mm256_loadu_ps(s0), r1 = _mm256_loadu_ps(s0 + FHW), r2 = _mm256_loadu_ps(s0 + 2 * FHW),
+                   r3 = _mm256_loadu_ps(s0 + 3 * FHW), r4 = _mm256_loadu_ps(s0 + 4 * FHW),
+                   r5 = _mm256_loadu_ps(s0 + 5 * FHW), r6 = _mm256_loadu_ps(s0 + 6 * FHW),
+                   r7 = _mm256_loadu_ps(s0 + 7 * FHW);
+      const __m256 a0 = _mm256_unpacklo_ps(r0, r1), a1 = _mm256_unpackhi_ps(r0, r1), a2 = _mm256_unpacklo_ps(r2, r3),
+                   a3 = _mm256_unpackhi_ps(r2, r3), a4 = _mm256_unpacklo_ps(r4, r5), a5 = _mm256_unpackhi_ps(r4, r5),
+                   a6 = _mm256_unpacklo_ps(r6, r7), a7 = _mm256_unpackhi_ps(r6, r7);
+      const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE),
+                   b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE),
+                   b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE),
+                   b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+      float* o = dst + t0 * D + d0;
+      _mm256_storeu_ps(o + 0 * D, _mm256_permute2f128_ps(b0, b4, 0x20));
+      _mm256_storeu_ps(o + 1 * D, _mm256_permute2f128_ps(b1, b5, 0x20));
+      _mm256_storeu_ps(o + 2 * D, _mm256_permute2f128_ps(b2, b6, 0x20));
+      _mm256_storeu_ps(o + 3 * D, _mm256_permute2f128_ps(b3, b7, 0x20));
+      _mm256_storeu_ps(o + 4 * D, _mm256_permute2f128_ps(b0, b4, 0x31));
+      _mm256_storeu_ps(o + 5 * D, _mm256_permute2f128_ps(b1, b5, 0x31));
+      _mm256_storeu_ps(o + 6 * D, _mm256_permute2f128_ps(b2, b6, 0x31));
+      _mm256_storeu_ps(o + 7 * D, _mm256_permute2f128_ps(b3, b7, 0x31));
+    }
+    for (int64_t i = t0; i < i1; ++i)
+      for (int64_t d = d0; d < d0 + 8; ++d) dst[i * D + d] = src[d * FHW + i];
+  }
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t d = d0; d < D; ++d) dst[i * D + d] = src[d * FHW + i];
+}
+#endif
+
+inline CopyFn pick_copy() {
+#ifdef PPL_HAVE_FMA_CLONE
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return copy_cl_avx2;
+#endif
+  return copy_cl_base;
+}
+
 // The per-pixel hot path: bilinear interpolation of one pixel's feature into u (same operation
 // order as PyTorch's CPU kernel), its norm, and the clamped cosine to the unit prototypes
 // klist[0..nk) into s. Returns max(|u|, eps).
@@ -84,12 +197,31 @@ PPL_INLINE float pixel_sims_body(const float* __restrict f00, const float* __res
                                  const float* __restrict f10, const float* __restrict f11, float bl0, float bl1,
                                  float al0, float al1, int64_t D, const float* __restrict protos,
                                  const int64_t* __restrict klist, int64_t nk, float* __restrict u,
-                                 float* __restrict s) {
+                                 float* __restrict s, DotsFn dots) {
   for (int64_t d = 0; d < D; ++d) u[d] = (f00[d] * bl0 + f01[d] * bl1) * al0 + (f10[d] * bl0 + f11[d] * bl1) * al1;
-  const float n = std::max(std::sqrt(dot8(u, u, D)), kEps);
-  for (int64_t j = 0; j < nk; ++j) {
-    const float v = dot8(u, protos + klist[j] * D, D) / n;
-    s[j] = std::min(std::max(v, -1.f), 1.f);
+  // |u|^2 and the nk prototype dots in sweeps of four independent chains
+  const float* bs[4];
+  float dv[4];
+  bs[0] = u;
+  int64_t m = 1, j0 = 0;
+  float n = 0.f;
+  bool first = true;
+  for (int64_t j = 0; j <= nk; ++j) {
+    if (j < nk) bs[m++] = protos + klist[j] * D;
+    if (m == 4 || (j == nk && m > 0)) {
+      dots(u, bs, m, D, dv);
+      int64_t o = 0;
+      if (first) {
+        n = std::max(std::sqrt(dv[0]), kEps);
+        o = 1;
+        first = false;
+      }
+      for (; o < m; ++o, ++j0) {
+        const float v = dv[o] / n;
+        s[j0] = std::min(std::max(v, -1.f), 1.f);
+      }
+      m = 0;
+    }
   }
   return n;
 }
@@ -100,7 +232,7 @@ using SimsFn = float (*)(const float*, const float*, const float*, const float*,
 float pixel_sims_base(const float* f00, const float* f01, const float* f10, const float* f11, float bl0, float bl1,
                       float al0, float al1, int64_t D, const float* protos, const int64_t* klist, int64_t nk, float* u,
                       float* s) {
-  return pixel_sims_body(f00, f01, f10, f11, bl0, bl1, al0, al1, D, protos, klist, nk, u, s);
+  return pixel_sims_body(f00, f01, f10, f11, bl0, bl1, al0, al1, D, protos, klist, nk, u, s, dots_base);
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -111,7 +243,7 @@ __attribute__((target("avx2,fma"))) float pixel_sims_avx2(const float* f00, cons
                                                           const float* f11, float bl0, float bl1, float al0, float al1,
                                                           int64_t D, const float* protos, const int64_t* klist,
                                                           int64_t nk, float* u, float* s) {
-  return pixel_sims_body(f00, f01, f10, f11, bl0, bl1, al0, al1, D, protos, klist, nk, u, s);
+  return pixel_sims_body(f00, f01, f10, f11, bl0, bl1, al0, al1, D, protos, klist, nk, u, s, dots_fma);
 }
 #endif
 
@@ -122,19 +254,40 @@ __attribute__((target("avx2,fma"))) float pixel_sims_avx2(const float* f00, cons
 // of every pixel in the box with a few scalar operations.
 PPL_INLINE void table_body(const float* __restrict feat, int64_t fw, int64_t D, int64_t i_lo, int64_t bh, int64_t j_lo,
                            int64_t bw, const float* __restrict protos, const int64_t* __restrict klist, int64_t nk,
-                           float* __restrict dk, float* __restrict g) {
+                           float* __restrict dk, float* __restrict g, DotsFn dots) {
   for (int64_t ti = 0; ti < bh; ++ti)
     for (int64_t tj = 0; tj < bw; ++tj) {
       const int64_t t = ti * bw + tj;
       const float* f = feat + ((i_lo + ti) * fw + j_lo + tj) * D;
-      for (int64_t j = 0; j < nk; ++j) dk[t * nk + j] = dot8(f, protos + klist[j] * D, D);
       const bool right = tj + 1 < bw, down = ti + 1 < bh;
       const float* fr = f + D;
       const float* fd = f + fw * D;
-      g[t * 5 + 0] = dot8(f, f, D);
-      g[t * 5 + 1] = right ? dot8(f, fr, D) : 0.f;
-      g[t * 5 + 2] = down ? dot8(f, fd, D) : 0.f;
-      g[t * 5 + 3] = right && down ? dot8(f, fd + D, D) : 0.f;
+      // every dot with f in sweeps of four independent chains (see dots8)
+      const float* bs[4];
+      float* dst[4];
+      float dv[4];
+      int64_t m = 0;
+      auto push = [&](const float* b, float* d) {
+        bs[m] = b;
+        dst[m++] = d;
+        if (m == 4) {
+          dots(f, bs, m, D, dv);
+          for (int64_t o = 0; o < m; ++o) *dst[o] = dv[o];
+          m = 0;
+        }
+      };
+      push(f, &g[t * 5 + 0]);
+      if (right) push(fr, &g[t * 5 + 1]);
+      if (down) push(fd, &g[t * 5 + 2]);
+      if (right && down) push(fd + D, &g[t * 5 + 3]);
+      for (int64_t j = 0; j < nk; ++j) push(protos + klist[j] * D, &dk[t * nk + j]);
+      if (m > 0) {
+        dots(f, bs, m, D, dv);
+        for (int64_t o = 0; o < m; ++o) *dst[o] = dv[o];
+      }
+      if (!right) g[t * 5 + 1] = 0.f;
+      if (!down) g[t * 5 + 2] = 0.f;
+      g[t * 5 + 3] = right && down ? g[t * 5 + 3] : 0.f;
       g[t * 5 + 4] = right && down ? dot8(fr, fd, D) : 0.f;
     }
 }
@@ -144,14 +297,14 @@ using TableFn = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64
 
 void table_base(const float* feat, int64_t fw, int64_t D, int64_t i_lo, int64_t bh, int64_t j_lo, int64_t bw,
                 const float* protos, const int64_t* klist, int64_t nk, float* dk, float* g) {
-  table_body(feat, fw, D, i_lo, bh, j_lo, bw, protos, klist, nk, dk, g);
+  table_body(feat, fw, D, i_lo, bh, j_lo, bw, protos, klist, nk, dk, g, dots_base);
 }
 
 #if defined(__GNUC__) && defined(__x86_64__)
 __attribute__((target("avx2,fma"))) void table_avx2(const float* feat, int64_t fw, int64_t D, int64_t i_lo, int64_t bh,
                                                     int64_t j_lo, int64_t bw, const float* protos, const int64_t* klist,
                                                     int64_t nk, float* dk, float* g) {
-  table_body(feat, fw, D, i_lo, bh, j_lo, bw, protos, klist, nk, dk, g);
+  table_body(feat, fw, D, i_lo, bh, j_lo, bw, protos, klist, nk, dk, g, dots_fma);
 }
 #endif
 
@@ -240,6 +393,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
   const int nthreads = num_threads();
   const SimsFn sims_fn = pick_sims();
   const TableFn table_fn = pick_table();
+  const CopyFn copy_fn = pick_copy();
   // Scratch that scales with the image lives in grow-only per-calling-thread buffers: a fresh
   // multi-megabyte allocation per call costs more in first-touch page faults than the pass
   // that fills it.
@@ -273,6 +427,16 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     int64_t S = 0;
     for (int64_t i = 0; i < R * C; ++i)
       if (lab[i]) slot[i] = S++;
+    // (class, slot) of each region's labeled classes, for the argmax bound below
+    std::vector<int64_t> rs_start(R + 1, 0), rs_c, rs_sl;
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t c = 0; c < C; ++c)
+        if (slot[r * C + c] >= 0) {
+          rs_c.push_back(c);
+          rs_sl.push_back(slot[r * C + c]);
+        }
+      rs_start[r + 1] = static_cast<int64_t>(rs_c.size());
+    }
 
     // ---- pass 1: ids, adjacency, prototype argmax ---------------------------------------
     std::vector<std::vector<float>> tbest(nthreads);
@@ -301,7 +465,10 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
           }
           static const int dys[4] = {0, 1, 1, 1};
           static const int dxs[4] = {1, 0, 1, -1};
-          for (int k = 0; k < 4; ++k) {
+          // most pixels are inside their region: all four forward neighbours share its id
+          const bool inner = y + 1 < H && x >= 1 && x + 1 < W && reg[p + 1] == reg[p] && reg[p + W - 1] == reg[p] &&
+                             reg[p + W] == reg[p] && reg[p + W + 1] == reg[p];
+          for (int k = 0; k < 4 && !inner; ++k) {
             const int64_t yy = y + dys[k], xx = x + dxs[k];
             if (yy >= H || xx < 0 || xx >= W) continue;
             const int64_t q = static_cast<int64_t>(reg[yy * W + xx]);
@@ -327,6 +494,15 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
             nf = 1;
             continue;
           }
+          // (z_c - m) - lse <= z_c - m in float arithmetic (lse >= 0), so a pixel whose every
+          // bound loses to the running best cannot win a slot: skip its C exps
+          bool may_win = false;
+          for (int64_t e = rs_start[r]; e < rs_start[r + 1] && !may_win; ++e) {
+            const int64_t sl = rs_sl[e];
+            const float ub = z[rs_c[e]] - m;
+            may_win = ub > best[sl] || (ub == best[sl] && p < bidx[sl]);
+          }
+          if (!may_win) continue;
           float rest = 0.f;
           for (int64_t c = 0; c < C; ++c)
             if (c != am) rest += std::exp(z[c] - m);
@@ -409,6 +585,10 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
         for (int64_t i = i0; i < i1; ++i) any = any || need[i];
         if (!any) continue;
         const scalar_t* src = features + b * D * FHW;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          copy_fn(src, FHW, D, i0, i1, feat.data());
+          continue;
+        }
         for (int64_t d0 = 0; d0 < D; d0 += 8) {
           for (int64_t t0 = i0; t0 < i1; t0 += 8) {
             if (d0 + 8 <= D && t0 + 8 <= i1) {

@@ -367,6 +367,21 @@ def test_confident_pixels_stay_apart(backend):
     assert info.prototype_index[0, 0, 0] == 2
 
 
+def test_prototype_argmax_skips_nothing_that_could_win(backend):
+    # the cpp pass skips a pixel's exps when (z_c - max) cannot beat the running best; the pixels
+    # here sit on both sides of that bound: pixel 0 has c=0 as its argmax but a low log-prob,
+    # pixel 1 is the best, pixel 2 ties it exactly (the smaller index must stay), pixel 3's
+    # bound loses; for class 2, pixel 4 is the best and pixel 5 passes the bound but loses
+    f = torch.randn(1, 2, 1, 6, generator=torch.Generator().manual_seed(1))
+    lg = torch.tensor([[1.0, 5.0, 5.0, 0.0, 0.0, 0.0],
+                       [1.0, 0.0, 0.0, 9.0, 0.0, 3.0],
+                       [0.0, 0.0, 0.0, 0.0, 2.0, 3.0]]).view(1, 3, 1, 6)
+    reg = torch.zeros(1, 1, 6, dtype=torch.int64)
+    lab = torch.tensor([[[True, False, True]]])
+    _, info = run(backend, f, lg, reg, lab)
+    assert info.prototype_index[0, 0].tolist() == [1, -1, 4]
+
+
 def test_cpp_result_does_not_depend_on_thread_count(tmp_path):
     # the per-thread argmax partials, adjacency pairs and dynamic schedules must not leak into
     # the result: rerun in a single-threaded process and compare bit for bit
