@@ -295,47 +295,6 @@ def test_default_triton_blocks(monkeypatch):
         _close_grad(g, r_g.double())
 
 
-_AOT_COMPILE = """
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-from mulact.kernels import partial_label_loss as pll
-from mulact.kernels import region_class_argmax as rca
-
-
-def compile_(fn, signature, constexprs):
-    signature = {k: ("constexpr" if k in constexprs else v) for k, v in signature.items()}
-    triton.compile(ASTSource(fn, signature, constexprs=constexprs), target=GPUTarget("cuda", 90, 32))
-
-
-common = dict(logits_ptr="*fp16", regions_ptr="*i32", labels_ptr="*u8")
-sizes = dict(C="i32", HW="i32", R="i32", inv_t="fp32")
-meta = dict(BLOCK_C=32, BLOCK_P=128, ACC=tl.float32)
-compile_(pll.partial_label_loss_fwd_kernel,
-         dict(**common, kind_ptr="*i8", weight_ptr="*fp32", sums_ptr="*fp32", counts_ptr="*i32",
-              status_ptr="*i32", **sizes, HAS_WEIGHT="", BLOCK_C="", BLOCK_P="", ACC=""),
-         dict(HAS_WEIGHT=True, **meta))
-compile_(pll.partial_label_loss_bwd_kernel,
-         dict(**common, scale_ptr="*fp32", grad_ptr="*fp16", **sizes, BLOCK_C="", BLOCK_P="", ACC=""), meta)
-compile_(rca.region_class_argmax_kernel,
-         dict(**common, active_ptr="*i8", keys_ptr="*i64", index_ptr="*i64", status_ptr="*i32", **sizes,
-              PASS="", BLOCK_C="", BLOCK_P="", ACC=""),
-         dict(PASS=0, **meta))
-print("compiled")
-"""
-
-
-def test_triton_kernels_compile_for_cuda():
-    # The interpreter is more permissive than the compiler (dtypes, scalar atomics, constexpr
-    # arguments): compile the loss and argmax kernels for sm_90 ahead of time, no GPU needed.
-    # A fresh process, because this one runs the kernels under TRITON_INTERPRET=1.
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
-    done = subprocess.run([sys.executable, "-c", _AOT_COMPILE], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
-
-
 def test_cpp_many_chunks_and_tiles():
     # Several C++ work chunks per image, each with more active pixels than one tile holds.
     logits, regions, labels = make_case(2, 3, 48, 101, 6, seed=23, label_sizes=(1, 2, 3), absent=0)

@@ -1,0 +1,254 @@
+"""Ahead-of-time compilation of every launched Triton kernel for sm_90, no GPU needed.
+
+The interpreter (``TRITON_INTERPRET=1``, how the other tests run the kernels on CPU) accepts
+code the real compiler rejects: dtype mismatches, scalar atomics, constexprs re-declared in a
+loop. Each kernel is compiled here with the argument dtypes and constexpr values its launcher
+passes (see the launcher named beside each group), in one fresh process with the interpreter
+off, and each variant reports on its own.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOATS = ("fp32", "fp16", "bf16", "fp64")
+
+
+def _acc(fp: str) -> str:
+    return "fp64" if fp == "fp64" else "fp32"
+
+
+def _acc_tl(fp: str) -> str:
+    return "tl.float64" if fp == "fp64" else "tl.float32"
+
+
+def _npow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _loss_blocks(num_classes: int, hw: int) -> tuple[int, int]:
+    # mirrors kernels/partial_label_loss.py::block_sizes (checked against it in the child)
+    block_c = _npow2(max(num_classes, 1))
+    block_p = max(16, min(1024, 4096 // block_c))
+    return block_c, min(block_p, max(16, _npow2(hw)))
+
+
+def _partial_label_loss():
+    # mulact/ops/partial_label_loss.py: _forward_triton / _backward_triton
+    cases = []
+    fwd = [("fp32", "i32", True, 19), ("fp32", "i32", False, 19), ("fp16", "i64", True, 19),
+           ("bf16", "i32", False, 19), ("fp64", "i64", True, 19), ("fp32", "i64", False, 1)]
+    for fp, ri, weight, c in fwd:
+        bc, bp = _loss_blocks(c, 1 << 20)
+        cases.append((f"partial_label_loss_fwd-{fp}-{ri}-weight{int(weight)}-C{c}",
+                      "partial_label_loss.partial_label_loss_fwd_kernel",
+                      dict(logits_ptr=f"*{fp}", regions_ptr=f"*{ri}", labels_ptr="*u8", kind_ptr="*i8",
+                           weight_ptr=f"*{_acc(fp)}", sums_ptr=f"*{_acc(fp)}", counts_ptr="*i32", status_ptr="*i32",
+                           C="i32", HW="i32", R="i32", inv_t="fp32"),
+                      dict(HAS_WEIGHT=weight, BLOCK_C=bc, BLOCK_P=bp, ACC=_acc_tl(fp))))
+    for fp, ri, c in (("fp32", "i32", 19), ("fp16", "i64", 19), ("bf16", "i32", 2), ("fp64", "i64", 19)):
+        bc, bp = _loss_blocks(c, 1 << 20)
+        cases.append((f"partial_label_loss_bwd-{fp}-{ri}-C{c}", "partial_label_loss.partial_label_loss_bwd_kernel",
+                      dict(logits_ptr=f"*{fp}", regions_ptr=f"*{ri}", labels_ptr="*u8", scale_ptr=f"*{_acc(fp)}",
+                           grad_ptr=f"*{fp}", C="i32", HW="i32", R="i32", inv_t="fp32"),
+                      dict(BLOCK_C=bc, BLOCK_P=bp, ACC=_acc_tl(fp))))
+    return cases
+
+
+def _region_class_argmax():
+    # mulact/ops/region_class_argmax.py: _argmax_triton (PASS 0 packed keys; fp64 runs PASS 1 then 2)
+    cases = []
+    for fp, ri, passes in (("fp32", "i32", (0,)), ("fp16", "i64", (0,)), ("bf16", "i32", (0,)),
+                           ("fp64", "i64", (1, 2))):
+        bc, bp = _loss_blocks(19, 1 << 20)
+        for p in passes:
+            cases.append((f"region_class_argmax-{fp}-{ri}-PASS{p}", "region_class_argmax.region_class_argmax_kernel",
+                          dict(logits_ptr=f"*{fp}", regions_ptr=f"*{ri}", labels_ptr="*u8", active_ptr="*i8",
+                               keys_ptr="*i64", index_ptr="*i64", status_ptr="*i32",
+                               C="i32", HW="i32", R="i32", inv_t="fp32"),
+                          dict(PASS=p, BLOCK_C=bc, BLOCK_P=bp, ACC=_acc_tl(fp))))
+    return cases
+
+
+def _region_reduce():
+    # kernels/region_reduce.py: region_sum_triton / region_extremum_triton / region_gather_triton;
+    # max vs min is the runtime `sign`, so one compile covers both.
+    cases = []
+    blk = dict(BLOCK=256, LOG2_BLOCK=8)
+    for fp, ri, with_values in (("fp32", "i32", True), ("fp16", "i64", True), ("bf16", "i32", True),
+                                ("fp64", "i64", True), ("fp32", "i64", False), ("fp64", "i32", False)):
+        acc = _acc(fp)
+        cases.append((f"region_reduce_sum-{fp}-{ri}-values{int(with_values)}", "region_reduce._region_sum_kernel",
+                      dict(x_ptr=f"*{fp if with_values else acc}", reg_ptr=f"*{ri}", out_ptr=f"*{acc}",
+                           cnt_ptr="*i32", status_ptr="*i32", K="i32", N="i32", R="i32"),
+                      dict(WITH_VALUES=with_values, ACC_FP64=acc == "fp64", **blk)))
+    for fp, ri in (("fp32", "i32"), ("fp16", "i64"), ("bf16", "i32"), ("fp64", "i64")):
+        acc = _acc(fp)
+        sig = dict(x_ptr=f"*{fp}", reg_ptr=f"*{ri}", best_ptr=f"*{acc}")
+        cases.append((f"region_reduce_max-{fp}-{ri}", "region_reduce._region_max_kernel",
+                      dict(**sig, status_ptr="*i32", K="i32", N="i32", R="i32", sign="fp32"),
+                      dict(ACC_FP64=acc == "fp64", **blk)))
+        cases.append((f"region_reduce_argbest-{fp}-{ri}", "region_reduce._region_argbest_kernel",
+                      dict(**sig, arg_ptr="*i64", K="i32", N="i32", R="i32", sign="fp32"),
+                      dict(ACC_FP64=acc == "fp64", **blk)))
+        cases.append((f"region_reduce_gather-{fp}-{ri}", "region_reduce._region_gather_kernel",
+                      dict(g_ptr=f"*{acc}", reg_ptr=f"*{ri}", out_ptr=f"*{fp}", K="i32", N="i32", R="i32"),
+                      dict(BLOCK=256)))
+    return cases
+
+
+def _region_uncertainty_stats():
+    # kernels/region_uncertainty_stats.py: region_uncertainty_stats_triton, MEASURE 0..3
+    cases = []
+    for fp, ri, measure, c in (("fp32", "i32", 0, 19), ("fp32", "i64", 1, 19), ("fp32", "i32", 2, 19),
+                               ("fp32", "i32", 3, 19), ("fp16", "i64", 2, 19), ("bf16", "i32", 0, 2),
+                               ("fp64", "i64", 1, 19), ("fp32", "i32", 2, 1)):
+        acc = _acc(fp)
+        c_pad = _npow2(c)
+        block = max(16, min(256, 4096 // c_pad))
+        cases.append((f"region_uncertainty_stats-{fp}-{ri}-MEASURE{measure}-C{c}",
+                      "region_uncertainty_stats._region_uncertainty_stats_kernel",
+                      dict(x_ptr=f"*{fp}", reg_ptr=f"*{ri}", u_ptr=f"*{acc}", n_ptr="*i32", prob_ptr=f"*{acc}",
+                           status_ptr="*i32", C="i32", N="i32", R="i32", inv_t="fp32"),
+                      dict(MEASURE=measure, C_PAD=c_pad, BLOCK=block, LOG2_BLOCK=block.bit_length() - 1,
+                           ACC_FP64=acc == "fp64")))
+    return cases
+
+
+def _region_adjacency():
+    # kernels/region_adjacency.py: adjacency_keys
+    return [(f"region_adjacency-{ri}", "region_adjacency._adjacency_kernel",
+             dict(reg_ptr=f"*{ri}", key_ptr="*i64", status_ptr="*i32", H="i32", W="i32", R="i32"), dict(BLOCK=256))
+            for ri in ("i32", "i64")]
+
+
+def _region_labels_from_mask():
+    # kernels/region_labels_from_mask.py: region_class_counts (gt passes through in its own int dtype)
+    cases = [(f"region_labels_boundary-{ri}", "region_labels_from_mask._boundary_kernel",
+              dict(reg_ptr=f"*{ri}", bnd_ptr="*u8", H="i32", W="i32"), dict(BLOCK=256)) for ri in ("i32", "i64")]
+    for ri, gt, trim in (("i32", "i64", 0), ("i64", "i32", 3), ("i32", "u8", 4), ("i64", "i16", 1),
+                         ("i32", "i8", 3)):
+        cases.append((f"region_labels_band_count-{ri}-gt{gt}-TRIM{trim}", "region_labels_from_mask._band_count_kernel",
+                      dict(reg_ptr=f"*{ri}", gt_ptr=f"*{gt}", bnd_ptr="*u8", whole_ptr="*i32", trim_ptr="*i32",
+                           status_ptr="*i32", badgt_ptr="*i64", H="i32", W="i32", R="i32", C="i32", IGNORE="i32"),
+                      dict(TRIM=trim, LO=(trim - 1) // 2 if trim > 0 else 0, BLOCK=256)))
+    return cases
+
+
+def _prototype_pseudo_labels():
+    # kernels/prototype_pseudo_labels.py: prototype_pseudo_labels_triton and _assign
+    cases = []
+    for fp, ri, do_adj, c in (("fp32", "i32", True, 19), ("fp16", "i64", False, 19), ("bf16", "i32", True, 2),
+                              ("fp64", "i64", True, 1)):
+        bc = max(2, _npow2(c))
+        cases.append((f"prototype_scan-{fp}-{ri}-DO_ADJ{int(do_adj)}-C{c}", "prototype_pseudo_labels._scan_kernel",
+                      dict(reg_ptr=f"*{ri}", labeled_ptr="*u8", lidx_ptr="*i64", labels_ptr="*u8",
+                           logits_ptr=f"*{fp}", best_ptr="*fp32", adj_ptr="*u8", status_ptr="*i32",
+                           N="i32", H="i32", W="i32", R="i32", C="i32", L="i32", tau="fp32"),
+                      dict(DO_ADJ=do_adj, BLOCK=256, BLOCK_C=bc)))
+        cases.append((f"prototype_argmin-{fp}-{ri}-C{c}", "prototype_pseudo_labels._argmin_kernel",
+                      dict(reg_ptr=f"*{ri}", labeled_ptr="*u8", labels_ptr="*u8", logits_ptr=f"*{fp}",
+                           best_ptr="*fp32", idx_ptr="*i64", N="i32", H="i32", W="i32", R="i32", C="i32",
+                           tau="fp32"),
+                      dict(BLOCK=256, BLOCK_C=bc)))
+    geom = dict(HW="i32", W="i32", fh="i32", fw="i32", D="i32")
+    for d in (64, 3):
+        cases.append((f"prototype_proto-D{d}", "prototype_pseudo_labels._proto_kernel",
+                      dict(feat_ptr="*fp32", pix_ptr="*i64", out_ptr="*fp32", K="i32", **geom,
+                           scale_h="fp32", scale_w="fp32", eps="fp32"),
+                      dict(BLOCK_K=16, BLOCK_D=max(2, min(256, _npow2(d))))))
+    for record, d, block_k in ((True, 64, 16), (False, 64, 2), (False, 512, 16), (True, 3, 4)):
+        cases.append((f"prototype_assign-RECORD{int(record)}-D{d}-K{block_k}", "prototype_pseudo_labels._assign_kernel",
+                      dict(feat_ptr="*fp32", protos_ptr="*fp32", thr_ptr="*fp32", kcls_ptr="*i64", plist_ptr="*i64",
+                           pix_ptr="*i64", tile_pix0_ptr="*i64", tile_npix_ptr="*i64", tile_pl0_ptr="*i64",
+                           tile_npl_ptr="*i64", out_ptr="*i64", rec_k_ptr="*i64", rec_s_ptr="*fp32",
+                           **geom, C="i32", scale_h="fp32", scale_w="fp32", eps="fp32"),
+                      dict(RECORD=record, BLOCK_P=64, BLOCK_K=block_k,
+                           BLOCK_D=max(2, min(_npow2(d), 4096 // (64 * block_k))))))
+    return cases
+
+
+CASES = (_partial_label_loss() + _region_class_argmax() + _region_reduce() + _region_uncertainty_stats()
+         + _region_adjacency() + _region_labels_from_mask() + _prototype_pseudo_labels())
+
+
+def _compile_all() -> None:
+    """Child process: compile every case for sm_90 and print one JSON line per case."""
+    import importlib
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mulact.kernels import partial_label_loss as pll
+
+    assert pll.block_sizes(19, 1 << 20) == _loss_blocks(19, 1 << 20)
+    assert pll.block_sizes(1, 1 << 20) == _loss_blocks(1, 1 << 20)
+    target = GPUTarget("cuda", 90, 32)
+    for name, kernel, signature, constexprs in CASES:
+        module, attr = kernel.split(".")
+        fn = getattr(importlib.import_module(f"mulact.kernels.{module}"), attr)
+        constexprs = {k: (getattr(tl, v[3:]) if isinstance(v, str) and v.startswith("tl.") else v)
+                      for k, v in constexprs.items()}
+        params = [p.name for p in fn.params]
+        start = time.perf_counter()
+        try:
+            unknown = set(signature) - set(params)
+            if unknown:
+                raise TypeError(f"signature names {sorted(unknown)} that {attr} does not take")
+            missing = [p for p in params if p not in signature and p not in constexprs]
+            if missing:
+                raise TypeError(f"no dtype or constexpr value for {missing} of {attr}")
+            full = {p: ("constexpr" if p in constexprs else signature[p]) for p in params}
+            triton.compile(ASTSource(fn, full, constexprs=constexprs), target=target)
+            record = dict(case=name, ok=True)
+        except Exception as err:  # reported per case by the parent
+            cause = f"\ncaused by {type(err.__cause__).__name__}: {err.__cause__}" if err.__cause__ else ""
+            record = dict(case=name, ok=False, error=f"{type(err).__name__}: {err}{cause}"[-4000:])
+        record["seconds"] = round(time.perf_counter() - start, 2)
+        print(json.dumps(record), flush=True)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    # A fresh process, because this one runs the kernels under TRITON_INTERPRET=1; an empty
+    # cache, so that every variant goes through the compiler on every run.
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1",
+               TRITON_CACHE_DIR=str(tmp_path_factory.mktemp("triton-cache")))
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900,
+                          cwd=ROOT)
+    results = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            results[record["case"]] = record
+    return results, done
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_kernel_compiles_for_sm90(compiled, case):
+    results, done = compiled
+    assert case in results, f"compile process ended early (rc={done.returncode}): {done.stderr[-3000:]}"
+    record = results[case]
+    assert record["ok"], f"{case} does not compile for sm_90: {record['error']}"
+
+
+def test_every_launched_kernel_is_covered():
+    # Any `<kernel>[grid](...)` launch in the library must have a compile case above.
+    launched = set()
+    for path in list((ROOT / "kernels").glob("*.py")) + list((ROOT / "mulact" / "ops").glob("*.py")):
+        launched |= set(re.findall(r"(\w+_kernel)\[", path.read_text()))
+    covered = {c[1].split(".")[1] for c in CASES}
+    assert len(launched) >= 13
+    assert launched <= covered, sorted(launched - covered)
+
+
+if __name__ == "__main__":
+    _compile_all()
