@@ -135,13 +135,15 @@ PRESETS: dict[str, dict] = {
         eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4,
         acquisition_batch_size=8, eval_batch_size=1,
     ),
-    # Laptop-CPU demo on the built-in synthetic dataset: tiny encoder, few iterations.
+    # Laptop-CPU demo on the built-in synthetic dataset: tiny encoder, few iterations. Stage 2 is
+    # on, as in the paper: the whole run takes ~6 minutes on 2 idle cores (~3 without it), and
+    # the stage-2 model is steadier from round to round than stage 1 at 120 iterations.
     "demo": dict(
         name="demo", dataset="demo", encoder="resnet18", encoder_weights=None,
         decoder_channels=64, rounds=4, budget=1000, acquisition="pixbal", labeling="multi",
         nu=6.0, iterations=120, batch_size=4, crop_size=128, scale_min=0.75, scale_max=1.5,
         lr=4e-3, lr_stage2=4e-3, weight_decay=1e-5, region_size=16, superpixel_method="seeds",
-        eval_interval=0, checkpoint_interval=50, stage2=False, num_workers=0,
+        eval_interval=0, checkpoint_interval=50, stage2=True, num_workers=0,
         acquisition_batch_size=8, eval_batch_size=8,
     ),
 }
