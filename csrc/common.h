@@ -160,6 +160,20 @@ inline void report_status(int32_t* status, bool nonfinite, int64_t bad_id) {
   }
 }
 
+// Scales n loaded logits by 1/tau in place; true if any of them was NaN or +-Inf (x - x is
+// NaN exactly for those). Always inlined so that it vectorises inside the callers' ISA clones.
+template <typename A>
+inline __attribute__((always_inline)) bool scale_check_finite(A* z, int64_t n, A inv_t) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t j = 0; j < n; ++j) {
+    const A d = z[j] - z[j];
+    bad |= d != d;
+    z[j] *= inv_t;
+  }
+  return bad != 0;
+}
+
 // Gather the logits of n pixels (flat indices pos[j] of image b, C class rows of HW values)
 // into the class-major tile z (row stride `stride`), multiplied by inv_t. Returns whether a
 // loaded value is NaN/Inf; the check is folded into the vectorised scaling loop.
@@ -171,12 +185,7 @@ inline bool load_scaled_tile(const T* logits, const int64_t* pos, int64_t n, int
     const T* row = logits + (b * C + c) * HW;
     A* zc = z + c * stride;
     for (int64_t j = 0; j < n; ++j) zc[j] = static_cast<A>(to_float(row[pos[j]]));
-#pragma omp simd reduction(| : bad)
-    for (int64_t j = 0; j < n; ++j) {
-      const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
-      bad |= d != d;
-      zc[j] *= inv_t;
-    }
+    bad |= scale_check_finite(zc, n, inv_t);
   }
   return bad != 0;
 }

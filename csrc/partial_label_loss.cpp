@@ -153,12 +153,7 @@ struct Tile {
         __builtin_prefetch(next + p0[k] + m - 1);
         for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<A>(to_float(src[i]));
       }
-#pragma omp simd reduction(| : bad)
-      for (int64_t j = 0; j < n; ++j) {
-        const A d = zc[j] - zc[j];  // NaN exactly when the value is NaN or +-Inf
-        bad |= d != d;
-        zc[j] *= inv_t;
-      }
+      bad |= scale_check_finite(zc, n, inv_t);
     }
     return bad != 0;
   }
