@@ -1,5 +1,5 @@
-"""Prologue pieces shared by the Triton kernels that give each program ``BLOCK`` consecutive
-pixels of one image (grid ``(cdiv(N, BLOCK), B)``)."""
+"""Pieces shared by the Triton kernels: the prologue of kernels that give each program ``BLOCK``
+consecutive pixels of one image (grid ``(cdiv(N, BLOCK), B)``), and small math helpers."""
 import triton  # noqa: F401  (triton.jit below)
 import triton.language as tl
 
@@ -29,3 +29,13 @@ def to_acc(v, ACC_FP64: tl.constexpr):
         return v.to(tl.float64)
     else:
         return v.to(tl.float32)
+
+
+@triton.jit
+def log1p_accurate(u):
+    """log(1 + u), accurate for tiny u (Goldberg): u * log(w) / (w - 1) with w = 1 + u (exact when
+    w == 1). Shared by every kernel that evaluates log-softmax as (z_c - max) - log1p(rest), so
+    region_class_argmax and the stage-2 prototypes pick the same pixels."""
+    w = 1.0 + u
+    d = w - 1.0
+    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))

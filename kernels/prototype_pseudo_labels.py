@@ -30,6 +30,8 @@ import triton.language as tl
 
 from mulact.ops._validate import new_status, raise_on_status
 
+from ._blocks import log1p_accurate
+
 OP = "prototype_pseudo_labels"
 IGNORE_INDEX = 255
 EPS = 1e-12
@@ -50,14 +52,6 @@ def _source_index(o, in_size, scale):
 
 
 @triton.jit
-def _log1p(u):
-    # log(1 + u), accurate for tiny u: log(w) * u / (w - 1) with w = 1 + u (exact when w == 1)
-    w = 1.0 + u
-    d = w - 1.0
-    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))
-
-
-@triton.jit
 def _log_softmax_rows(logits_ptr, b, p, rows, HW, C, tau, BLOCK_C: tl.constexpr):
     # log_softmax over the classes of the pixels `rows`, evaluated like region_class_argmax:
     # (z_c - max) - log1p(sum of the other classes' exp(z - max))
@@ -72,7 +66,7 @@ def _log_softmax_rows(logits_ptr, b, p, rows, HW, C, tau, BLOCK_C: tl.constexpr)
     first = tl.min(tl.where(zm == mx[:, None], cc[None, :], BLOCK_C), 1)
     others = m2 & (cc[None, :] != first[:, None])
     rest = tl.sum(tl.where(others, tl.exp(z - mx[:, None]), 0.0), 1)
-    lsm = (z - mx[:, None]) - _log1p(rest)[:, None]
+    lsm = (z - mx[:, None]) - log1p_accurate(rest)[:, None]
     return lsm, m2, finite, cc
 
 

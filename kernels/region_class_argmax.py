@@ -19,17 +19,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+
+from ._blocks import log1p_accurate
 from .partial_label_loss import _load_tile, _report, block_sizes  # noqa: F401  (shared tile helpers)
 
 MAX_INDEX = 2**31 - 1
-
-
-@triton.jit
-def _log1p(u):
-    """log(1 + u) accurate for tiny u (Goldberg): u * log(w) / (w - 1) with w = 1 + u."""
-    w = 1.0 + u
-    d = w - 1.0
-    return tl.where(d == 0.0, u, tl.log(w) * (u / tl.where(d == 0.0, 1.0, d)))
 
 
 @triton.jit
@@ -58,7 +52,7 @@ def region_class_argmax_kernel(
     first = tl.min(tl.where(xm == mx[None, :], offs_c[:, None], BLOCK_C), 0)
     others = m2 & (offs_c[:, None] != first[None, :])
     rest = tl.sum(tl.where(others, tl.exp(xm - mx[None, :]), 0.0), 0)
-    v = ((x - mx[None, :]) - _log1p(rest)[None, :]) + 0.0  # + 0.0 turns -0.0 into +0.0
+    v = ((x - mx[None, :]) - log1p_accurate(rest)[None, :]) + 0.0  # + 0.0 turns -0.0 into +0.0
     cand = m2 & y
     slot = (b64 * R + ridc[None, :]) * C + offs_c[:, None]
     idx = offs_p[None, :].to(tl.int64) + tl.zeros([BLOCK_C, BLOCK_P], tl.int64)
