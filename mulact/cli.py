@@ -83,13 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args.preset, args.config, overrides)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    from mulact.al.loop import run_experiment
+    from mulact.al.loop import AnswersPending, run_experiment
     from mulact.data import DatasetNotFoundError
 
     print(f"mulact-train: {cfg.name} ({cfg.dataset}, {cfg.rounds} rounds x {cfg.budget} clicks, "
           f"{cfg.acquisition}, {cfg.labeling}-class labels, encoder {cfg.encoder}) -> {cfg.resolved_run_dir()}")
     try:
         run_experiment(cfg)
+    except AnswersPending as err:
+        # Not a failure: the run waits for people. A distinct status lets scripts tell the two apart.
+        print(f"mulact-train: {err}", file=sys.stderr)
+        return 3
     except DatasetNotFoundError as err:
         print(f"mulact-train: error: dataset not found: {err}\n{_layout_hint(cfg.dataset)}", file=sys.stderr)
         return 2

@@ -40,11 +40,12 @@ from mulact.ops.acquisition import measure_for
 
 from .acquisition import acquire, scan_pool, score_pool
 from .data import AugmentedView, build_oracle
+from .oracle import ORACLES, AnswersPending, Oracle, make_oracle, without_ground_truth
 from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Experiment", "run_experiment"]
+__all__ = ["AnswersPending", "Experiment", "run_experiment"]
 
 # Options that may differ between the original command and a rerun of the same run.
 RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size"}
@@ -68,7 +69,11 @@ class Experiment:
         self.echo = echo
         self.dir = cfg.resolved_run_dir()
         self.device = _resolve_device(cfg.device)
+        if cfg.oracle not in ORACLES:
+            raise ValueError(f"oracle: expected one of {ORACLES}, got {cfg.oracle!r}")
         self._build_data()
+        if cfg.oracle == "human":
+            self.train = without_ground_truth(self.train)
         os.makedirs(self.dir, exist_ok=True)
         self._check_config()
 
@@ -92,23 +97,13 @@ class Experiment:
         _atomic(path, lambda fh: fh.write(text.encode()))
 
     def _build_data(self) -> None:
-        from mulact.data import TrainTransform, build_dataset
+        from mulact.data import TrainTransform
+
+        from .data import build_split
 
         cfg = self.cfg
-        kwargs = dict(superpixels=cfg.superpixel_method, region_size=cfg.region_size)
-        demo = None
-        root = cfg.data_root
-        if cfg.dataset == "demo":
-            demo = dict(seed=0, height=cfg.demo_height, width=cfg.demo_width, num_train=cfg.demo_train_images,
-                        num_val=cfg.demo_val_images, progress=True)
-        train_kw = dict(kwargs)
-        if cfg.superpixel_dir:
-            train_kw["superpixel_dir"] = os.path.join(cfg.superpixel_dir, "train")
-        self.train = build_dataset(cfg.dataset, root, "train", demo_options=demo, **train_kw)
-        val_kw = dict(kwargs)
-        if cfg.superpixel_dir:
-            val_kw["superpixel_dir"] = os.path.join(cfg.superpixel_dir, "val")
-        self.val = build_dataset(cfg.dataset, root, "val", demo_options=demo, **val_kw)
+        self.train = build_split(cfg, "train")
+        self.val = build_split(cfg, "val")
         n = len(self.train) if cfg.max_train_images is None else min(len(self.train), cfg.max_train_images)
         self.train_indices = np.arange(n)
         self.num_classes = self.train.num_classes
@@ -186,12 +181,32 @@ class Experiment:
         return summary
 
     # -- steps ------------------------------------------------------------------------------
-    def select(self, t: int, pool: RegionPool, oracle: OracleTable) -> bool:
-        """Acquisition for round ``t``; returns False when nothing is left to select."""
+    def select(self, t: int, pool: RegionPool, oracle: Oracle) -> bool:
+        """Acquisition for round ``t`` and its answers; returns False when nothing is left to
+        select. Raises :class:`AnswersPending` while a human oracle has not answered."""
         c = self.cfg
         method = "random" if t == 1 else c.acquisition
-        stats = None
         t0 = time.time()
+        pending = oracle.pending(t)
+        if pending is None:
+            chosen, scores = self._acquire(t, method, pool, oracle)
+            if len(chosen) == 0:
+                return False
+        else:
+            chosen = pending[0]
+            scores = np.full(int(pool.offsets[-1]), math.nan)
+            scores[chosen] = pending[1]
+        bits, cost = oracle.answer(t, chosen, scores, c.labeling)
+        pool.add_round(chosen, bits, cost)
+        pool.save(os.path.join(self.dir, "pool.npz"))
+        self._write_selection(t, pool, scores)
+        log.info("round %d: %s selected %d regions (%d clicks) in %.1fs", t, method, len(chosen),
+                 pool.clicks(t), time.time() - t0)
+        return True
+
+    def _acquire(self, t: int, method: str, pool: RegionPool, oracle: Oracle):
+        c = self.cfg
+        stats = None
         if method != "random":
             model = self.load_model(self.final_weights(t - 1))
             stats = scan_pool(model, self.train, pool, pool.images_with_unlabeled(), measure=measure_for(method),
@@ -199,19 +214,8 @@ class Experiment:
                               amp=c.amp, num_workers=c.num_workers)
             del model
         scores, banned = score_pool(method, pool, stats, nu=c.nu, seed=c.seed, round_index=t)
-        _, costs = oracle.answer(np.arange(int(oracle.offsets[-1])), "multi")
-        if c.labeling == "dominant":
-            costs = np.ones_like(costs)
-        chosen = acquire(pool, scores, banned, costs, c.budget)
-        if len(chosen) == 0:
-            return False
-        bits, cost = oracle.answer(chosen, c.labeling)
-        pool.add_round(chosen, bits, cost)
-        pool.save(os.path.join(self.dir, "pool.npz"))
-        self._write_selection(t, pool, scores)
-        log.info("round %d: %s selected %d regions (%d clicks) in %.1fs", t, method, len(chosen),
-                 pool.clicks(t), time.time() - t0)
-        return True
+        costs = oracle.planned_costs(pool, c.labeling)
+        return acquire(pool, scores, banned, costs, c.budget), scores
 
     def _write_selection(self, t, pool, scores) -> None:
         flat = pool.selections[t - 1]
@@ -260,7 +264,7 @@ class Experiment:
     def run(self) -> list[dict]:
         c = self.cfg
         t_start = time.time()
-        oracle = self._oracle()
+        oracle = make_oracle(c.oracle, self)
         pool_path = os.path.join(self.dir, "pool.npz")
         pool = RegionPool.load(pool_path) if os.path.isfile(pool_path) else RegionPool(
             oracle.offsets, self.num_classes, valid=oracle.pixels > 0)
@@ -281,6 +285,7 @@ class Experiment:
             ev1 = self.evaluate(model, desc=f"round {t} stage1 eval")
             del model
             rec = self._round_record(t, pool, full_cost, ev1, s1)
+            rec.update(oracle.round_metrics(t))
             if c.stage2:
                 s2 = self.stage2(t, pool)
                 model = self.load_model(os.path.join(self.round_dir(t), "stage2.pt"))
@@ -306,7 +311,7 @@ class Experiment:
             "acquisition": "random" if t == 1 else self.cfg.acquisition,
             "clicks": pool.clicks(t),
             "cumulative_clicks": cum,
-            "percent_full_cost": 100.0 * cum / max(full_cost, 1),
+            "percent_full_cost": math.nan if full_cost is None else 100.0 * cum / max(full_cost, 1),
             "full_annotation_cost": full_cost,
             "labeled_regions": int(((pool.round > 0) & (pool.round <= t)).sum()),
             "labeled_images": len(np.unique(pool.image_of(np.flatnonzero((pool.round > 0) & (pool.round <= t))))),
@@ -334,6 +339,8 @@ class Experiment:
         buf = io.StringIO()
         cols = ["round", "acquisition", "clicks", "cumulative_clicks", "percent_full_cost", "labeled_regions",
                 "labeled_images", "miou", "stage1_miou", "stage2_miou", "pseudo_label_accuracy"]
+        cols += [k for k in ("planned_clicks", "annotation_seconds", "seconds_per_query", "seconds_per_click")
+                 if any(k in m for m in metrics)]
         w = csv.writer(buf)
         w.writerow(cols + [f"iou_{n}" for n in self.class_names])
         for m in metrics:
