@@ -200,3 +200,30 @@ def test_unknown_oracle_is_a_clear_error(tmp_path):
 
     r = cli(["--run-dir", str(tmp_path / "r"), *HUMAN, "--oracle", "crowd"], tmp_path)
     assert r.returncode != 0 and "oracle" in r.stderr and "crowd" in r.stderr
+
+
+@pytest.mark.slow
+def test_dominant_labeling_one_click_per_query_round_trip(template_run, tmp_path, monkeypatch):
+    _, cache = template_run
+    monkeypatch.setenv("MULACT_CACHE", str(cache))
+    run = tmp_path / "dom"
+    r = start_human_run(run, cache, "--labeling", "dominant", "--rounds", "1")
+    assert r.returncode == 3, r.stderr[-3000:]
+    rec = json.loads((run / "queries" / "round_01.json").read_text())
+    assert rec["labeling"] == "dominant" and rec["num_queries"] == 30 and rec["expected_classes_per_region"] == 1.0
+    c, service = _client(run)
+    q = c.post("/api/next", json={"client": A}).get_json()
+    r = c.post("/api/answer", json={"client": A, "round": 1, "order": q["order"], "classes": [0, 1]})
+    assert r.status_code == 400 and "exactly one class" in r.get_json()["error"] and _files(run) == []
+    assert "covers most" in c.get("/").get_data(as_text=True)
+    for q in rec["queries"]:
+        service.store.save_answer(1, {"order": q["order"], "classes": [q["order"] % 20], "seconds": 1.0})
+    r = start_human_run(run, cache, "--labeling", "dominant", "--rounds", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((run / "metrics.json").read_text())["rounds"][0]
+    assert m["clicks"] == 30 and m["planned_clicks"] == 30 and m["annotation_seconds"] == 30.0
+    with np.load(run / "pool.npz") as z:
+        assert int((z["round"] == 1).sum()) == 30 and int(z["cost"].sum()) == 30
+        flat = z["selection_1"]
+        expected = [1 << (q["order"] % 20) for q in rec["queries"]]
+        assert [int(b) for b in z["labels"][flat]] == expected

@@ -86,7 +86,9 @@ class Experiment:
         if os.path.isfile(path):
             with open(path) as fh:
                 saved = yaml.safe_load(fh) or {}
-            diff = sorted(k for k in current if k not in RUNTIME_OPTIONS and saved.get(k) != current[k])
+            # an option added after the run started counts as its default (e.g. `oracle`)
+            defaults = TrainConfig().to_dict()
+            diff = sorted(k for k in current if k not in RUNTIME_OPTIONS and saved.get(k, defaults[k]) != current[k])
             if diff:
                 detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff[:6])
                 raise ValueError(f"run_dir: {self.dir!r} holds a run with a different configuration "

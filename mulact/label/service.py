@@ -161,6 +161,8 @@ class LabelService:
                 raise AnswerError("undo: this browser has no answer to undo in this round", 404)
             last = max(mine, key=lambda a: a["submitted_at"])
             self.store.remove_answer(self.round, last["order"])
+            # the query this tab was on goes back to the others; the undone one is its own again
+            self._leases = {o: h for o, h in self._leases.items() if h[0] != client}
             self._leases[last["order"]] = (client, time.time() + self.lease_seconds)
             return self._query_view(last["order"], previous=last["classes"])
 

@@ -81,8 +81,9 @@ function show(q) {
   if (!current) {
     $("crop").removeAttribute("src"); $("full").removeAttribute("src"); $("name").textContent = "";
     say(q.done ? `Round ${q.round} is complete: every query is answered. Run the same mulact-train command again to train on the answers.`
-               : "The remaining queries are open in other browsers.", q.done);
+               : "The remaining queries are open in other browsers; waiting for one to come free…", q.done);
     render();
+    if (!q.done) setTimeout(next, 10000);
     return;
   }
   $("name").textContent = `${q.name} · region ${q.region}`;
