@@ -244,13 +244,20 @@ class Experiment:
         return self._train("stage1", t, view, pool.labeled_images(), c.iterations, c.lr, step, ("region_labels",))
 
     def stage2(self, t: int, pool: RegionPool) -> dict:
-        from .stage2 import generate_pseudo_labels, pseudo_label_path, stage2_step
+        from .stage2 import generate_pseudo_labels, pseudo_label_path, pseudo_summary, stage2_step
 
         c = self.cfg
         rd = self.round_dir(t)
         images = pool.labeled_images()
         pseudo_dir = os.path.join(rd, "pseudo")
-        info = generate_pseudo_labels(self, t, pool, images, pseudo_dir)
+        info = pseudo_summary(pseudo_dir)
+        if info is None:
+            model = self.load_model(os.path.join(rd, "stage1.pt"))
+            info = generate_pseudo_labels(
+                model, self.train, pool, images, pseudo_dir, device=self.device, pseudo=c.pseudo, expand=c.expand,
+                temperature=c.temperature, batch_size=c.acquisition_batch_size, num_workers=c.num_workers,
+                amp=c.amp, desc=f"round {t} pseudo labels")
+            del model
 
         def label_of(i):
             return torch.from_numpy(np.load(pseudo_label_path(pseudo_dir, i)).astype(np.int64))
@@ -258,7 +265,7 @@ class Experiment:
         view = AugmentedView(self.train, self.transform, label_fn=label_of)
         iters = c.stage2_iterations or c.iterations
         summary = self._train("stage2", t, view, images, iters, c.lr_stage2,
-                              lambda m, b, p: stage2_step(self, m, b), ())
+                              lambda m, b, p: stage2_step(m, b, device=self.device, temperature=c.temperature), ())
         summary["pseudo"] = info
         return summary
 
