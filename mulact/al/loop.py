@@ -4,7 +4,10 @@ evaluation, round after round, resumable at every step.
 Run directory layout (``cfg.resolved_run_dir()``)::
 
     config.yaml              resolved configuration (a rerun must match it)
-    oracle.npz               oracle answers for every train region (OracleTable)
+    oracle.npz               oracle answers for every train region (OracleTable; simulated oracle)
+    regions.npz              region table from the superpixel maps (human oracle, no ground truth)
+    queries/round_XX.json    human oracle: the round's queries, waiting for answers
+    answers/round_XX/        human oracle: one file per answer (mulact-label, mulact.al.answers)
     pool.npz                 labeled regions, labels, costs, rounds, selections (RegionPool)
     selections/round_XX.json the round's queries in selection order (image, region, classes, cost, score)
     round_XX/stage1_last.pt  resumable training checkpoint (removed once the stage is done)
@@ -17,6 +20,10 @@ Run directory layout (``cfg.resolved_run_dir()``)::
 Every file is written atomically; a step is skipped on rerun when its output exists, so a
 killed run restarted with the same command continues where it stopped and — training being
 deterministic for a seed (:mod:`mulact.engine.train`) — makes the same selections.
+
+Labels come through an :class:`~mulact.al.oracle.Oracle` (``cfg.oracle``): the simulated one
+answers from the ground truth at once; the human one stops the run (:class:`AnswersPending`)
+after writing a round's queries, and a rerun picks the answers up (README "Label your own data").
 """
 from __future__ import annotations
 

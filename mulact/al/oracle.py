@@ -121,8 +121,7 @@ class HumanOracle(Oracle):
 
     name = "human"
 
-    def __init__(self, run_dir: str, dataset, indices, *, labeling: str, prior: float, class_names,
-                 echo=print):
+    def __init__(self, run_dir: str, dataset, indices, *, labeling: str, prior: float, class_names):
         if not prior > 0:
             raise ValueError(f"expected_classes_prior: expected a positive number, got {prior}")
         self.store = QueryStore(run_dir)
@@ -130,9 +129,8 @@ class HumanOracle(Oracle):
         self.labeling = labeling
         self.prior = float(prior)
         self.class_names = list(class_names)
-        self.echo = echo
         self.offsets, self.pixels = self._region_table(os.path.join(run_dir, "regions.npz"), dataset, indices)
-        self._planned: dict[int, tuple[float, float]] = {}
+        self._expected = 1.0  # expected clicks per region of the last planning (planned_costs)
 
     @staticmethod
     def _region_table(path, dataset, indices):
@@ -176,7 +174,7 @@ class HumanOracle(Oracle):
                 queries[k] = {"order": int(k), "image": int(i), "name": str(names[int(i)]), "region": r,
                               "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
                               "pixels": int(len(ys)), "score": float(scores[f])}
-        e = getattr(self, "_expected", 1.0)
+        e = self._expected
         self.store.write_queries(t, {
             "round": t, "labeling": labeling, "class_names": self.class_names,
             "undefined_class": len(self.class_names), "expected_classes_per_region": e,
@@ -228,5 +226,5 @@ def make_oracle(kind: str, exp) -> Oracle:
     if kind == "human":
         c = exp.cfg
         return HumanOracle(exp.dir, exp.train, exp.train_indices, labeling=c.labeling,
-                           prior=c.expected_classes_prior, class_names=exp.class_names, echo=exp.echo)
+                           prior=c.expected_classes_prior, class_names=exp.class_names)
     raise ValueError(f"oracle: expected one of {ORACLES}, got {kind!r}")

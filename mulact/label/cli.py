@@ -106,7 +106,12 @@ def _serve(argv) -> int:
     token = None if _is_loopback(args.host) else secrets.token_urlsafe(16)
     app = create_app(service, token=token, annotator=args.annotator)
     server = make_server(args.host, args.port, app, threaded=True)
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    host = args.host
+    if host in ("0.0.0.0", "::"):  # every interface: name the machine, not the wildcard
+        import socket
+
+        host = socket.gethostname()
+    host = f"[{host}]" if ":" in host else host
     url = f"http://{host}:{server.server_port}/" + (f"?token={token}" if token else "")
     prog = service.progress()
     print(f"mulact-label: round {service.round}, {prog['answered']} of {prog['total']} queries answered")
