@@ -67,17 +67,21 @@ class Server:
         self.proc.stderr.close()
 
 
-@pytest.fixture
-def browser(tmp_path):
+def _chromium(profile):
     assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), \
         "install Debian's chromium and chromium-driver (.ci/run does)"
     opts = Options()
     opts.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                "--window-size=1400,900", f"--user-data-dir={tmp_path / 'profile'}"):
+                "--window-size=1400,900", f"--user-data-dir={profile}"):
         opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    driver = _chromium(tmp_path / "profile")
     yield driver
     driver.quit()
 
@@ -216,3 +220,25 @@ def test_full_round_in_the_browser_then_rerun_trains_on_the_answers(template_run
     q2 = json.loads((run / "queries" / "round_02.json").read_text())
     assert q2["expected_classes_per_region"] == pytest.approx(clicks / 20)
     assert q2["num_queries"] == int(-(-30 // (clicks / 20)))  # ceil(budget / expected)
+
+
+def test_two_browsers_get_different_queries(template_run, tmp_path, browser):
+    src, cache = template_run
+    run = copy_run(src, tmp_path / "run")
+    server = Server(run, cache)
+    other = _chromium(tmp_path / "profile2")
+    try:
+        browser.get(server.url)
+        _wait_query(browser, 0)
+        other.get(server.url)
+        _wait_query(other, 1)  # query 1 is open in the first browser
+        _keys(other, "3", Keys.ENTER)
+        _wait_query(other, 2)
+        _keys(browser, "1", Keys.ENTER)
+        _wait_query(browser, 3)  # 1 answered, 2 open in the other browser
+        got = _answers(run)
+        assert {k: a["classes"] for k, a in got.items()} == {0: [0], 1: [2]}
+        assert got[0]["client"] != got[1]["client"]
+    finally:
+        other.quit()
+        server.kill()
