@@ -2,11 +2,10 @@ import dataclasses
 import json
 
 import pytest
+from _tiny_run import TINY, cli
 
 from mulact.cli import build_parser, main
 from mulact.config import PRESETS, TrainConfig, resolve_config
-
-from _tiny_run import TINY, cli
 
 
 def test_help_documents_every_option(capsys):

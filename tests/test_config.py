@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from mulact.cli import main
-from mulact.config import PRESETS, TrainConfig, convert, load_config_file, resolve_config, to_yaml
+from mulact.config import PRESETS, TrainConfig, convert, resolve_config, to_yaml
 
 
 def run_main(argv, capsys):
