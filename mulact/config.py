@@ -140,22 +140,19 @@ class TrainConfig:
 # Paper settings (paper §4.1, Appendix B). Cityscapes evaluates on the full-resolution
 # 1024×2048 validation images; the paper's 769 crops are kept (the model pads to a multiple
 # of the output stride internally).
+_PAPER = dict(
+    encoder="resnet50", encoder_weights="imagenet", decoder_channels=256, rounds=5, acquisition="pixbal",
+    labeling="multi", scale_min=0.5, scale_max=2.0, weight_decay=1e-5, region_size=32, superpixel_method="seeds",
+    eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4, eval_batch_size=1,
+)
 PRESETS: dict[str, dict] = {
     "cityscapes": dict(
-        name="cityscapes", dataset="cityscapes", encoder="resnet50", encoder_weights="imagenet",
-        decoder_channels=256, rounds=5, budget=100_000, acquisition="pixbal", labeling="multi",
-        nu=6.0, iterations=80_000, batch_size=4, crop_size=769, scale_min=0.5, scale_max=2.0,
-        lr=2e-3, lr_stage2=4e-3, weight_decay=1e-5, region_size=32, superpixel_method="seeds",
-        eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4,
-        acquisition_batch_size=4, eval_batch_size=1,
+        _PAPER, name="cityscapes", dataset="cityscapes", budget=100_000, nu=6.0, iterations=80_000, batch_size=4,
+        crop_size=769, lr=2e-3, lr_stage2=4e-3, acquisition_batch_size=4,
     ),
     "voc": dict(
-        name="voc", dataset="voc", encoder="resnet50", encoder_weights="imagenet",
-        decoder_channels=256, rounds=5, budget=10_000, acquisition="pixbal", labeling="multi",
-        nu=12.0, iterations=30_000, batch_size=12, crop_size=513, scale_min=0.5, scale_max=2.0,
-        lr=1e-3, lr_stage2=1e-3, weight_decay=1e-5, region_size=32, superpixel_method="seeds",
-        eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4,
-        acquisition_batch_size=8, eval_batch_size=1,
+        _PAPER, name="voc", dataset="voc", budget=10_000, nu=12.0, iterations=30_000, batch_size=12,
+        crop_size=513, lr=1e-3, lr_stage2=1e-3, acquisition_batch_size=8,
     ),
     # Laptop-CPU demo on the built-in synthetic dataset: tiny encoder, few iterations. Stage 2 is
     # on, as in the paper: the whole run takes ~6 minutes on 2 idle cores (~3 without it), and
