@@ -196,7 +196,10 @@ def convert(name: str, value):
     tp, optional = field_type(name)
     if optional and (value is None or (isinstance(value, str) and value.strip().lower() in (NULL, "none"))):
         return None
-    what = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[tp]
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if tp not in kinds:
+        raise TypeError(f"option {name}: type {tp} is not supported by mulact.config.convert")
+    what = kinds[tp]
     if optional:
         what += f" or {NULL}"
     bad = ValueError(f"{flag(name)} {format_value(value)}: expected {what}")

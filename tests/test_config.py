@@ -211,3 +211,9 @@ def test_imagenet_weights_must_exist_for_the_encoder():
         pytest.skip("every smp encoder has ImageNet weights")
     with pytest.raises(ValueError, match=f"smp has no ImageNet weights for {without}"):
         resolve_config(None, None, {"encoder": without, "encoder_weights": "imagenet"})
+
+
+def test_every_field_has_help_and_a_supported_type():
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f.name
+        convert(f.name, getattr(TrainConfig(), f.name))  # raises TypeError for a type it cannot parse
