@@ -55,7 +55,7 @@ class TrainConfig:
     amp: bool = opt(True, "bfloat16 autocast for encoder/decoder on CUDA (ignored on CPU)")
     num_workers: int = opt(0, "DataLoader worker processes", min=0)
     # -- data ----------------------------------------------------------------------------
-    dataset: str = opt("demo", "dataset", choices=DATASETS)
+    dataset: str = opt("demo", "dataset to run on; also selects the preset when --preset is not given", choices=DATASETS)
     data_root: str | None = opt(None, "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is kept (null: $MULACT_CACHE or ~/.cache/mulact)")
     superpixel_dir: str | None = opt(None, "where superpixel maps are read/cached (null: the dataset's own cache location)")
     superpixel_method: str = opt("seeds", "superpixel algorithm", choices=SUPERPIXEL_METHODS)
