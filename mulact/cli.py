@@ -56,6 +56,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     base, origin = _base_values(argv)
     p = argparse.ArgumentParser(
         prog="mulact-train",
+        # the full list of ~60 options would bury every error message under it
+        usage="%(prog)s [--preset NAME] [--config FILE] [--print-config] [-v] [OPTION VALUE ...]",
         allow_abbrev=False,
         description=("Region-based active learning for semantic segmentation with multi-class label "
                      "queries (Hwang et al., NeurIPS 2023). Without options: a multi-round demo on a "

@@ -364,7 +364,13 @@ def implied_preset(preset: str | None, file_values: dict, overrides: dict) -> st
 
 def resolve_config(preset: str | None = None, config_file: str | None = None,
                    overrides: dict | None = None, validate: bool = True) -> TrainConfig:
-    """Defaults < ``preset`` < ``config_file`` < ``overrides``, converted and (by default) validated."""
+    """Defaults < ``preset`` < ``config_file`` < ``overrides``, converted and (by default) validated.
+
+    ``preset`` None: the preset named like the dataset, if any. ``overrides`` maps option names
+    (``-`` or ``_``) to values of any source (flag text, YAML value, Python value); a value of
+    None sets the option to null, it does not mean "not given". Raises :class:`ValueError` with
+    one line naming the source, the option, the value and what is allowed.
+    """
     overrides = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items()}
     file_values = load_config_file(config_file) if config_file is not None else {}
     cfg = TrainConfig()
