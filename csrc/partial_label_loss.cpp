@@ -356,13 +356,13 @@ MULACT_INLINE void backward_chunk(const Args<T, I>& a, Tile<typename Acc<T>::typ
 #if MULACT_X86_SIMD
 template <typename T, typename I>
 MULACT_TARGET_AVX2_FMA void forward_chunk_avx2(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile,
-                                                           int64_t k, double* sum, int64_t* cnt, int64_t& bad,
-                                                           int& nonfinite) {
+                                              int64_t k, double* sum, int64_t* cnt, int64_t& bad,
+                                              int& nonfinite) {
   forward_chunk(a, tile, k, sum, cnt, bad, nonfinite);
 }
 template <typename T, typename I>
 MULACT_TARGET_AVX2_FMA void backward_chunk_avx2(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile,
-                                                            int64_t k) {
+                                               int64_t k) {
   backward_chunk(a, tile, k);
 }
 #endif

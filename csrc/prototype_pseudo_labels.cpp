@@ -90,7 +90,7 @@ MULACT_TARGET_AVX2_FMA inline float lanes_sum(__m256 v) {
 
 template <int NV>
 MULACT_TARGET_AVX2_FMA inline void dots_fma_n(const float* __restrict a, const float* const* bs,
-                                                             int64_t n, float* out) {
+                                                int64_t n, float* out) {
   __m256 acc[NV];
   for (int v = 0; v < NV; ++v) acc[v] = _mm256_setzero_ps();
   int64_t i = 0;
@@ -110,7 +110,7 @@ MULACT_TARGET_AVX2_FMA inline void dots_fma_n(const float* __restrict a, const f
 }
 
 MULACT_TARGET_AVX2_FMA void dots_fma(const float* __restrict a, const float* const* bs, int64_t m,
-                                                  int64_t n, float* out) {
+                                     int64_t n, float* out) {
   int64_t j = 0;
   for (; j + 4 <= m; j += 4) dots_fma_n<4>(a, bs + j, n, out + j);
   switch (m - j) {
@@ -138,7 +138,7 @@ inline void copy_cl_base(const float* __restrict src, int64_t FHW, int64_t D, in
 
 #if MULACT_X86_SIMD
 MULACT_TARGET_AVX2_FMA void copy_cl_avx2(const float* __restrict src, int64_t FHW, int64_t D, int64_t i0,
-                                                      int64_t i1, float* __restrict dst) {
+                                         int64_t i1, float* __restrict dst) {
   int64_t d0 = 0;
   for (; d0 + 8 <= D; d0 += 8) {
     int64_t t0 = i0;
@@ -172,13 +172,6 @@ MULACT_TARGET_AVX2_FMA void copy_cl_avx2(const float* __restrict src, int64_t FH
     for (int64_t d = d0; d < D; ++d) dst[i * D + d] = src[d * FHW + i];
 }
 #endif
-
-inline CopyFn pick_copy() {
-#if MULACT_X86_SIMD
-  if (cpu_has_avx2_fma()) return copy_cl_avx2;
-#endif
-  return copy_cl_base;
-}
 
 // The per-pixel hot path: bilinear interpolation of one pixel's feature into u (same operation
 // order as PyTorch's CPU kernel), its norm, and the clamped cosine to the unit prototypes
@@ -230,9 +223,9 @@ float pixel_sims_base(const float* f00, const float* f01, const float* f10, cons
 // itself targets baseline x86-64). Results are deterministic on a given machine; FMA rounding
 // may differ from the baseline build in the last bit.
 MULACT_TARGET_AVX2_FMA float pixel_sims_avx2(const float* f00, const float* f01, const float* f10,
-                                                          const float* f11, float bl0, float bl1, float al0, float al1,
-                                                          int64_t D, const float* protos, const int64_t* klist,
-                                                          int64_t nk, float* u, float* s) {
+                                             const float* f11, float bl0, float bl1, float al0, float al1,
+                                             int64_t D, const float* protos, const int64_t* klist,
+                                             int64_t nk, float* u, float* s) {
   return pixel_sims_body(f00, f01, f10, f11, bl0, bl1, al0, al1, D, protos, klist, nk, u, s, dots_fma);
 }
 #endif
@@ -292,25 +285,11 @@ void table_base(const float* feat, int64_t fw, int64_t D, int64_t i_lo, int64_t 
 
 #if MULACT_X86_SIMD
 MULACT_TARGET_AVX2_FMA void table_avx2(const float* feat, int64_t fw, int64_t D, int64_t i_lo, int64_t bh,
-                                                    int64_t j_lo, int64_t bw, const float* protos, const int64_t* klist,
-                                                    int64_t nk, float* dk, float* g) {
+                                       int64_t j_lo, int64_t bw, const float* protos, const int64_t* klist,
+                                       int64_t nk, float* dk, float* g) {
   table_body(feat, fw, D, i_lo, bh, j_lo, bw, protos, klist, nk, dk, g, dots_fma);
 }
 #endif
-
-inline TableFn pick_table() {
-#if MULACT_X86_SIMD
-  if (cpu_has_avx2_fma()) return table_avx2;
-#endif
-  return table_base;
-}
-
-inline SimsFn pick_sims() {
-#if MULACT_X86_SIMD
-  if (cpu_has_avx2_fma()) return pixel_sims_avx2;
-#endif
-  return pixel_sims_base;
-}
 
 struct Image {
   const float* feat;  // (fh, fw, D) channels-last float32
@@ -853,7 +832,8 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
   // (raw pointers: inside the parallel regions the name of a thread_local would resolve to
   // each worker's own, empty, instance)
   const Frame f{D, fh, fw, FHW, C, H, W, HW, R, tau, num_threads(), make_taps(fh, H), make_taps(fw, W),
-                pick_sims(), pick_table(), pick_copy(), tl_feat.data(), tl_rec_k.data(), tl_rec_s.data()};
+                MULACT_PICK(pixel_sims_base, pixel_sims_avx2), MULACT_PICK(table_base, table_avx2),
+                MULACT_PICK(copy_cl_base, copy_cl_avx2), tl_feat.data(), tl_rec_k.data(), tl_rec_s.data()};
   int32_t nonfinite = 0;
   int64_t bad_id = -1;
 

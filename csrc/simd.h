@@ -54,3 +54,11 @@ inline bool cpu_has_avx2_fma() {
 }
 
 }  // namespace mulact
+
+// The AVX2/FMA twin of a function where the CPU runs it, else its baseline build (the twin
+// need not exist where MULACT_X86_SIMD is 0).
+#if MULACT_X86_SIMD
+#define MULACT_PICK(base, avx2_fma) (::mulact::cpu_has_avx2_fma() ? (avx2_fma) : (base))
+#else
+#define MULACT_PICK(base, avx2_fma) (base)
+#endif
