@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mulact.data import IGNORE_INDEX
+
 __all__ = ["confusion_matrix", "iou_from_confusion", "evaluate"]
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """``(num_classes, num_classes)`` int64 counts, rows = ground truth, columns = prediction."""
     if pred.shape != target.shape:
         raise ValueError(f"pred: shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
@@ -50,7 +52,7 @@ def iou_from_confusion(conf) -> tuple[float, list[float]]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, num_classes: int, device, ignore_index: int = 255,
+def evaluate(model, loader, num_classes: int, device, ignore_index: int = IGNORE_INDEX,
              amp: bool = False, desc: str = "evaluate") -> dict:
     """mIoU of ``model`` over ``loader`` (items with ``image`` and ``label``)."""
     was_training = model.training
