@@ -9,10 +9,13 @@ without expansion). Each map is stored as an int16 ``.npy`` (255 = no label) und
 Pseudo-label accuracy (reported per round) = fraction of pixels with a pseudo label in
 ``[0, C)`` whose ground truth (not void) agrees; pixels labeled *undefined* and void ground
 truth are left out.
+
+Integrity: ``pseudo/summary.json`` (recorded in the run's manifest) lists the SHA-256 of every
+map; all maps are checked against it before stage 2 trains on them, and a missing, torn or
+swapped map makes the whole round's set be generated again (deterministically) with a warning.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -20,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .pool import _atomic, atomic_write_json
+from mulact.runstore import DamagedFileError, atomic_write, digest
+
+from .pool import atomic_write_json, load_json
 
 __all__ = ["generate_pseudo_labels", "pseudo_label_path", "stage2_step"]
 
@@ -35,10 +40,15 @@ def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
     from mulact.ops.prototype_pseudo_labels import prototype_pseudo_labels, pseudo_labels_without_prototypes
 
     done = os.path.join(pseudo_dir, "summary.json")
-    if os.path.isfile(done):
-        with open(done) as fh:
-            return json.load(fh)
+    store = exp.store
+    if os.path.isfile(done) or store.recorded(done):
+        try:
+            return _verified_summary(done, store, pseudo_dir, images)
+        except DamagedFileError as err:
+            exp._damaged(err, f"generating the pseudo labels of round {t} again")
+            store.forget(done)
     cfg = exp.cfg
+    hashes = {}
     model = exp.load_model(os.path.join(exp.round_dir(t), "stage1.pt"))
     model.eval()
     C = exp.num_classes
@@ -70,10 +80,33 @@ def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
         for b, i in enumerate(idx):
             h, w = (int(v) for v in batch["sizes"][b])
             arr = labels[b, :h, :w].numpy().astype(np.int16)
-            _atomic(pseudo_label_path(pseudo_dir, i), lambda fh, a=arr: np.save(fh, a))
+            path = pseudo_label_path(pseudo_dir, i)
+            # recorded in summary.json below rather than in the run manifest, one entry per map
+            hashes[os.path.basename(path)] = atomic_write(path, lambda fh, a=arr: np.save(fh, a), record=False)
     info = {"accuracy": correct / labeled if labeled else float("nan"), "localized": localized,
             "expanded": expanded, "images": len(images)}
-    atomic_write_json(done, info)
+    atomic_write_json(done, {**info, "files": hashes})
+    return info
+
+
+def _verified_summary(done: str, store, pseudo_dir: str, images) -> dict:
+    info = load_json(done, store, what="pseudo-label summary")
+    if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
+        raise DamagedFileError(done, "lists no pseudo-label maps (written by an older mulact?)")
+    files = info.pop("files")
+    for i in images:
+        path = pseudo_label_path(pseudo_dir, i)
+        want = files.get(os.path.basename(path))
+        if want is None:
+            raise DamagedFileError(path, f"is not listed in {done}")
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise DamagedFileError(path, f"cannot be read ({exc.strerror})") from None
+        if digest(data) != want:
+            raise DamagedFileError(path, f"is not the map recorded in {os.path.basename(done)} "
+                                         f"(truncated, overwritten or swapped)")
     return info
 
 
