@@ -362,6 +362,7 @@ class Experiment:
         full_cost = oracle.full_annotation_cost()
         metrics = self.load_metrics()
         done_rounds = {m["round"] for m in metrics}
+        skipped = []
         for t in range(1, c.rounds + 1):
             if pool.num_rounds < t:
                 if not self.select(t, pool, oracle):
@@ -370,6 +371,7 @@ class Experiment:
             else:
                 self._check_selection(t, pool)
             if t in done_rounds:
+                skipped.append(t)
                 continue
             pt = pool.until(t)  # a round trains on the labels of rounds 1..t only
             s1 = self.stage1(t, pt)
@@ -391,9 +393,27 @@ class Experiment:
             self.save_metrics(metrics)
             self.echo(f"round {t}: mIoU {100 * rec['miou']:.2f}  clicks {rec['clicks']} "
                       f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
+        self._check_finished(skipped, pool, metrics)
         self.echo(self.summary_table(metrics))
         self.echo(f"run directory: {self.dir}   ({time.time() - t_start:.0f}s this invocation)")
         return metrics
+
+    def _check_finished(self, rounds, pool: RegionPool, metrics) -> None:
+        """Verify the outputs of the rounds this invocation did not redo (their weights, pseudo
+        labels, metrics files) and recompute the damaged ones, so a rerun leaves a whole run."""
+        for t in rounds:
+            self.stage1(t, pool.until(t))
+            if self.cfg.stage2:
+                self.stage2(t, pool.until(t))
+        if not metrics:
+            return
+        for name in ("metrics.csv", "miou_vs_clicks.png"):
+            try:
+                self.store.verify(os.path.join(self.dir, name))
+            except DamagedFileError as err:
+                self._damaged(err, "writing it again")
+                self.save_metrics(metrics)
+                break
 
     def _load_pool(self, oracle: OracleTable) -> RegionPool:
         path = os.path.join(self.dir, "pool.npz")
