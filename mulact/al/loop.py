@@ -76,15 +76,15 @@ class Experiment:
         self.echo = echo
         self.dir = cfg.resolved_run_dir()
         self.device = _resolve_device(cfg.device)
+        self._build_data()  # before the run directory exists: a missing dataset leaves nothing behind
         os.makedirs(self.dir, exist_ok=True)
         # one process per run directory (rank 0 of a multi-process job); flock frees it on death
         self.lock = DirLock.for_job(self.dir, "run directory")
         if self.lock is not None:
             self.lock.acquire()
             remove_temp_files(self.dir)
-        self.store = Manifest(self.dir)
         try:
-            self._build_data()
+            self.store = Manifest(self.dir)
             self._check_config()
         except BaseException:
             self.close()
@@ -92,7 +92,8 @@ class Experiment:
 
     def close(self) -> None:
         """Stop recording writes and release the run directory."""
-        self.store.close()
+        if getattr(self, "store", None) is not None:
+            self.store.close()
         if self.lock is not None:
             self.lock.release()
 
