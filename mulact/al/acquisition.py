@@ -113,6 +113,8 @@ def score_pool(method: str, pool: RegionPool, stats: PoolStats | None, *, nu: fl
         return random_scores(N, generator=gen).double().numpy(), np.zeros(N, bool)
     if stats is None:
         raise ValueError(f"stats: method {method!r} needs a pool scan")
+    if stats.num_pixels == 0:  # nothing was scanned (an exhausted pool): nothing is selectable
+        return np.zeros(N), np.ones(N, bool)
     undefined = pool.num_classes
     K = undefined + 1
     dom = dominant_class(stats.count)
