@@ -282,15 +282,14 @@ def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature
 # --------------------------------------------------------------------------------------
 def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
     from ._cpp import code, ext, index_tensor, ptr
+    from ._labels import labels_u8
 
     bsz, c, h, w = logits.shape
     r_count = region_labels.shape[1]
     feats = features.contiguous()
     lg = logits.contiguous()
     reg = index_tensor(regions)
-    lab = region_labels.contiguous()
-    if lab.dtype == torch.bool:
-        lab = lab.view(torch.uint8)
+    lab = labels_u8(region_labels)
     out = torch.empty((bsz, h, w), dtype=torch.int64)
     thresholds = torch.empty((bsz, r_count, c), dtype=torch.float32)
     proto_index = torch.empty((bsz, r_count, c), dtype=torch.int64)
