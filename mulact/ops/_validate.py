@@ -107,9 +107,14 @@ def new_status(device: torch.device) -> torch.Tensor:
     return torch.tensor([0, -1], dtype=torch.int32, device=device)
 
 
-def raise_on_status(op: str, status: torch.Tensor, num_regions: int, name: str = "logits") -> None:
+def raise_on_status(op: str, status: torch.Tensor, num_regions: int, name: str = "logits",
+                    regions: torch.Tensor | None = None) -> None:
     nonfinite, bad_id = (int(v) for v in status.tolist())
     if bad_id >= 0:
+        if regions is not None:
+            # the int32 status slot clips (and a kernel may see only part of the ids): report the
+            # real largest id, found by one more pass on this error path only
+            bad_id = max(bad_id, int(regions.max()))
         raise ValueError(f"{op}: `regions` holds id {bad_id} but num_regions={num_regions}; ids must be < num_regions "
                          "(use a negative id for pixels outside every region)")
     if nonfinite:

@@ -303,7 +303,7 @@ def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
         ptr(out), ptr(thresholds), ptr(proto_index), ptr(num_loc), ptr(num_exp), ptr(status))
     if int(status[0]) == 2:
         raise ValueError(f"{OP}: `features` contains NaN or Inf")
-    raise_on_status(OP, status, r_count)
+    raise_on_status(OP, status, r_count, regions=regions)
     return out, PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
 
 
