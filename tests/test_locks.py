@@ -223,3 +223,41 @@ def test_lock_error_is_a_runstate_error(tmp_path):
     finally:
         a.release()
     assert issubclass(LockedError, RuntimeError)
+
+
+_LOADER = """
+import os, sys, time, torch
+from mulact.runstore import worker_init_fn
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+    def __getitem__(self, i):
+        with open(sys.argv[1], "w") as fh:
+            fh.write(str(os.getpid()))
+        time.sleep(120)  # busy in an item: torch's own parent check (between items) cannot run
+        return i
+
+for _ in torch.utils.data.DataLoader(Slow(), num_workers=1, worker_init_fn=worker_init_fn()):
+    pass
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux-only")
+def test_dataloader_workers_die_with_their_parent(tmp_path):
+    pid_file = tmp_path / "worker.pid"
+    proc = subprocess.Popen([sys.executable, "-c", _LOADER, str(pid_file)])
+    t0 = time.time()
+    while not pid_file.exists() or not pid_file.read_text():
+        assert proc.poll() is None and time.time() - t0 < 120, "the worker never started"
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 5
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.05)
+    alive = _alive(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the DataLoader worker outlived its parent"

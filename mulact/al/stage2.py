@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mulact.runstore import DamagedFileError, atomic_write, digest
+from mulact.runstore import DamagedFileError, atomic_write, digest, worker_init_fn
 
 from .pool import atomic_write_json, load_json
 
@@ -55,7 +55,8 @@ def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
     R = int(np.diff(pool.offsets).max())
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(exp.train, [int(i) for i in images]), batch_size=cfg.acquisition_batch_size,
-        shuffle=False, num_workers=cfg.num_workers, collate_fn=collate_pad)
+        shuffle=False, num_workers=cfg.num_workers, collate_fn=collate_pad,
+        worker_init_fn=worker_init_fn() if cfg.num_workers else None)
     correct = labeled = localized = expanded = 0
     use_amp = cfg.amp and exp.device.type == "cuda"
     for batch in tqdm(loader, desc=f"round {t} pseudo labels", leave=False, dynamic_ncols=True):
