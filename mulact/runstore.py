@@ -274,10 +274,11 @@ class Manifest:
     def _begin(self, path: str, h: str, size: int) -> None:
         rel = self.rel(path)
         old = self.entries.get(rel)
-        entry = {"sha256": h, "size": size}
-        if old is not None and old.get("sha256") != h:
-            entry["prev"] = old["sha256"]
-        self.entries[rel] = entry
+        if old is not None and old.get("sha256") == h and "prev" not in old:
+            return  # same content again: nothing to record
+        # until the rename is done the file may still be any earlier version (None: absent)
+        prev = [None] if old is None else [old["sha256"], *old.get("prev", [])]
+        self.entries[rel] = {"sha256": h, "size": size, "prev": [p for p in dict.fromkeys(prev) if p != h]}
         self._save()
 
     def _commit(self, path: str) -> None:
@@ -285,7 +286,8 @@ class Manifest:
         entry = self.entries.get(rel, {})
         st = os.stat(path)
         self._verified[rel] = (st.st_ino, st.st_size, st.st_mtime_ns, entry.get("sha256"))
-        if entry.pop("prev", None) is not None:
+        if "prev" in entry:
+            del entry["prev"]
             self._save()
 
     def set_meta(self, **kw) -> None:
@@ -302,7 +304,11 @@ class Manifest:
             self._save()
 
     def recorded(self, path) -> bool:
-        return self.rel(path) in self.entries
+        """True if ``path`` should exist (a first write killed before its rename does not count)."""
+        entry = self.entries.get(self.rel(path))
+        if entry is None:
+            return False
+        return not (None in entry.get("prev", ()) and not os.path.exists(os.path.join(self.root, self.rel(path))))
 
     # -- verified reads -------------------------------------------------------------------
     def read_bytes(self, path) -> bytes:
@@ -332,7 +338,7 @@ class Manifest:
             self.entries[rel] = {"sha256": h, "size": len(data)}
             self._save()
         elif h != entry["sha256"]:
-            if entry.get("prev") == h:  # killed between recording and renaming: the old file is intact
+            if h in entry.get("prev", ()):  # killed between recording and renaming: the old file is intact
                 self.entries[rel] = {"sha256": h, "size": len(data)}
                 self._save()
             elif len(data) != entry["size"]:

@@ -195,7 +195,7 @@ def test_kill_between_record_and_rename_keeps_the_old_file_valid(tmp_path, monke
         monkeypatch.undo()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     with Manifest(tmp_path) as m:
-        assert m.entries["pool.npz"]["prev"] != m.entries["pool.npz"]["sha256"]
+        assert m.entries["pool.npz"]["prev"] and m.entries["pool.npz"]["sha256"] not in m.entries["pool.npz"]["prev"]
         assert m.read_bytes(tmp_path / "pool.npz") == b"old"  # the previous version is accepted
         assert "prev" not in m.entries["pool.npz"]
     with Manifest(tmp_path) as m:
@@ -261,3 +261,22 @@ def test_dataloader_workers_die_with_their_parent(tmp_path):
     if alive:
         os.kill(worker, signal.SIGKILL)
     assert not alive, "the DataLoader worker outlived its parent"
+
+
+def test_first_write_killed_before_its_rename_counts_as_never_written(tmp_path, monkeypatch):
+    real = os.replace
+
+    def killed(src, dst):
+        if str(dst).endswith("pool.npz"):
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    with Manifest(tmp_path):
+        monkeypatch.setattr(os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(tmp_path / "pool.npz", b"first")
+        monkeypatch.undo()
+    with Manifest(tmp_path) as m:
+        assert not (tmp_path / "pool.npz").exists() and not m.recorded(tmp_path / "pool.npz")
+        atomic_write(tmp_path / "pool.npz", b"first")
+        assert m.recorded(tmp_path / "pool.npz") and "prev" not in m.entries["pool.npz"]
