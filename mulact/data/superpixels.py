@@ -356,7 +356,10 @@ class SuperpixelCache:
         if want is None:
             if not self._legacy:
                 raise DamagedFileError(str(path), f"is not recorded in {self.root / HASHES}")
-            self._record(name, h)  # a cache from before hashes.log: trusted as it is
+            try:
+                self._record(name, h)  # a cache from before hashes.log: trusted as it is
+            except OSError:
+                pass  # a read-only cache: trusted without a record
         elif want != h:
             raise DamagedFileError(str(path), "is not the map recorded for this image (truncated, overwritten, "
                                               "or replaced by another image's map)")
