@@ -42,3 +42,15 @@ def test_out_of_range_id_is_reported_with_its_value(backend, bad):
     for name, call in _ops(backend, reg).items():
         with pytest.raises(ValueError, match=f"holds id {bad} but num_regions={R}"):
             call()
+
+
+@pytest.mark.parametrize("R", [2**40, 2**62])
+def test_unallocatable_sizes_name_the_argument(backend, R):
+    reg = torch.zeros(B, H, W, dtype=torch.int64)
+    lg = torch.randn(B, C, H, W)
+    gt = torch.zeros(B, H, W, dtype=torch.int64)
+    for call in (lambda: region_reduce(lg, reg, R, backend=backend),
+                 lambda: region_uncertainty_stats(lg, reg, R, backend=backend),
+                 lambda: region_labels_from_mask(gt, reg, R, C, backend=backend)):
+        with pytest.raises(ValueError, match=f"cannot allocate the outputs for `num_regions`={R}"):
+            call()

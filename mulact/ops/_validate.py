@@ -8,6 +8,8 @@ report through a small ``status`` tensor so the check costs no extra pass over t
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import torch
@@ -146,3 +148,35 @@ def check_labeled_loss(op: str, logits, regions, region_labels, temperature, nor
     temperature = check_temperature(op, temperature)
     check_choice(op, "normalize", normalize, choices)
     return num_regions, temperature
+
+
+class SizeError(ValueError, MemoryError):
+    """The outputs an op was asked for cannot be allocated; the message names the arguments."""
+
+
+_ALLOC_MESSAGES = ("can't allocate memory", "out of memory", "storage size calculation overflowed",
+                   "overflow when unpacking", "cannot allocate")
+
+
+def names_sizes(*names: str):
+    """Decorator: an allocation failure inside the op is re-raised as :class:`SizeError` naming
+    the size arguments ``names`` and their values (the allocator's own message names only bytes)."""
+    def deco(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (RuntimeError, TypeError, MemoryError) as exc:
+                text = str(exc).lower()
+                if isinstance(exc, SizeError) or not (isinstance(exc, torch.OutOfMemoryError)
+                                                      or any(m in text for m in _ALLOC_MESSAGES)):
+                    raise
+                bound = sig.bind_partial(*args, **kwargs).arguments
+                sizes = ", ".join(f"`{n}`={bound[n]!r}" for n in names if n in bound)
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise SizeError(f"{fn.__name__}: cannot allocate the outputs for {sizes} ({first}); "
+                                f"check these sizes") from None
+        return wrapper
+    return deco

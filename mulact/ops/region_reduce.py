@@ -143,6 +143,7 @@ class _RegionReduceFn(torch.autograd.Function):
         return out, None, None, None, None
 
 
+@V.names_sizes("num_regions")
 def region_reduce(values: torch.Tensor, regions: torch.Tensor, num_regions: int, reduce: str = "sum", *,
                   backend: str | None = None) -> torch.Tensor:
     """Reduce pixel values over superpixel regions.

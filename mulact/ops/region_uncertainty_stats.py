@@ -136,6 +136,7 @@ def _triton(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintySt
     return RegionUncertaintyStats(u, n, prob, int(n.sum()))
 
 
+@V.names_sizes("num_regions")
 @torch.no_grad()
 def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_regions: int,
                              temperature: float = 1.0, measure: str = "bvsb", *,
