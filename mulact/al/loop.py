@@ -44,10 +44,10 @@ from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pa
 from mulact.model import build_model
 from mulact.ops.acquisition import measure_for
 
-from .acquisition import acquire, scan_pool, score_pool
-from .data import AugmentedView, build_oracle
 from mulact.runstore import DamagedFileError, DirLock, Manifest, RunStateError, remove_temp_files, worker_init_fn
 
+from .acquisition import acquire, scan_pool, score_pool
+from .data import AugmentedView, build_oracle
 from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json, load_json, load_torch
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,9 @@ class Experiment:
 
     # -- setup ------------------------------------------------------------------------------
     def _check_config(self) -> None:
-        import yaml
-
         import json
+
+        import yaml
 
         from mulact.runstore import digest
 
