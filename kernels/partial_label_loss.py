@@ -65,7 +65,7 @@ def _report(status_ptr, bad, rid, m2, x):
     finite = (x == x) & (tl.abs(x) != float("inf"))
     nonfinite = tl.max(tl.max(tl.where(m2 & ~finite, 1, 0), 1), 0)
     tl.atomic_max(status_ptr, nonfinite, mask=nonfinite > 0)
-    worst = tl.max(tl.where(bad, rid, -1), 0).to(tl.int32)
+    worst = tl.minimum(tl.max(tl.where(bad, rid, -1), 0), 2147483647).to(tl.int32)  # clip, never wrap
     tl.atomic_max(status_ptr + 1, worst, mask=worst >= 0)
 
 

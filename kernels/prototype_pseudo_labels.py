@@ -96,7 +96,7 @@ def _scan_kernel(reg_ptr, labeled_ptr, lidx_ptr, labels_ptr, logits_ptr, best_pt
     y = p // W
     x = p % W
     r = tl.load(reg_ptr + offs, mask=m, other=-1).to(tl.int64)
-    tl.atomic_max(status_ptr + 1, tl.max(tl.where(m & (r >= R), r, -1), 0).to(tl.int32))
+    tl.atomic_max(status_ptr + 1, tl.minimum(tl.max(tl.where(m & (r >= R), r, -1), 0), 2147483647).to(tl.int32))
     ok = m & (r >= 0) & (r < R)
     r = tl.where(ok, r, 0)
     lab = tl.load(labeled_ptr + b * R + r, mask=ok, other=0) != 0
@@ -296,7 +296,7 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     grid = (triton.cdiv(n, BLOCK_N),)
     _scan_kernel[grid](reg, labeled_u8, lidx, labels_u8, lg, best, adj, status, n, h, w, r_count, c, big_l,
                        float(temperature), DO_ADJ=expand, BLOCK=BLOCK_N, BLOCK_C=block_c)
-    raise_on_status(OP, status, r_count)
+    raise_on_status(OP, status, r_count, regions=regions)
     idx = torch.full((bsz * r_count * c,), hw, dtype=torch.int64, device=dev)
     _argmin_kernel[grid](reg, labeled_u8, labels_u8, lg, best, idx, n, h, w, r_count, c, float(temperature),
                          BLOCK=BLOCK_N, BLOCK_C=block_c)

@@ -158,3 +158,21 @@ def test_random_scores_are_seeded():
     b, _ = score_pool("random", pool, None, nu=6.0, seed=5, round_index=1)
     c, _ = score_pool("random", pool, None, nu=6.0, seed=5, round_index=2)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("method", ["random", "bvsb", "classbal", "pixbal", "margin", "entropy"])
+def test_exhausted_pool_selects_nothing_for_every_method(method):
+    from mulact.ops.acquisition import measure_for
+
+    ds = FakeImages(n=3, seed=4)
+    pool = _pool(ds)
+    everything = np.flatnonzero(pool.valid)
+    pool.add_round(everything, np.ones(len(everything), np.uint64), np.ones(len(everything), np.int64))
+    assert len(pool.images_with_unlabeled()) == 0
+    stats = None
+    if method != "random":
+        stats = scan_pool(CountingModel(), ds, pool, pool.images_with_unlabeled(), measure=measure_for(method),
+                          temperature=0.1, device="cpu")
+        assert stats.num_pixels == 0
+    scores, banned = score_pool(method, pool, stats, nu=6.0, seed=0, round_index=2)
+    assert len(acquire(pool, scores, banned, np.ones(len(scores), np.int64), 10**6)) == 0

@@ -38,11 +38,11 @@ def test_demo_deterministic(demo, tmp_path):
     again = ensure_demo_dataset(tmp_path / "a", seed=0, **SMALL)
     other = ensure_demo_dataset(tmp_path / "b", seed=1, **SMALL)
     h0, n0 = tree_hash(demo)
-    assert n0 == 2 * (6 + 2)
+    assert n0 == 2 * (6 + 2) + 1  # images, labels and files.sha256
     assert tree_hash(again) == (h0, n0)
     assert tree_hash(other)[0] != h0
     assert ensure_demo_dataset(tmp_path / "a", seed=0, **SMALL) == again  # reused, not regenerated
-    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".")]  # no temp dirs left
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".") and p.is_dir()]  # no temp dirs left
 
 
 def test_demo_env_cache(tmp_path, monkeypatch):

@@ -56,6 +56,7 @@ def scan_pool(model, dataset, pool: RegionPool, images, *, measure: str, tempera
     from mulact.ops import region_uncertainty_stats
 
     from mulact.engine.train import collate_pad
+    from mulact.runstore import worker_init_fn
 
     device = torch.device(device)
     K = pool.num_classes + 1
@@ -68,7 +69,8 @@ def scan_pool(model, dataset, pool: RegionPool, images, *, measure: str, tempera
     images = [int(i) for i in images]
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, images), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=collate or collate_pad)
+        num_workers=num_workers, collate_fn=collate or collate_pad,
+        worker_init_fn=worker_init_fn() if num_workers else None)
     was_training = model.training
     model.eval()
     use_amp = amp and device.type == "cuda"
@@ -113,6 +115,8 @@ def score_pool(method: str, pool: RegionPool, stats: PoolStats | None, *, nu: fl
         return random_scores(N, generator=gen).double().numpy(), np.zeros(N, bool)
     if stats is None:
         raise ValueError(f"stats: method {method!r} needs a pool scan")
+    if stats.num_pixels == 0:  # nothing was scanned (an exhausted pool): nothing is selectable
+        return np.zeros(N), np.ones(N, bool)
     undefined = pool.num_classes
     K = undefined + 1
     dom = dominant_class(stats.count)

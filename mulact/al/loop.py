@@ -24,6 +24,12 @@ deterministic for a seed (:mod:`mulact.engine.train`) — makes the same selecti
 Labels come through an :class:`~mulact.al.oracle.Oracle` (``cfg.oracle``): the simulated one
 answers from the ground truth at once; the human one stops the run (:class:`AnswersPending`)
 after writing a round's queries, and a rerun picks the answers up (README "Label your own data").
+
+Integrity (:mod:`mulact.runstore`): ``manifest.json`` records the SHA-256 of every file above
+when it is written, and every read checks it. A damaged file that can be derived again
+(oracle, selection records, checkpoints, pseudo labels, metrics) is recomputed with a warning
+naming it; a damaged pool stops the run with an error naming the file and what to do. The
+directory is locked (``.lock``) while a process works in it. See the README's *Resume*.
 """
 from __future__ import annotations
 
@@ -44,11 +50,12 @@ from mulact.engine.losses import stage1_loss
 from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
 from mulact.model import build_model
 from mulact.ops.acquisition import measure_for
+from mulact.runstore import DamagedFileError, DirLock, Manifest, RunStateError, remove_temp_files, worker_init_fn
 
 from .acquisition import acquire, scan_pool, score_pool
 from .data import AugmentedView, build_oracle
-from .oracle import ORACLES, AnswersPending, Oracle, make_oracle, without_ground_truth
-from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json
+from .oracle import AnswersPending, Oracle, make_oracle, without_ground_truth
+from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json, load_json, load_torch
 
 log = logging.getLogger(__name__)
 
@@ -76,30 +83,76 @@ class Experiment:
         self.echo = echo
         self.dir = cfg.resolved_run_dir()
         self.device = _resolve_device(cfg.device)
-        if cfg.oracle not in ORACLES:
-            raise ValueError(f"oracle: expected one of {ORACLES}, got {cfg.oracle!r}")
-        self._build_data()
+        self._build_data()  # before the run directory exists: a missing dataset leaves nothing behind
         if cfg.oracle == "human":
-            self.train = without_ground_truth(self.train)
+            self.train = without_ground_truth(self.train)  # the loop must never read train ground truth
         os.makedirs(self.dir, exist_ok=True)
-        self._check_config()
+        # one process per run directory (rank 0 of a multi-process job); flock frees it on death
+        self.lock = DirLock.for_job(self.dir, "run directory")
+        if self.lock is not None:
+            self.lock.acquire()
+            remove_temp_files(self.dir)
+        try:
+            self.store = Manifest(self.dir)
+            self._check_config()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop recording writes and release the run directory."""
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def _damaged(self, err: DamagedFileError, action: str) -> None:
+        msg = f"{err}; {action}"
+        log.warning(msg)
+        self.echo(f"warning: {msg}")
 
     # -- setup ------------------------------------------------------------------------------
     def _check_config(self) -> None:
+        import json
+
         import yaml
+
+        from mulact.runstore import digest
 
         path = os.path.join(self.dir, "config.yaml")
         current = self.cfg.to_dict()
-        if os.path.isfile(path):
-            with open(path) as fh:
-                saved = yaml.safe_load(fh) or {}
-            # an option added after the run started counts as its default (e.g. `oracle`)
-            defaults = TrainConfig().to_dict()
-            diff = sorted(k for k in current if k not in RUNTIME_OPTIONS and saved.get(k, defaults[k]) != current[k])
-            if diff:
-                detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff[:6])
-                raise ValueError(f"run_dir: {self.dir!r} holds a run with a different configuration "
-                                 f"({detail}); use another --name/--run-dir to start a new run")
+        # what must match on a rerun, recorded apart from config.yaml so a damaged copy can be rebuilt
+        key = digest(json.dumps({k: v for k, v in current.items() if k not in RUNTIME_OPTIONS},
+                                sort_keys=True, default=str).encode())
+        recorded_key = self.store.meta.get("config_key")
+        if os.path.isfile(path) or self.store.recorded(path):
+            try:
+                saved = yaml.safe_load(self.store.read_bytes(path)) or {}
+                if not isinstance(saved, dict):
+                    raise DamagedFileError(path, "is not a mapping of options")
+            except yaml.YAMLError as exc:
+                saved = None
+                err = DamagedFileError(path, f"is not readable YAML ({exc})")
+            except DamagedFileError as exc:
+                saved, err = None, exc
+            if saved is None:
+                if recorded_key is not None and recorded_key != key:
+                    raise RunStateError(f"{err}; and this command's configuration differs from the one recorded for "
+                                        f"the run in {self.store.path}. Rerun with the run's original options, or "
+                                        f"use another --name/--run-dir to start a new run")
+                self._damaged(err, "rewriting it from this command's configuration"
+                              + (", which matches the run's recorded one" if recorded_key else ""))
+            else:
+                # an option added after the run started counts as its default (e.g. `oracle`)
+                defaults = TrainConfig().to_dict()
+                diff = sorted(k for k in current
+                              if k not in RUNTIME_OPTIONS and saved.get(k, defaults[k]) != current[k])
+                if diff:
+                    detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff[:6])
+                    raise ValueError(f"run_dir: {self.dir!r} holds a run with a different configuration "
+                                     f"({detail}); use another --name/--run-dir to start a new run")
+        if recorded_key != key:
+            self.store.set_meta(config_key=key)
         text = yaml.safe_dump(current, sort_keys=False)
         from .pool import _atomic
 
@@ -124,12 +177,16 @@ class Experiment:
             val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
         self.val_loader = torch.utils.data.DataLoader(
             val, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
-            collate_fn=collate_pad)
+            collate_fn=collate_pad, worker_init_fn=worker_init_fn() if cfg.num_workers else None)
 
     def _oracle(self) -> OracleTable:
         path = os.path.join(self.dir, "oracle.npz")
-        if os.path.isfile(path):
-            return OracleTable.load(path)
+        if os.path.isfile(path) or self.store.recorded(path):
+            try:
+                return OracleTable.load(path, self.store)
+            except DamagedFileError as err:
+                # simulated answers are a function of the dataset and its superpixels
+                self._damaged(err, "recomputing the oracle answers from the ground truth")
         self.echo(f"computing superpixels and oracle labels for {len(self.train_indices)} training images")
         oracle = build_oracle(self.train, self.train_indices, trim=self.cfg.trim)
         oracle.save(path)
@@ -151,8 +208,16 @@ class Experiment:
 
     def load_model(self, path: str):
         model = self.new_model()
-        model.load_state_dict(torch.load(path, map_location=self.device, weights_only=False)["model"])
+        model.load_state_dict(load_torch(path, self.store, map_location=self.device)["model"])
         return model
+
+    def round_model(self, t: int, pool: RegionPool):
+        """The final model of round ``t``, retrained first if its weights are missing or damaged."""
+        p = pool.until(t)
+        self.stage1(t, p)
+        if self.cfg.stage2:
+            self.stage2(t, p)
+        return self.load_model(self.final_weights(t))
 
     def evaluate(self, model, desc="evaluate") -> dict:
         return evaluate(model, self.val_loader, self.num_classes, self.device, self.train.ignore_index,
@@ -162,14 +227,45 @@ class Experiment:
         sampler = ResumableBatchSampler(indices, self.cfg.batch_size, iterations, seed, start)
         return torch.utils.data.DataLoader(
             view, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-            collate_fn=lambda items: collate_pad(items, extra_keys), pin_memory=self.device.type == "cuda")
+            collate_fn=lambda items: collate_pad(items, extra_keys), pin_memory=self.device.type == "cuda",
+            worker_init_fn=worker_init_fn() if self.cfg.num_workers else None)
+
+    def _stage_files(self, t: int, stage: str) -> list[str]:
+        rd = self.round_dir(t)
+        return [os.path.join(rd, f"{stage}{s}.pt") for s in ("", "_last", "_best")]
+
+    def _verified_stage(self, t: int, stage: str):
+        """Summary of a finished stage, or None; damaged checkpoints are dropped (with a
+        warning) so the stage is trained again — deterministically, to the same weights."""
+        final, last, best = self._stage_files(t, stage)
+        if os.path.isfile(final) or self.store.recorded(final):
+            try:
+                return load_torch(final, self.store, what=f"{stage} checkpoint")["summary"]
+            except (DamagedFileError, KeyError, TypeError) as err:
+                if not isinstance(err, DamagedFileError):
+                    err = DamagedFileError(final, f"holds no training summary ({err})")
+                self._damaged(err, f"training round {t} {stage} again")
+                for f in (final, last, best):
+                    self.store.forget(f)
+                return None
+        for f in (last, best):
+            if os.path.isfile(f) or self.store.recorded(f):
+                try:
+                    self.store.verify(f)
+                except DamagedFileError as err:
+                    self._damaged(err, f"restarting round {t} {stage} from its first iteration")
+                    self.store.forget(last)
+                    self.store.forget(best)
+                    break
+        return None
 
     def _train(self, stage: str, t: int, view, indices, iterations, lr, step_loss, extra_keys) -> dict:
         c = self.cfg
         rd = self.round_dir(t)
         final = os.path.join(rd, f"{stage}.pt")
-        if os.path.isfile(final):
-            return torch.load(final, map_location="cpu", weights_only=False)["summary"]
+        done = self._verified_stage(t, stage)
+        if done is not None:
+            return done
         model = self.new_model()
         seed = derive_seed(c.seed, t, 1 if stage == "stage1" else 2)
         settings = TrainSettings(
@@ -185,8 +281,7 @@ class Experiment:
                               best_path=os.path.join(rd, f"{stage}_best.pt"))
         summary["seconds"] = time.time() - t0
         atomic_torch_save(final, {"model": model.state_dict(), "summary": summary})
-        if os.path.isfile(last):
-            os.unlink(last)
+        self.store.forget(last)
         return summary
 
     # -- steps ------------------------------------------------------------------------------
@@ -198,6 +293,8 @@ class Experiment:
         t0 = time.time()
         pending = oracle.pending(t)
         if pending is None:
+            if not pool.unlabeled_mask().any():
+                return False  # nothing to scan: every method stops here, before needing pool statistics
             chosen, scores = self._acquire(t, method, pool, oracle)
             if len(chosen) == 0:
                 return False
@@ -206,9 +303,9 @@ class Experiment:
             scores = np.full(int(pool.offsets[-1]), math.nan)
             scores[chosen] = pending[1]
         bits, cost = oracle.answer(t, chosen, scores, c.labeling)
-        pool.add_round(chosen, bits, cost)
+        pool.add_round(chosen, bits, cost, scores=scores[chosen])
         pool.save(os.path.join(self.dir, "pool.npz"))
-        self._write_selection(t, pool, scores)
+        self._write_selection(t, pool)
         log.info("round %d: %s selected %d regions (%d clicks) in %.1fs", t, method, len(chosen),
                  pool.clicks(t), time.time() - t0)
         return True
@@ -217,7 +314,7 @@ class Experiment:
         c = self.cfg
         stats = None
         if method != "random":
-            model = self.load_model(self.final_weights(t - 1))
+            model = self.round_model(t - 1, pool)
             stats = scan_pool(model, self.train, pool, pool.images_with_unlabeled(), measure=measure_for(method),
                               temperature=c.temperature, device=self.device, batch_size=c.acquisition_batch_size,
                               amp=c.amp, num_workers=c.num_workers)
@@ -226,10 +323,9 @@ class Experiment:
         costs = oracle.planned_costs(pool, c.labeling)
         return acquire(pool, scores, banned, costs, c.budget), scores
 
-    def _write_selection(self, t, pool, scores) -> None:
-        flat = pool.selections[t - 1]
+    def _write_selection(self, t, pool) -> None:
         names = self.train.names()
-        rec = pool.selection_record(t, names=names, scores=scores[flat])
+        rec = pool.selection_record(t, names=names, scores=pool.scores[t - 1])
         rec["acquisition"] = "random" if t == 1 else self.cfg.acquisition
         rec["labeling"] = self.cfg.labeling
         atomic_write_json(os.path.join(self.dir, "selections", f"round_{t:02d}.json"), rec)
@@ -257,7 +353,12 @@ class Experiment:
         rd = self.round_dir(t)
         images = pool.labeled_images()
         pseudo_dir = os.path.join(rd, "pseudo")
-        info = pseudo_summary(pseudo_dir)
+        try:
+            info = pseudo_summary(pseudo_dir, images, self.store)
+        except DamagedFileError as err:
+            self._damaged(err, f"generating the pseudo labels of round {t} again")
+            self.store.forget(os.path.join(pseudo_dir, "summary.json"))
+            info = None
         if info is None:
             model = self.load_model(os.path.join(rd, "stage1.pt"))
             info = generate_pseudo_labels(
@@ -266,7 +367,7 @@ class Experiment:
                 amp=c.amp, desc=f"round {t} pseudo labels")
             del model
 
-        def label_of(i):
+        def label_of(i):  # verified by generate_pseudo_labels just before training
             return torch.from_numpy(np.load(pseudo_label_path(pseudo_dir, i)).astype(np.int64))
 
         view = AugmentedView(self.train, self.transform, label_fn=label_of)
@@ -281,29 +382,30 @@ class Experiment:
         c = self.cfg
         t_start = time.time()
         oracle = make_oracle(c.oracle, self)
-        pool_path = os.path.join(self.dir, "pool.npz")
-        pool = RegionPool.load(pool_path) if os.path.isfile(pool_path) else RegionPool(
-            oracle.offsets, self.num_classes, valid=oracle.pixels > 0)
+        pool = self._load_pool(oracle)
         full_cost = oracle.full_annotation_cost()
         metrics = self.load_metrics()
         done_rounds = {m["round"] for m in metrics}
+        skipped = []
         for t in range(1, c.rounds + 1):
             if pool.num_rounds < t:
                 if not self.select(t, pool, oracle):
                     self.echo(f"round {t}: the pool is exhausted (every selectable region is labeled); stopping")
                     break
-            elif not os.path.isfile(os.path.join(self.dir, "selections", f"round_{t:02d}.json")):
-                self._write_selection(t, pool, np.full(int(pool.offsets[-1]), math.nan))
+            else:
+                self._check_selection(t, pool)
             if t in done_rounds:
+                skipped.append(t)
                 continue
-            s1 = self.stage1(t, pool)
+            pt = pool.until(t)  # a round trains on the labels of rounds 1..t only
+            s1 = self.stage1(t, pt)
             model = self.load_model(os.path.join(self.round_dir(t), "stage1.pt"))
             ev1 = self.evaluate(model, desc=f"round {t} stage1 eval")
             del model
             rec = self._round_record(t, pool, full_cost, ev1, s1)
             rec.update(oracle.round_metrics(t))
             if c.stage2:
-                s2 = self.stage2(t, pool)
+                s2 = self.stage2(t, pt)
                 model = self.load_model(os.path.join(self.round_dir(t), "stage2.pt"))
                 ev2 = self.evaluate(model, desc=f"round {t} stage2 eval")
                 del model
@@ -316,9 +418,60 @@ class Experiment:
             self.save_metrics(metrics)
             self.echo(f"round {t}: mIoU {100 * rec['miou']:.2f}  clicks {rec['clicks']} "
                       f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
+        self._check_finished(skipped, pool, metrics)
         self.echo(self.summary_table(metrics))
         self.echo(f"run directory: {self.dir}   ({time.time() - t_start:.0f}s this invocation)")
         return metrics
+
+    def _check_finished(self, rounds, pool: RegionPool, metrics) -> None:
+        """Verify the outputs of the rounds this invocation did not redo (their weights, pseudo
+        labels, metrics files) and recompute the damaged ones, so a rerun leaves a whole run."""
+        for t in rounds:
+            self.stage1(t, pool.until(t))
+            if self.cfg.stage2:
+                self.stage2(t, pool.until(t))
+        if not metrics:
+            return
+        for name in ("metrics.csv", "miou_vs_clicks.png"):
+            try:
+                self.store.verify(os.path.join(self.dir, name))
+            except DamagedFileError as err:
+                self._damaged(err, "writing it again")
+                self.save_metrics(metrics)
+                break
+
+    def _load_pool(self, oracle: Oracle) -> RegionPool:
+        path = os.path.join(self.dir, "pool.npz")
+        if not (os.path.isfile(path) or self.store.recorded(path)):
+            return RegionPool(oracle.offsets, self.num_classes, valid=oracle.pixels > 0)
+        try:
+            pool = RegionPool.load(path, self.store)
+        except DamagedFileError as err:
+            sha = self.store.entries.get(self.store.rel(path), {}).get("sha256")
+            raise RunStateError(
+                f"{err}. The pool holds the labels of every round so far and cannot be recomputed, so the "
+                f"run stops here. Restore {os.path.basename(path)} from a backup"
+                + (f" (the file written had SHA-256 {sha})" if sha else "")
+                + ", or start a new run with another --name/--run-dir.") from None
+        if not np.array_equal(pool.offsets, oracle.offsets):
+            raise RunStateError(f"{path}: the pool's regions do not match the oracle's (other superpixels or "
+                                f"images?); start a new run with another --name/--run-dir")
+        return pool
+
+    def _check_selection(self, t: int, pool: RegionPool) -> None:
+        """Rewrite a missing or damaged selection record of round ``t`` from the pool."""
+        path = os.path.join(self.dir, "selections", f"round_{t:02d}.json")
+        try:
+            rec = load_json(path, self.store, what="selection record")
+            if rec.get("round") != t:
+                raise DamagedFileError(path, f"records round {rec.get('round')!r}, not round {t}")
+            return
+        except DamagedFileError as err:
+            if os.path.isfile(path) or self.store.recorded(path):
+                self._damaged(err, "rewriting it from pool.npz")
+        except AttributeError:
+            self._damaged(DamagedFileError(path, "is not a selection record"), "rewriting it from pool.npz")
+        self._write_selection(t, pool)
 
     def _round_record(self, t, pool, full_cost, ev, s1) -> dict:
         cum = int(pool.cost[(pool.round > 0) & (pool.round <= t)].sum())
@@ -344,10 +497,18 @@ class Experiment:
         import json
 
         path = os.path.join(self.dir, "metrics.json")
-        if not os.path.isfile(path):
+        if not (os.path.isfile(path) or self.store.recorded(path)):
             return []
-        with open(path) as fh:
-            return json.load(fh)["rounds"]
+        try:
+            rounds = load_json(path, self.store, what="metrics file")["rounds"]
+            if not all(isinstance(m, dict) and "round" in m for m in rounds):
+                raise TypeError("a round without a number")
+            return rounds
+        except (DamagedFileError, KeyError, TypeError) as err:
+            if not isinstance(err, DamagedFileError):
+                err = DamagedFileError(path, f"is not a metrics file ({err})")
+            self._damaged(err, "evaluating the finished rounds again")
+            return []
 
     def save_metrics(self, metrics: list[dict]) -> None:
         atomic_write_json(os.path.join(self.dir, "metrics.json"),
@@ -405,4 +566,8 @@ class Experiment:
 
 
 def run_experiment(cfg: TrainConfig, echo=print) -> list[dict]:
-    return Experiment(cfg, echo=echo).run()
+    exp = Experiment(cfg, echo=echo)
+    try:
+        return exp.run()
+    finally:
+        exp.close()

@@ -14,12 +14,13 @@ labeled in, and per round the selection in order. Everything is saved with atomi
 """
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 
 import numpy as np
 import torch
+
+from mulact.runstore import DamagedFileError, atomic_write
 
 __all__ = [
     "OracleTable",
@@ -37,20 +38,48 @@ __all__ = [
 # -- atomic file helpers ---------------------------------------------------------------------
 
 def _atomic(path: str, write) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    """Atomic, fsynced write through :func:`mulact.runstore.atomic_write` (recorded in the run's
+    manifest when one is open above ``path``)."""
+    atomic_write(path, write)
+
+
+def read_verified(path: str, manifest=None) -> bytes:
+    """The bytes of ``path``, checked against ``manifest`` (a :class:`mulact.runstore.Manifest`)
+    when given; :class:`DamagedFileError` if missing or not what was written."""
+    if manifest is not None:
+        return manifest.read_bytes(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise DamagedFileError(path, f"cannot be read ({exc.strerror})") from None
+
+
+def load_npz(path: str, manifest=None, *, what: str = "array archive") -> dict:
+    """All arrays of an ``.npz`` file (verified when ``manifest`` is given); a torn or foreign
+    file raises :class:`DamagedFileError` naming it, never a bare ``BadZipFile``."""
+    data = read_verified(path, manifest)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, OSError ...
+        raise DamagedFileError(path, f"is not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
+def load_json(path: str, manifest=None, *, what: str = "JSON file"):
+    data = read_verified(path, manifest)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise DamagedFileError(path, f"is not a readable {what} ({exc})") from None
+
+
+def load_torch(path: str, manifest=None, *, map_location="cpu", what: str = "checkpoint"):
+    data = read_verified(path, manifest)
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    except Exception as exc:  # pickle/zip errors of a torn or foreign file
+        raise DamagedFileError(path, f"is not a readable {what} ({type(exc).__name__}: {exc})") from None
 
 
 def atomic_write_json(path: str, obj) -> None:
@@ -152,9 +181,12 @@ class OracleTable:
                         pixels=self.pixels, num_classes=np.int64(self.num_classes))
 
     @classmethod
-    def load(cls, path: str) -> "OracleTable":
-        with np.load(path) as z:
+    def load(cls, path: str, manifest=None) -> "OracleTable":
+        z = load_npz(path, manifest, what="oracle table")
+        try:
             return cls(z["offsets"], z["bits"], z["dominant"], z["pixels"], int(z["num_classes"]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DamagedFileError(path, f"is not an oracle table ({exc})") from None
 
 
 # -- selection -------------------------------------------------------------------------------
@@ -197,6 +229,7 @@ class RegionPool:
         self.cost = np.zeros(n, dtype=np.int64)
         self.round = np.zeros(n, dtype=np.int64)
         self.selections: list[np.ndarray] = []
+        self.scores: list[np.ndarray | None] = []  # acquisition scores of each selection (or None)
 
     # -- queries --------------------------------------------------------------------------
     @property
@@ -240,7 +273,7 @@ class RegionPool:
         return torch.from_numpy(out)
 
     # -- updates --------------------------------------------------------------------------
-    def add_round(self, flat, bits, costs) -> None:
+    def add_round(self, flat, bits, costs, scores=None) -> None:
         flat = np.asarray(flat, dtype=np.int64)
         bits = np.asarray(bits, dtype=np.uint64)
         costs = np.asarray(costs, dtype=np.int64)
@@ -257,6 +290,20 @@ class RegionPool:
         self.cost[flat] = costs
         self.round[flat] = r
         self.selections.append(flat.copy())
+        self.scores.append(None if scores is None else np.asarray(scores, dtype=np.float64).copy())
+
+    def until(self, round_index: int) -> "RegionPool":
+        """The pool as it was after round ``round_index`` (labels of later rounds removed)."""
+        if round_index >= self.num_rounds:
+            return self
+        p = RegionPool(self.offsets, self.num_classes, self.valid)
+        keep = (self.round > 0) & (self.round <= round_index)
+        p.labels = np.where(keep, self.labels, np.uint64(0))
+        p.cost = np.where(keep, self.cost, 0)
+        p.round = np.where(keep, self.round, 0)
+        p.selections = self.selections[:round_index]
+        p.scores = self.scores[:round_index]
+        return p
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -265,16 +312,23 @@ class RegionPool:
                       num_rounds=np.int64(self.num_rounds))
         for i, sel in enumerate(self.selections):
             arrays[f"selection_{i + 1}"] = sel
+            if self.scores[i] is not None:
+                arrays[f"scores_{i + 1}"] = self.scores[i]
         atomic_save_npz(path, **arrays)
 
     @classmethod
-    def load(cls, path: str) -> "RegionPool":
-        with np.load(path) as z:
+    def load(cls, path: str, manifest=None) -> "RegionPool":
+        z = load_npz(path, manifest, what="region pool")
+        try:
             pool = cls(z["offsets"], int(z["num_classes"]), z["valid"])
-            pool.labels = z["labels"].copy()
-            pool.cost = z["cost"].copy()
-            pool.round = z["round"].copy()
-            pool.selections = [z[f"selection_{i + 1}"].copy() for i in range(int(z["num_rounds"]))]
+            pool.labels = z["labels"]
+            pool.cost = z["cost"]
+            pool.round = z["round"]
+            n = int(z["num_rounds"])
+            pool.selections = [z[f"selection_{i + 1}"] for i in range(n)]
+            pool.scores = [z.get(f"scores_{i + 1}") for i in range(n)]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DamagedFileError(path, f"is not a region pool ({exc})") from None
         return pool
 
     def selection_record(self, round_index: int, names=None, scores=None) -> dict:

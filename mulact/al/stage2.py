@@ -9,10 +9,13 @@ without expansion). Each map is stored as an int16 ``.npy`` (255 = no label) und
 Pseudo-label accuracy (reported per round) = fraction of pixels with a pseudo label in
 ``[0, C)`` whose ground truth (not void) agrees; pixels labeled *undefined* and void ground
 truth are left out.
+
+Integrity: ``pseudo/summary.json`` (recorded in the run's manifest) lists the SHA-256 of every
+map; all maps are checked against it before stage 2 trains on them, and a missing, torn or
+swapped map makes the whole round's set be generated again (deterministically) with a warning.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -20,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .pool import _atomic, atomic_write_json
+from mulact.runstore import DamagedFileError, atomic_write, digest, worker_init_fn
+
+from .pool import atomic_write_json, load_json
 
 __all__ = ["generate_pseudo_labels", "pseudo_label_path", "pseudo_summary", "stage2_step"]
 
@@ -29,13 +34,16 @@ def pseudo_label_path(pseudo_dir: str, image: int) -> str:
     return os.path.join(pseudo_dir, f"{int(image):06d}.npy")
 
 
-def pseudo_summary(pseudo_dir: str) -> dict | None:
-    """The summary of a finished pseudo-label pass in ``pseudo_dir``, else None."""
+def pseudo_summary(pseudo_dir: str, images, store=None) -> dict | None:
+    """The verified summary of a finished pseudo-label pass in ``pseudo_dir``, else None.
+
+    Raises :class:`~mulact.runstore.DamagedFileError` naming the file when the summary or one
+    of the maps of ``images`` is not what was written (the caller generates them again).
+    """
     done = os.path.join(pseudo_dir, "summary.json")
-    if not os.path.isfile(done):
+    if not (os.path.isfile(done) or (store is not None and store.recorded(done))):
         return None
-    with open(done) as fh:
-        return json.load(fh)
+    return _verified_summary(done, store, pseudo_dir, images)
 
 
 @torch.no_grad()
@@ -44,22 +52,21 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
                            num_workers: int = 0, amp: bool = False, desc: str = "pseudo labels") -> dict:
     """Pseudo labels of ``images`` with the stage-1 ``model``; returns (and writes) the summary.
 
-    Skipped when ``pseudo_dir`` already holds a finished pass (:func:`pseudo_summary`).
+    Always generates: the caller checks for a finished pass first (:func:`pseudo_summary`).
     """
     from mulact.engine.train import collate_pad
     from mulact.ops.prototype_pseudo_labels import prototype_pseudo_labels, pseudo_labels_without_prototypes
 
     done = os.path.join(pseudo_dir, "summary.json")
-    info = pseudo_summary(pseudo_dir)
-    if info is not None:
-        return info
+    hashes = {}
     device = torch.device(device)
     model.eval()
     C = pool.num_classes
     R = int(np.diff(pool.offsets).max())
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, [int(i) for i in images]), batch_size=batch_size,
-        shuffle=False, num_workers=num_workers, collate_fn=collate_pad)
+        shuffle=False, num_workers=num_workers, collate_fn=collate_pad,
+        worker_init_fn=worker_init_fn() if num_workers else None)
     correct = labeled = localized = expanded = 0
     use_amp = amp and device.type == "cuda"
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
@@ -84,10 +91,33 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
         for b, i in enumerate(idx):
             h, w = (int(v) for v in batch["sizes"][b])
             arr = labels[b, :h, :w].numpy().astype(np.int16)
-            _atomic(pseudo_label_path(pseudo_dir, i), lambda fh, a=arr: np.save(fh, a))
+            path = pseudo_label_path(pseudo_dir, i)
+            # recorded in summary.json below rather than in the run manifest, one entry per map
+            hashes[os.path.basename(path)] = atomic_write(path, lambda fh, a=arr: np.save(fh, a), record=False)
     info = {"accuracy": correct / labeled if labeled else float("nan"), "localized": localized,
             "expanded": expanded, "images": len(images)}
-    atomic_write_json(done, info)
+    atomic_write_json(done, {**info, "files": hashes})
+    return info
+
+
+def _verified_summary(done: str, store, pseudo_dir: str, images) -> dict:
+    info = load_json(done, store, what="pseudo-label summary")
+    if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
+        raise DamagedFileError(done, "lists no pseudo-label maps (written by an older mulact?)")
+    files = info.pop("files")
+    for i in images:
+        path = pseudo_label_path(pseudo_dir, i)
+        want = files.get(os.path.basename(path))
+        if want is None:
+            raise DamagedFileError(path, f"is not listed in {done}")
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise DamagedFileError(path, f"cannot be read ({exc.strerror})") from None
+        if digest(data) != want:
+            raise DamagedFileError(path, f"is not the map recorded in {os.path.basename(done)} "
+                                         f"(truncated, overwritten or swapped)")
     return info
 
 

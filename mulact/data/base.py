@@ -35,6 +35,8 @@ import cv2
 import numpy as np
 import torch
 
+from mulact.runstore import DamagedFileError
+
 from .cache import default_superpixel_dir
 from .superpixels import SuperpixelCache
 from .transforms import IGNORE_INDEX, EvalTransform, normalize, to_float_image
@@ -144,18 +146,20 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
         i = self._index(i)
         if i not in self._num_regions:
             name = self.samples[i].name
-            if self.superpixels.exists(name):
+            try:
                 self._num_regions[i] = self.superpixels.num_regions(name)
-            else:
-                self.load_regions(i)
+            except (FileNotFoundError, DamagedFileError):
+                self.load_regions(i)  # computes (or recomputes, with a warning) and caches the map
         return self._num_regions[i]
 
     def adjacency(self, i: int) -> torch.Tensor:
         """8-connected region adjacency of image ``i``: ``(E, 2)`` int64 pairs ``u < v`` (memoised)."""
         i = self._index(i)
-        if not self.superpixels.exists(self.samples[i].name):
+        try:
+            return self.superpixels.adjacency(self.samples[i].name)
+        except (FileNotFoundError, DamagedFileError):
             self.load_regions(i)
-        return self.superpixels.adjacency(self.samples[i].name)
+            return self.superpixels.adjacency(self.samples[i].name)
 
     def raw(self, i: int) -> dict:
         """Untransformed full-resolution ``image`` (uint8 RGB), ``label``, ``regions``, ``num_regions``."""

@@ -20,10 +20,17 @@ Determinism: every image is drawn from its own ``numpy.random.Generator`` seeded
 parameters give byte-identical files. The dataset lives in
 ``<cache>/demo/<seed>-<train>x<val>-<H>x<W>/`` where ``<cache>`` is ``$MULACT_CACHE`` or
 ``~/.cache/mulact``; it is built in a temporary sibling directory and renamed into place, so an
-interrupted generation never leaves a half-written dataset behind.
+interrupted generation never leaves a half-written dataset behind (the partial directory of a
+killed generation is removed by the next call, under the generation lock ``.<key>.lock``).
+
+Integrity: ``files.sha256`` (``sha256sum -c`` format) records every file when it is generated;
+:func:`ensure_demo_dataset` checks them (once per process) and regenerates any missing or
+damaged image from its seed, with a warning naming the file.
 """
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -33,7 +40,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from mulact.runstore import atomic_write, digest
+
 from .cache import cache_dir
+
+log = logging.getLogger("mulact.data")
+HASHES = "files.sha256"
+_verified: set = set()
 
 # Cityscapes labelIds used by the generator.
 UNLABELED, EGO, STATIC = 0, 1, 4
@@ -196,9 +209,21 @@ def demo_key(seed: int, num_train: int, num_val: int, height: int, width: int) -
     return f"{seed}-{num_train}x{num_val}-{height}x{width}"
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), array, [cv2.IMWRITE_PNG_COMPRESSION, 3]):
-        raise OSError(f"demo dataset: could not write {path}")
+def _encode_png(array: np.ndarray, what: str) -> bytes:
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise OSError(f"demo dataset: could not encode {what}")
+    return buf.tobytes()
+
+
+def _scene_files(seed: int, split: str, i: int, height: int, width: int) -> dict[str, bytes]:
+    """``{relative path: PNG bytes}`` of image ``i`` of ``split`` and its ground truth."""
+    rng = np.random.default_rng([seed, _SPLIT_SALT[split], i])
+    img, lab = render_scene(rng, height, width)
+    stem = f"{CITY}_{i:06d}_000019"
+    img_rel = f"leftImg8bit/{split}/{CITY}/{stem}_leftImg8bit.png"
+    gt_rel = f"gtFine/{split}/{CITY}/{stem}_gtFine_labelIds.png"
+    return {img_rel: _encode_png(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), img_rel), gt_rel: _encode_png(lab, gt_rel)}
 
 
 def generate_demo(out: str | os.PathLike, seed: int = 0, num_train: int = 200, num_val: int = 50,
@@ -207,20 +232,76 @@ def generate_demo(out: str | os.PathLike, seed: int = 0, num_train: int = 200, n
     out = Path(out)
     counts = {"train": num_train, "val": num_val}
     total = num_train + num_val
+    hashes = {}
     with tqdm(total=total, desc="demo dataset", disable=not progress, unit="img") as bar:
         for split, n in counts.items():
-            img_dir = out / "leftImg8bit" / split / CITY
-            gt_dir = out / "gtFine" / split / CITY
-            img_dir.mkdir(parents=True, exist_ok=True)
-            gt_dir.mkdir(parents=True, exist_ok=True)
+            for sub in ("leftImg8bit", "gtFine"):
+                (out / sub / split / CITY).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                rng = np.random.default_rng([seed, _SPLIT_SALT[split], i])
-                img, lab = render_scene(rng, height, width)
-                stem = f"{CITY}_{i:06d}_000019"
-                _write_png(img_dir / f"{stem}_leftImg8bit.png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-                _write_png(gt_dir / f"{stem}_gtFine_labelIds.png", lab)
+                for rel, data in _scene_files(seed, split, i, height, width).items():
+                    (out / rel).write_bytes(data)  # the whole directory is renamed into place at the end
+                    hashes[rel] = digest(data)
                 bar.update(1)
+    _write_hashes(out, hashes)
     return out
+
+
+def _write_hashes(out: Path, hashes: dict[str, str]) -> None:
+    atomic_write(out / HASHES, "".join(f"{h}  {rel}\n" for rel, h in sorted(hashes.items())).encode(), record=False)
+
+
+def _read_hashes(out: Path) -> dict[str, str] | None:
+    try:
+        text = (out / HASHES).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    table = {}
+    for line in text.splitlines():
+        h, sep, rel = line.partition("  ")
+        if not sep or len(h) != 64:
+            return None
+        table[rel] = h
+    return table
+
+
+def _repair(target: Path, seed: int, height: int, width: int, counts: dict) -> None:
+    """Check every file against ``files.sha256``; regenerate the damaged images."""
+    hashes = _read_hashes(target)
+    expected = {}
+    for split, n in counts.items():
+        for i in range(n):
+            stem = f"{CITY}_{i:06d}_000019"
+            for rel in (f"leftImg8bit/{split}/{CITY}/{stem}_leftImg8bit.png",
+                        f"gtFine/{split}/{CITY}/{stem}_gtFine_labelIds.png"):
+                expected[rel] = (split, i)
+    if hashes is None or set(hashes) != set(expected):
+        if (target / HASHES).exists():
+            log.warning("demo dataset %s: %s is damaged; checking every file by regenerating it", target, HASHES)
+        hashes = {}
+    bad = set()
+    for rel, key in expected.items():
+        want = hashes.get(rel)
+        try:
+            ok = want is not None and digest((target / rel).read_bytes()) == want
+        except OSError:
+            ok = False
+        if not ok:
+            bad.add(key)
+    changed = False
+    for split, i in sorted(bad):
+        for rel, data in _scene_files(seed, split, i, height, width).items():
+            path = target / rel
+            try:
+                same = digest(path.read_bytes()) == digest(data)
+            except OSError:
+                same = False
+            if not same:
+                log.warning("demo dataset: %s is missing or damaged; regenerating it", path)
+                atomic_write(path, data, record=False)
+            hashes[rel] = digest(data)
+            changed = True
+    if changed:
+        _write_hashes(target, hashes)
 
 
 def ensure_demo_dataset(root: str | os.PathLike | None = None, *, seed: int = 0, num_train: int = 200,
@@ -237,19 +318,28 @@ def ensure_demo_dataset(root: str | os.PathLike | None = None, *, seed: int = 0,
                              f"got {v!r}")
     base = Path(root) if root is not None else cache_dir() / "demo"
     target = base / demo_key(seed, num_train, num_val, height, width)
-    if target.is_dir():
+    if str(target) in _verified and target.is_dir():
         return target
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
+    # one generator per dataset at a time; the others wait and then only check its result
+    fd = os.open(base / f".{target.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        generate_demo(tmp, seed, num_train, num_val, height, width, progress=progress)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # lost a race only if someone else finished first
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for stale in base.glob(f".{target.name}.*"):  # partial generations of killed processes
+            if stale.is_dir():
+                log.info("demo dataset: removing the partial generation %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        if target.is_dir():
+            _repair(target, seed, height, width, {"train": num_train, "val": num_val})
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
+            try:
+                generate_demo(tmp, seed, num_train, num_val, height, width, progress=progress)
+                os.rename(tmp, target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        os.close(fd)
+    _verified.add(str(target))
     return target

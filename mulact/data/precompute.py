@@ -14,9 +14,13 @@ killing it and starting it again finishes the job. At the end ``region_counts.js
 every map's region count (see :meth:`SuperpixelCache.num_regions`). A cache directory whose ``manifest.json``
 records other parameters is refused (exit status 2 and a message naming both parameter sets);
 pass another ``--out`` or delete the directory. A missing or malformed dataset directory is
-reported with the path and the layout expected there (exit status 2). Temporary files left by
-a killed run are removed when the next run starts, so do not run two instances on the same
-cache directory at once.
+reported with the path and the layout expected there (exit status 2).
+
+One instance per cache directory: a second ``mulact-superpixels`` on the same output directory
+is refused at once (exit status 2, naming the PID and host of the one running); the lock of a
+killed instance is taken over by the next start, which also removes the temporary files the
+killed one left. Workers die with the parent (``kill -9`` of the command leaves no worker).
+Existing maps are checked against ``hashes.log`` and recomputed when damaged.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from tqdm import tqdm
+
+from mulact.runstore import DirLock, LockedError, die_with_parent, remove_temp_files
 
 from . import DATASETS, build_dataset
 from .base import DatasetNotFoundError, read_rgb
@@ -54,16 +60,28 @@ def _parse_param(text: str) -> tuple[str, object]:
 
 def _remove_stale_temps(root: Path) -> None:
     if root.is_dir():
-        for tmp in root.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for tmp in root.rglob(".*.tmp"):  # the temporary files of older mulact versions
+            if not tmp.name.startswith(".tmp-"):
+                tmp.unlink(missing_ok=True)
+        # a training run may be writing a map here right now (it does not take the lock)
+        remove_temp_files(root, wait_for_writers=True)
 
 
 def precompute_split(ds, workers: int, progress: bool = True) -> tuple[int, int]:
-    """Compute the missing maps of one dataset; return ``(computed, skipped)``."""
+    """Compute the missing or damaged maps of one dataset; return ``(computed, skipped)``.
+
+    Holds the cache directory's lock (:class:`mulact.runstore.DirLock`) throughout;
+    :class:`mulact.runstore.LockedError` if another live process holds it.
+    """
+    with DirLock(ds.superpixels.root, "superpixel directory"):
+        return _precompute_locked(ds, workers, progress)
+
+
+def _precompute_locked(ds, workers: int, progress: bool) -> tuple[int, int]:
     cache = ds.superpixels
     cache.write_manifest()
     _remove_stale_temps(cache.root)
-    todo = [s for s in ds.samples if not cache.exists(s.name)]
+    todo = [s for s in ds.samples if not cache.check(s.name)]
     skipped = len(ds.samples) - len(todo)
     jobs = [(str(s.image), str(cache.root), cache.method, cache.region_size, cache.params, s.name) for s in todo]
     bar = tqdm(total=len(ds.samples), initial=skipped, desc=f"superpixels {ds.split}", unit="img", disable=not progress)
@@ -75,7 +93,8 @@ def precompute_split(ds, workers: int, progress: bool = True) -> tuple[int, int]
                 counts[name] = r
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 pending = set()
                 it = iter(jobs)
                 # bounded submission keeps memory flat on large splits
@@ -133,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             ds = build_dataset(args.dataset, args.root, split, **kwargs)
             computed, skipped = precompute_split(ds, args.workers, progress=not args.no_progress)
-        except (DatasetNotFoundError, CacheMismatchError) as exc:
+        except (DatasetNotFoundError, CacheMismatchError, LockedError) as exc:
             print(f"mulact-superpixels: error: {exc}", file=sys.stderr)
             return 2
         print(f"{split}: {computed} computed, {skipped} already cached -> {ds.superpixels.root}")

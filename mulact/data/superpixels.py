@@ -34,21 +34,27 @@ Decisions (SPEC is silent):
   rewritten after it is decoded instead). A cache whose manifest disagrees with the requested parameters is *refused*
   (:class:`CacheMismatchError` naming both parameter sets) rather than silently overwritten:
   maps may have been used for a labelled AL pool already. Use another directory or delete it.
-  All writes are atomic (temporary file in the same directory, then ``os.replace``).
+  All writes go through :func:`mulact.runstore.atomic_write` (temporary file, fsync, rename).
+* **Integrity**: ``hashes.log`` records the SHA-256 of every map when it is written (one
+  ``<sha256>  <name>`` line appended per write, so concurrent writers never rewrite each
+  other's records; the last line of a name wins). Every read checks the map against it: a
+  truncated, overwritten or swapped map (e.g. another image's) is recomputed with a warning
+  naming the file. A cache made before ``hashes.log`` existed (its manifest has no
+  ``"hashes"`` entry) is trusted as it is and its maps are recorded on first read.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
+
+from mulact.runstore import DamagedFileError, atomic_write, digest, writing
 
 METHODS = ("seeds", "slic", "grid")
 MAX_REGIONS = 65535 + 1  # ids 0..65535 fit a uint16 PNG
@@ -56,6 +62,7 @@ SEEDS_DEFAULTS = {"num_levels": 5, "prior": 3, "histogram_bins": 10, "double_ste
 SLIC_DEFAULTS = {"compactness": 10.0, "sigma": 0.0, "max_num_iter": 10}
 MANIFEST = "manifest.json"
 COUNTS = "region_counts.json"
+HASHES = "hashes.log"
 log = logging.getLogger("mulact.data")
 FORMAT_VERSION = 1
 
@@ -170,19 +177,8 @@ def compute_superpixels(image: np.ndarray, method: str = "seeds", region_size: i
 
 # ---------------------------------------------------------------------------------------- cache
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def _atomic_write_bytes(path: Path, data: bytes) -> str:
+    return atomic_write(path, data, record=False)
 
 
 def encode_png16(labels: np.ndarray) -> bytes:
@@ -201,7 +197,12 @@ def encode_png16(labels: np.ndarray) -> bytes:
 
 def read_png16(path: str | os.PathLike) -> np.ndarray:
     """Read a cached map as ``int32 (H, W)``; raises ``ValueError`` if unreadable."""
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    with open(path, "rb") as fh:
+        return decode_png16(fh.read(), path)
+
+
+def decode_png16(data: bytes, path) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if arr is None or arr.ndim != 2 or arr.dtype != np.uint16:
         raise ValueError(f"superpixels: {path} is not a single-channel 16-bit PNG superpixel map")
     return arr.astype(np.int32)
@@ -236,12 +237,14 @@ class SuperpixelCache:
         self.region_size = _check_region_size(region_size)
         self.params = full
         self._manifest_checked = False
+        self._legacy = False
+        self._hash_state = (None, {})
         self.check_manifest()
 
     @property
     def manifest(self) -> dict:
         return {"format": FORMAT_VERSION, "method": self.method, "region_size": self.region_size,
-                "params": self.params, "dtype": "uint16-png", "max_regions": MAX_REGIONS}
+                "params": self.params, "dtype": "uint16-png", "max_regions": MAX_REGIONS, "hashes": HASHES}
 
     def check_manifest(self) -> None:
         """Raise :class:`CacheMismatchError` if the directory holds maps of other parameters."""
@@ -261,6 +264,7 @@ class SuperpixelCache:
                 f"{ {k: found.get(k) for k in keys} } but { {k: want[k] for k in keys} } was requested; "
                 "use another cache directory or delete this one to recompute")
         self._manifest_checked = True
+        self._legacy = "hashes" not in found
 
     def write_manifest(self) -> None:
         path = self.root / MANIFEST
@@ -309,25 +313,89 @@ class SuperpixelCache:
         merged.update({k: int(v) for k, v in counts.items()})
         _atomic_write_bytes(self.root / COUNTS, json.dumps(merged, sort_keys=True).encode())
 
+    # -- integrity ------------------------------------------------------------------------
+    def _hashes(self) -> dict[str, str]:
+        """``{name: sha256}`` from ``hashes.log``, re-read only when the log changed."""
+        path = self.root / HASHES
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._hash_state[0] != key:
+            table = {}
+            with open(path, "rb") as fh:
+                for line in fh.read().decode("utf-8", "replace").splitlines():
+                    h, sep, name = line.partition("  ")
+                    if sep and len(h) == 64:  # a torn last line of a killed writer is skipped
+                        table[name] = h
+            self._hash_state = (key, table)
+        return self._hash_state[1]
+
+    def _record(self, name: str, h: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        # one short O_APPEND write per record: atomic between concurrent writers on a local disk
+        fd = os.open(self.root / HASHES, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, f"{h}  {name}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def load(self, name: str) -> np.ndarray:
-        """The cached map (``int32 (H, W)``); ``FileNotFoundError`` if absent."""
-        return read_png16(self.path(name))
+        """The cached map (``int32 (H, W)``), verified against ``hashes.log``.
+
+        ``FileNotFoundError`` if absent; :class:`~mulact.runstore.DamagedFileError` (naming the
+        file) if it is not the map recorded for ``name`` or cannot be decoded.
+        """
+        path = self.path(name)
+        with open(path, "rb") as fh:
+            data = fh.read()
+        h = digest(data)
+        want = self._hashes().get(name)
+        if want is None:
+            if not self._legacy:
+                raise DamagedFileError(str(path), f"is not recorded in {self.root / HASHES}")
+            try:
+                self._record(name, h)  # a cache from before hashes.log: trusted as it is
+            except OSError:
+                pass  # a read-only cache: trusted without a record
+        elif want != h:
+            raise DamagedFileError(str(path), "is not the map recorded for this image (truncated, overwritten, "
+                                              "or replaced by another image's map)")
+        try:
+            return decode_png16(data, path)
+        except ValueError as exc:
+            raise DamagedFileError(str(path), str(exc)) from None
+
+    def check(self, name: str) -> bool:
+        """True if the map of ``name`` exists and is the recorded one (warns if damaged)."""
+        try:
+            self.load(name)
+            return True
+        except FileNotFoundError:
+            return False
+        except DamagedFileError as exc:
+            log.warning("%s; recomputing it", exc)
+            return False
 
     def save(self, name: str, labels: np.ndarray) -> None:
         self.write_manifest()
-        _atomic_write_bytes(self.path(name), encode_png16(labels))
+        with writing(self.root):
+            atomic_write(self.path(name), encode_png16(labels), record=False,
+                         before_rename=lambda h: self._record(name, h))
 
     def compute(self, image: np.ndarray) -> np.ndarray:
         return compute_superpixels(image, self.method, self.region_size, **self.params)
 
     def get(self, name: str, image_loader: Callable[[], np.ndarray]) -> np.ndarray:
         """Load the cached map, or compute it from ``image_loader()`` (RGB uint8) and cache it."""
-        p = self.path(name)
-        if p.exists():
-            try:
-                return read_png16(p)
-            except ValueError as exc:
-                log.warning("%s; recomputing it", exc)
+        try:
+            return self.load(name)
+        except FileNotFoundError:
+            pass
+        except DamagedFileError as exc:
+            log.warning("%s; recomputing it", exc)
         labels = self.compute(image_loader())
         self.save(name, labels)
         return labels
@@ -335,18 +403,24 @@ class SuperpixelCache:
     def adjacency(self, name: str):
         """8-connected region adjacency ``(E, 2)`` int64 of the cached map ``name``.
 
-        Memoised per process by (path, mtime, size) of the PNG, so a recomputed map gets a
-        fresh graph; see :func:`mulact.ops.region_adjacency`.
+        Memoised per process by the map's content hash, so a recomputed map gets a fresh
+        graph; the map is verified like :meth:`load` (same errors); see
+        :func:`mulact.ops.region_adjacency`.
         """
-        st = os.stat(self.path(name))
-        return _adjacency_of_file(str(self.path(name)), st.st_mtime_ns, st.st_size)
+        labels = self.load(name)
+        return _adjacency_of_map(self._hashes()[name], labels)
 
 
-@functools.lru_cache(maxsize=8192)
-def _adjacency_of_file(path: str, mtime_ns: int, size: int):
+_ADJACENCY: dict = {}
+
+
+def _adjacency_of_map(h: str, labels: np.ndarray):
     import torch
 
     from mulact.ops import region_adjacency
 
-    labels = read_png16(path)
-    return region_adjacency(torch.from_numpy(labels)[None], int(labels.max()) + 1)[0]
+    if h not in _ADJACENCY:
+        if len(_ADJACENCY) >= 8192:
+            _ADJACENCY.pop(next(iter(_ADJACENCY)))
+        _ADJACENCY[h] = region_adjacency(torch.from_numpy(labels)[None], int(labels.max()) + 1)[0]
+    return _ADJACENCY[h]

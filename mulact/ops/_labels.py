@@ -12,13 +12,22 @@ def acc_dtype(logits: torch.Tensor) -> torch.dtype:
 
 
 def labels_u8(region_labels: torch.Tensor) -> torch.Tensor:
-    """Contiguous uint8 view of multi-hot labels (bool is reinterpreted, not copied)."""
+    """Contiguous 0/1 uint8 multi-hot labels (bool is reinterpreted, not copied).
+
+    A uint8 label is read as a boolean: any nonzero value (1, 2, 255 of a mask image...) means
+    the class is set, in every op and backend, as ``tensor.bool()`` and numpy's ``astype(bool)``
+    read it; the kernels only ever see 0/1.
+    """
     region_labels = region_labels.contiguous()
-    return region_labels.view(torch.uint8) if region_labels.dtype == torch.bool else region_labels
+    if region_labels.dtype == torch.bool:
+        return region_labels.view(torch.uint8)
+    return (region_labels != 0).view(torch.uint8)
 
 
 def num_labels(region_labels: torch.Tensor) -> torch.Tensor:
-    """(B, R) int32 number of classes set per region."""
+    """(B, R) int32 number of classes set per region (nonzero uint8 counts as set)."""
+    if region_labels.dtype != torch.bool:
+        region_labels = region_labels != 0
     return region_labels.sum(-1, dtype=torch.int32)
 
 

@@ -8,6 +8,8 @@ report through a small ``status`` tensor so the check costs no extra pass over t
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import torch
@@ -107,9 +109,14 @@ def new_status(device: torch.device) -> torch.Tensor:
     return torch.tensor([0, -1], dtype=torch.int32, device=device)
 
 
-def raise_on_status(op: str, status: torch.Tensor, num_regions: int, name: str = "logits") -> None:
+def raise_on_status(op: str, status: torch.Tensor, num_regions: int, name: str = "logits",
+                    regions: torch.Tensor | None = None) -> None:
     nonfinite, bad_id = (int(v) for v in status.tolist())
     if bad_id >= 0:
+        if regions is not None:
+            # the int32 status slot clips (and a kernel may see only part of the ids): report the
+            # real largest id, found by one more pass on this error path only
+            bad_id = max(bad_id, int(regions.max()))
         raise ValueError(f"{op}: `regions` holds id {bad_id} but num_regions={num_regions}; ids must be < num_regions "
                          "(use a negative id for pixels outside every region)")
     if nonfinite:
@@ -141,3 +148,35 @@ def check_labeled_loss(op: str, logits, regions, region_labels, temperature, nor
     temperature = check_temperature(op, temperature)
     check_choice(op, "normalize", normalize, choices)
     return num_regions, temperature
+
+
+class SizeError(ValueError, MemoryError):
+    """The outputs an op was asked for cannot be allocated; the message names the arguments."""
+
+
+_ALLOC_MESSAGES = ("can't allocate memory", "out of memory", "storage size calculation overflowed",
+                   "overflow when unpacking", "cannot allocate")
+
+
+def names_sizes(*names: str):
+    """Decorator: an allocation failure inside the op is re-raised as :class:`SizeError` naming
+    the size arguments ``names`` and their values (the allocator's own message names only bytes)."""
+    def deco(fn):
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (RuntimeError, TypeError, MemoryError) as exc:
+                text = str(exc).lower()
+                if isinstance(exc, SizeError) or not (isinstance(exc, torch.OutOfMemoryError)
+                                                      or any(m in text for m in _ALLOC_MESSAGES)):
+                    raise
+                bound = sig.bind_partial(*args, **kwargs).arguments
+                sizes = ", ".join(f"`{n}`={bound[n]!r}" for n in names if n in bound)
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise SizeError(f"{fn.__name__}: cannot allocate the outputs for {sizes} ({first}); "
+                                f"check these sizes") from None
+        return wrapper
+    return deco

@@ -186,7 +186,7 @@ class PartialLabelLossFunction(torch.autograd.Function):
             denom = torch.stack([((terms == t) & present).sum() for t in (1, 2)]).to(acc)
         status = new_status(logits.device)
         sums, counts = forward(logits, regions, labels, terms, weight, temperature, status)
-        raise_on_status(OP, status, num_regions)
+        raise_on_status(OP, status, num_regions, regions=regions)
         if normalize == "pixel":
             denom = counts.to(acc)
         denom = denom.clamp(min=1)

@@ -282,15 +282,14 @@ def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature
 # --------------------------------------------------------------------------------------
 def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
     from ._cpp import code, ext, index_tensor, ptr
+    from ._labels import labels_u8
 
     bsz, c, h, w = logits.shape
     r_count = region_labels.shape[1]
     feats = features.contiguous()
     lg = logits.contiguous()
     reg = index_tensor(regions)
-    lab = region_labels.contiguous()
-    if lab.dtype == torch.bool:
-        lab = lab.view(torch.uint8)
+    lab = labels_u8(region_labels)
     out = torch.empty((bsz, h, w), dtype=torch.int64)
     thresholds = torch.empty((bsz, r_count, c), dtype=torch.float32)
     proto_index = torch.empty((bsz, r_count, c), dtype=torch.int64)
@@ -304,7 +303,7 @@ def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
         ptr(out), ptr(thresholds), ptr(proto_index), ptr(num_loc), ptr(num_exp), ptr(status))
     if int(status[0]) == 2:
         raise ValueError(f"{OP}: `features` contains NaN or Inf")
-    raise_on_status(OP, status, r_count)
+    raise_on_status(OP, status, r_count, regions=regions)
     return out, PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
 
 

@@ -131,7 +131,7 @@ def region_class_argmax_fused(logits, regions, region_labels, temperature, min_c
     active = (num_labels(region_labels) >= min_classes).to(torch.int8)
     status = new_status(logits.device)
     out = _LAUNCH[backend](logits, regions, labels, active, temperature, status)
-    raise_on_status(OP, status, num_regions)
+    raise_on_status(OP, status, num_regions, regions=regions)
     return out
 
 

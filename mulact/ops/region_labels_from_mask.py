@@ -238,6 +238,7 @@ def _triton(gt, regions, num_regions, num_classes, ignore_index, trim) -> Region
 
 # ---------------------------------------------------------------------------------- public
 
+@V.names_sizes("num_regions", "num_classes")
 def region_labels_from_mask(gt: torch.Tensor, regions: torch.Tensor, num_regions: int, num_classes: int,
                             ignore_index: int = 255, trim: int = 5, *, backend: str | None = None) -> RegionLabels:
     """Oracle multi-class and dominant labels of every region (SPEC §3.6).

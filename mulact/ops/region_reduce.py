@@ -93,7 +93,7 @@ def _kernel_forward(which: str, v3: torch.Tensor | None, reg: torch.Tensor, B: i
         else:
             val, cnt = region_sum_triton(v3 if mode != "count" else None, reg, B, K, N, R, status, acc)
             cnt = cnt.to(torch.int64)
-    V.raise_on_status(OP, status, R)
+    V.raise_on_status(OP, status, R, regions=reg)
     return val, cnt, arg
 
 
@@ -143,6 +143,7 @@ class _RegionReduceFn(torch.autograd.Function):
         return out, None, None, None, None
 
 
+@V.names_sizes("num_regions")
 def region_reduce(values: torch.Tensor, regions: torch.Tensor, num_regions: int, reduce: str = "sum", *,
                   backend: str | None = None) -> torch.Tensor:
     """Reduce pixel values over superpixel regions.

@@ -122,7 +122,7 @@ def _cpp(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintyStats
     pixels = ext().region_uncertainty_stats_forward(
         ptr(x), code(x), ptr(reg), code(reg), B, C, H * W, num_regions, inv_t, MEASURES.index(measure),
         ptr(u), ptr(n), ptr(prob), ptr(status))
-    V.raise_on_status(OP, status, num_regions)
+    V.raise_on_status(OP, status, num_regions, regions=regions)
     return RegionUncertaintyStats(u, n, prob, int(pixels))
 
 
@@ -132,10 +132,11 @@ def _triton(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintySt
     status = V.new_status(logits.device)
     u, n, prob = region_uncertainty_stats_triton(logits.contiguous(), index_tensor(regions), num_regions, inv_t,
                                                  measure, status)
-    V.raise_on_status(OP, status, num_regions)
+    V.raise_on_status(OP, status, num_regions, regions=regions)
     return RegionUncertaintyStats(u, n, prob, int(n.sum()))
 
 
+@V.names_sizes("num_regions")
 @torch.no_grad()
 def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_regions: int,
                              temperature: float = 1.0, measure: str = "bvsb", *,
