@@ -109,6 +109,16 @@ def test_shared_run_equals_an_unshared_run(swept):
     for seed in (0, 1):
         assert shared[f"s2-seed_{seed}"] == {"oracle": f"runs/s1/seed_{seed}", "round1_stage1": f"runs/s1/seed_{seed}"}
     assert "oracle" in shared["s1-seed_1"] or "oracle" in shared["s1-seed_0"]
+    # The loop used the shared files as they were: it did not compute the oracle again, and the
+    # round-1 stage-1 summary (with its training time) is the donor's.
+    logs = {p.name: p.read_text() for p in (swept["dir"] / "logs").glob("*.log")}
+    computed = [name for name, text in logs.items() if "computing superpixels and oracle labels" in text]
+    assert len(computed) == 1, computed
+    for seed in (0, 1):
+        donor = json.loads((swept["dir"] / "runs" / "s1" / f"seed_{seed}" / "metrics.json").read_text())["rounds"]
+        taker = json.loads((swept["dir"] / "runs" / "s2" / f"seed_{seed}" / "metrics.json").read_text())["rounds"]
+        assert taker[0]["stage1_seconds"] == donor[0]["stage1_seconds"]
+        assert taker[0]["stage1_miou"] == donor[0]["stage1_miou"]
     # The reference computes everything itself, in a directory of its own.
     ref = swept["tmp"] / "reference"
     flags = []
