@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "read_json"]
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -31,3 +31,11 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: str, default=None):
+    """The JSON in ``path``, or ``default`` ({} when not given) when there is no such file."""
+    if not os.path.isfile(path):
+        return {} if default is None else default
+    with open(path) as fh:
+        return json.load(fh)

@@ -19,6 +19,7 @@ import math
 import os
 
 from .files import atomic_write_bytes, atomic_write_text
+from .files import read_json as _read_json
 from .runner import run_dir_of
 from .spec import SweepFileError, SweepSpec, parse_sweep
 from .stats import paired_difference, summarize
@@ -121,7 +122,7 @@ def write_report(sweep_dir: str, confidence: float = 0.95, echo=print) -> str:
          ["variant", "seed", "round", "clicks", "cumulative_clicks", "percent_full_cost",
           *[k for k, _ in METRICS]])
     shared_path = os.path.join(sweep_dir, "shared.json")
-    shared = json.load(open(shared_path)) if os.path.isfile(shared_path) else {}
+    shared = _read_json(shared_path)
     md = _markdown(spec, stats, paired, done, shared, confidence)
     atomic_write_text(os.path.join(out, "report.md"), md)
     if stats:

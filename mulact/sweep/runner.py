@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from .files import atomic_write_json, atomic_write_text
+from .files import read_json as _read_json
 from .sharing import oracle_donor_ready, oracle_key, round1_donor_ready, round1_key, seed_run_dir
 from .spec import SweepFileError, SweepSpec, parse_sweep
 
@@ -175,7 +176,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str, jobs: int = 1, threads: int | Non
         runs = plan_runs(spec, sweep_dir)
         _remove_stale_seeding(runs)
         shared_path = os.path.join(sweep_dir, "shared.json")
-        provenance = json.load(open(shared_path)) if os.path.isfile(shared_path) else {}
+        provenance = _read_json(shared_path)
         for r in runs:
             r.shared = provenance.get(r.label, {})
             if run_finished(r.run_dir, r.config["rounds"]):
