@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 __all__ = ["main"]
@@ -93,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .runner import run_sweep
 
+    def terminated(signum, frame):
+        raise KeyboardInterrupt  # stop the runs cleanly, as on Ctrl-C
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         outcome = run_sweep(spec, sweep_dir, jobs=args.jobs, threads=args.threads, share=args.share,
                             report=args.report)
