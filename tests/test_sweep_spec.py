@@ -123,3 +123,17 @@ def test_any_option_outside_the_exclusion_lists_breaks_sharing():
         assert oracle_key({**cfg, option: value}) != oracle_key(cfg), option
     for option, value in (("iterations", 11), ("labeling", "dominant"), ("seed", 5), ("loss", "rc")):
         assert oracle_key({**cfg, option: value}) == oracle_key(cfg), option
+
+
+def test_cli_list_and_plan(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mulact.sweep.cli", "--list"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and all(n in r.stdout for n in ("labels", "acquisition", "losses", "stage2"))
+    r = subprocess.run([sys.executable, "-m", "mulact.sweep.cli", "stage2", "--plan", "--dir", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [line.split() for line in r.stdout.splitlines()[1:]]
+    assert len(lines) == 12 and all(words[1:3] == ["to", "run"] for words in lines)
+    assert "computes everything" in r.stdout.splitlines()[1]
+    assert "round-1 selection + stage 1 from stage1-seed_2" in r.stdout
+    assert not (tmp_path / "s").exists()
