@@ -1,0 +1,148 @@
+"""What runs of one sweep share, and how a fresh run directory is seeded with it.
+
+Only work that the receiving run would compute *from exactly the same inputs with the same
+code* is shared; the receiving run then treats it as its own output (``mulact-train`` skips a
+step whose output exists). Two artifacts qualify:
+
+**The oracle table** (``oracle.npz``). The loop builds it from the train split (dataset,
+its location, superpixel method/size/location, demo generator options, ``max_train_images``)
+and the boundary ``trim``, with integer ops that give identical results on every backend
+(README, "Conventions"); it is loaded unchanged when present. Runs whose configurations agree
+on every option *except* those listed in :data:`NOT_ORACLE_INPUTS` (training, model,
+acquisition, stage-2 and run options, which the oracle never reads) get a copy of the first
+such run's table. The dataset and superpixel maps themselves are already shared through
+mulact's cache.
+
+**Round 1: its selection and its stage-1 model** (``pool.npz`` truncated to round 1,
+``selections/round_01.json``, ``round_01/stage1.pt``). Round 1 always selects at random from
+the seed, the oracle, the budget and the click costs (the acquisition function and ν are not
+read), and its stage-1 model is trained from those labels, the seed and the stage-1 options.
+Runs that agree on everything except :data:`NOT_ROUND1_STAGE1_INPUTS` therefore compute the
+same round 1 up to stage 1: the acquisition variants (all select round 1 at random) and the
+stage-2 variants (stage-2 options are read only after stage 1) of the same seed.
+
+Nothing later is shared. From round 2 on, the selection uses the previous round's *final*
+model — the stage-2 model when stage 2 is on — so a stage-1-only run and a stage-2 run, or two
+stage-2 variants, select different regions from round 2 and their stage-1 results differ.
+
+Float reductions of the CPU kernels are reproducible at a fixed thread count (README): a
+shared artifact is bitwise what the receiver would have computed when both run with the same
+number of threads (as within one ``mulact-sweep`` invocation); with another thread count it
+is still the output of the same computation, differing only in float summation order — the
+same latitude a resumed ``mulact-train`` run has.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+__all__ = ["NOT_ORACLE_INPUTS", "NOT_ROUND1_STAGE1_INPUTS", "oracle_key", "round1_key",
+           "oracle_donor_ready", "round1_donor_ready", "seed_run_dir"]
+
+# Options never read while building the oracle table (see the module docstring). Any option
+# not listed here — including options added to mulact later — is treated as an input, so a new
+# option can only make sharing rarer, never wrong.
+NOT_ORACLE_INPUTS = frozenset({
+    "name", "run_dir", "seed", "device", "amp", "num_workers", "max_val_images", "crop_size", "scale_min",
+    "scale_max", "hflip", "encoder", "encoder_weights", "decoder_channels", "temperature", "rounds", "budget",
+    "acquisition", "labeling", "nu", "acquisition_batch_size", "loss", "lambda_ce", "lambda_mp", "lambda_pp",
+    "iterations", "batch_size", "lr", "encoder_lr_mult", "weight_decay", "poly_power", "eval_interval",
+    "checkpoint_interval", "eval_batch_size", "stage2", "stage2_iterations", "lr_stage2", "expand", "pseudo",
+})
+
+# Options not read by round 1 up to and including its stage-1 training: round 1 selects at
+# random whatever the acquisition function; the number of rounds only bounds the loop; the
+# stage-2 options are read after stage 1; the acquisition batch size only sizes pool scans
+# (never run in round 1) and stage-2 pseudo-labelling.
+NOT_ROUND1_STAGE1_INPUTS = frozenset({
+    "name", "run_dir", "rounds", "acquisition", "nu", "acquisition_batch_size",
+    "stage2", "stage2_iterations", "lr_stage2", "expand", "pseudo",
+})
+
+ORACLE = "oracle.npz"
+POOL = "pool.npz"
+SELECTION_1 = os.path.join("selections", "round_01.json")
+STAGE1_1 = os.path.join("round_01", "stage1.pt")
+
+
+def _key(config: dict, excluded) -> str:
+    return json.dumps({k: v for k, v in sorted(config.items()) if k not in excluded}, sort_keys=True, default=str)
+
+
+def oracle_key(config: dict) -> str:
+    return _key(config, NOT_ORACLE_INPUTS)
+
+
+def round1_key(config: dict) -> str:
+    return _key(config, NOT_ROUND1_STAGE1_INPUTS)
+
+
+def oracle_donor_ready(run_dir: str) -> bool:
+    return os.path.isfile(os.path.join(run_dir, ORACLE))
+
+
+def round1_donor_ready(run_dir: str) -> bool:
+    """Round 1 is complete up to stage 1 (every file is written atomically by the loop)."""
+    return all(os.path.isfile(os.path.join(run_dir, p)) for p in (ORACLE, POOL, SELECTION_1, STAGE1_1))
+
+
+def _copy_atomic(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix=".tmp-")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _round1_pool(src: str, dst: str) -> None:
+    """Write the donor's pool as it stood after round 1 (later rounds are not shared)."""
+    from mulact.al.pool import RegionPool
+
+    donor = RegionPool.load(src)
+    if donor.num_rounds < 1:
+        raise ValueError(f"pool: {src!r} holds no round")
+    pool = RegionPool(donor.offsets, donor.num_classes, donor.valid)
+    first = donor.selections[0]
+    pool.add_round(first, donor.labels[first], donor.cost[first])
+    if not (np.array_equal(pool.round == 1, donor.round == 1) and np.array_equal(pool.labels[first], donor.labels[first])):
+        raise AssertionError(f"pool: truncating {src!r} to round 1 changed round 1")
+    pool.save(dst)
+
+
+def seed_run_dir(run_dir: str, oracle_from: str | None, round1_from: str | None) -> dict:
+    """Create the fresh ``run_dir`` holding the shared files; returns what was shared.
+
+    The files are assembled in a temporary directory that is renamed into place, so an
+    interruption leaves either no run directory (it is seeded again) or a complete one.
+    """
+    if os.path.exists(run_dir):
+        raise FileExistsError(f"run_dir: {run_dir!r} exists; only a fresh run directory is seeded")
+    if round1_from is not None:
+        oracle_from = round1_from  # the round-1 files must come with the oracle they were made with
+    shared = {}
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".seeding-{os.path.basename(run_dir)}-")
+    try:
+        if oracle_from is not None:
+            _copy_atomic(os.path.join(oracle_from, ORACLE), os.path.join(tmp, ORACLE))
+            shared["oracle"] = oracle_from
+        if round1_from is not None:
+            _copy_atomic(os.path.join(round1_from, STAGE1_1), os.path.join(tmp, STAGE1_1))
+            _copy_atomic(os.path.join(round1_from, SELECTION_1), os.path.join(tmp, SELECTION_1))
+            _round1_pool(os.path.join(round1_from, POOL), os.path.join(tmp, POOL))
+            shared["round1_stage1"] = round1_from
+        os.rename(tmp, run_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return shared
