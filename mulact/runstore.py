@@ -45,6 +45,7 @@ log = logging.getLogger("mulact.runstore")
 
 __all__ = [
     "DamagedFileError",
+    "atomic_torch_save",
     "DirLock",
     "LockedError",
     "Manifest",
@@ -143,6 +144,13 @@ def atomic_write(path: str | os.PathLike, data, *, record: bool = True,
             os.unlink(tmp)
         raise
     return h
+
+
+def atomic_torch_save(path: str | os.PathLike, obj) -> str:
+    """:func:`torch.save` of ``obj`` through :func:`atomic_write` (checkpoints, weights)."""
+    import torch  # here, not at module level: the superpixel workers import this module too
+
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 WRITERS = ".writers"

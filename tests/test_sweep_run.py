@@ -12,9 +12,8 @@ import time
 import numpy as np
 import pytest
 import yaml
-from scipy import stats
-
 from _tiny_run import TINY, cli, env_for
+from scipy import stats
 
 # TINY as a mapping of options, shortened to 2 rounds of 4 iterations.
 _OPTS = {TINY[i].lstrip("-").replace("-", "_"): TINY[i + 1] for i in range(0, len(TINY), 2)}

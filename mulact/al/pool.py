@@ -20,7 +20,7 @@ import json
 import numpy as np
 import torch
 
-from mulact.runstore import DamagedFileError, atomic_write
+from mulact.runstore import DamagedFileError, atomic_torch_save, atomic_write  # noqa: F401  (re-exported)
 
 __all__ = [
     "OracleTable",
@@ -88,10 +88,6 @@ def atomic_write_json(path: str, obj) -> None:
 
 def atomic_save_npz(path: str, **arrays) -> None:
     _atomic(path, lambda fh: np.savez(fh, **arrays))
-
-
-def atomic_torch_save(path: str, obj) -> None:
-    _atomic(path, lambda fh: torch.save(obj, fh))
 
 
 # -- label bit masks ---------------------------------------------------------------------------

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mulact.al.pool import atomic_torch_save
 from mulact.data import IGNORE_INDEX
+from mulact.runstore import atomic_torch_save
 
 log = logging.getLogger(__name__)
 

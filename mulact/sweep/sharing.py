@@ -38,7 +38,7 @@ import os
 import shutil
 import tempfile
 
-import numpy as np
+from mulact.runstore import Manifest
 
 __all__ = ["NOT_ORACLE_INPUTS", "NOT_ROUND1_STAGE1_INPUTS", "oracle_key", "round1_key",
            "oracle_donor_ready", "round1_donor_ready", "seed_run_dir"]
@@ -90,31 +90,21 @@ def round1_donor_ready(run_dir: str) -> bool:
     return all(os.path.isfile(os.path.join(run_dir, p)) for p in (ORACLE, POOL, SELECTION_1, STAGE1_1))
 
 
-def _copy_atomic(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix=".tmp-")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _copy_verified(donor, src: str, dst: str) -> None:
+    """Copy ``src`` after checking it against its run's manifest (``donor``); the copy is
+    written with :func:`mulact.runstore.atomic_write`, so the seeded run's manifest records it."""
+    from mulact.runstore import atomic_write
+
+    atomic_write(dst, donor.read_bytes(src))
 
 
-def _round1_pool(src: str, dst: str) -> None:
+def _round1_pool(donor, src: str, dst: str) -> None:
     """Write the donor's pool as it stood after round 1 (later rounds are not shared)."""
     from mulact.al.pool import RegionPool
 
-    donor = RegionPool.load(src)
-    if donor.num_rounds < 1:
+    pool = RegionPool.load(src, donor).until(1)
+    if pool.num_rounds < 1:
         raise ValueError(f"pool: {src!r} holds no round")
-    pool = RegionPool(donor.offsets, donor.num_classes, donor.valid)
-    first = donor.selections[0]
-    pool.add_round(first, donor.labels[first], donor.cost[first])
-    if not (np.array_equal(pool.round == 1, donor.round == 1) and np.array_equal(pool.labels[first], donor.labels[first])):
-        raise AssertionError(f"pool: truncating {src!r} to round 1 changed round 1")
     pool.save(dst)
 
 
@@ -133,14 +123,21 @@ def seed_run_dir(run_dir: str, oracle_from: str | None, round1_from: str | None)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".seeding-{os.path.basename(run_dir)}-")
     try:
-        if oracle_from is not None:
-            _copy_atomic(os.path.join(oracle_from, ORACLE), os.path.join(tmp, ORACLE))
-            shared["oracle"] = oracle_from
-        if round1_from is not None:
-            _copy_atomic(os.path.join(round1_from, STAGE1_1), os.path.join(tmp, STAGE1_1))
-            _copy_atomic(os.path.join(round1_from, SELECTION_1), os.path.join(tmp, SELECTION_1))
-            _round1_pool(os.path.join(round1_from, POOL), os.path.join(tmp, POOL))
-            shared["round1_stage1"] = round1_from
+        # The seeded run gets a manifest of its own (relative paths survive the rename): its
+        # loop then verifies the shared files like any file it wrote, rather than adopting them.
+        with Manifest(tmp):
+            if oracle_from is not None:
+                donor = Manifest(oracle_from)
+                donor.close()  # read only: it must not record this process's writes
+                _copy_verified(donor, os.path.join(oracle_from, ORACLE), os.path.join(tmp, ORACLE))
+                shared["oracle"] = oracle_from
+            if round1_from is not None:
+                donor = Manifest(round1_from)
+                donor.close()
+                _copy_verified(donor, os.path.join(round1_from, STAGE1_1), os.path.join(tmp, STAGE1_1))
+                _copy_verified(donor, os.path.join(round1_from, SELECTION_1), os.path.join(tmp, SELECTION_1))
+                _round1_pool(donor, os.path.join(round1_from, POOL), os.path.join(tmp, POOL))
+                shared["round1_stage1"] = round1_from
         os.rename(tmp, run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
