@@ -83,7 +83,8 @@ def test_matches_reference_and_naive(backend, measure, shape):
     assert st.u_sum.shape == (B, R, C) and st.u_sum.dtype == torch.float32
     assert st.count.shape == (B, R, C) and st.count.dtype == torch.int32
     assert st.prob_sum.shape == (C,) and st.prob_sum.dtype == torch.float32
-    assert isinstance(st.num_pixels, int)
+    assert st.num_pixels.shape == () and st.num_pixels.dtype == torch.int64
+    assert st.num_pixels.device == st.u_sum.device
     st = RegionUncertaintyStats(st.u_sum.cpu(), st.count.cpu(), st.prob_sum.cpu(), st.num_pixels)
     ref = reference(logits, regions, R, 0.7, measure)
     check_against(st, ref.u_sum, ref.count, ref.prob_sum, ref.num_pixels)

@@ -78,7 +78,8 @@ def resolve_backend(op: str, device: torch.device, backend: str | None = None) -
     if reason is not None:
         raise RuntimeError(f"{op}: backend {backend!r} ({source}) cannot run: {reason}")
     _last[op] = backend
-    log.debug("%s: backend=%s (%s, device=%s)", op, backend, source, device)
+    if not torch.compiler.is_compiling():  # a logger call inside a compiled region is a graph break
+        log.debug("%s: backend=%s (%s, device=%s)", op, backend, source, device)
     return backend
 
 

@@ -30,7 +30,9 @@ def region_pixel_counts(regions: torch.Tensor, num_regions: int) -> torch.Tensor
     valid = (flat >= 0) & (flat < num_regions)
     offset = torch.arange(batch, device=regions.device).unsqueeze(1) * num_regions
     slot = torch.where(valid, flat + offset, batch * num_regions)
-    counts = torch.bincount(slot.reshape(-1), minlength=batch * num_regions + 1)
+    # scatter_add, not bincount: bincount sizes its output from the data (a host sync on CUDA)
+    counts = torch.zeros(batch * num_regions + 1, dtype=torch.int64, device=regions.device)
+    counts.scatter_add_(0, slot.reshape(-1), torch.ones_like(slot.reshape(-1)))
     return counts[: batch * num_regions].view(batch, num_regions)
 
 

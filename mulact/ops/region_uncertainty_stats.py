@@ -15,6 +15,8 @@ import torch
 from . import _validate as V
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
+from ._labels import device_guard
+from ._status import check_status, report as report_status
 
 OP = "region_uncertainty_stats"
 MEASURES = ("bvsb", "margin", "entropy", "least_confidence")
@@ -29,13 +31,14 @@ class RegionUncertaintyStats(NamedTuple):
         count: ``(B, R, C)`` int32 — number of those pixels.
         prob_sum: ``(C,)`` float32 — sum of softmax(z) over every pixel with a region id >= 0,
             summed over the batch.
-        num_pixels: int — number of pixels with a region id >= 0 (= ``count.sum()``).
+        num_pixels: ``()`` int64 tensor — number of pixels with a region id >= 0
+            (= ``count.sum()``); a tensor, so that a CUDA call does not wait for the GPU.
     """
 
     u_sum: torch.Tensor
     count: torch.Tensor
     prob_sum: torch.Tensor
-    num_pixels: int
+    num_pixels: torch.Tensor
 
 
 def _check(logits, regions, num_regions, temperature, measure) -> float:
@@ -107,33 +110,49 @@ def region_uncertainty_stats_reference(logits: torch.Tensor, regions: torch.Tens
         u_sum.view(B, R, C).to(torch.float32),
         count.view(B, R, C).to(torch.int32),
         prob_sum.to(torch.float32),
-        int(valid.sum()),
+        valid.sum(),
     )
 
 
-def _cpp(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintyStats:
+def _cpp(logits, regions, num_regions, inv_t, measure, status):
     B, C, H, W = logits.shape
-    x = logits.contiguous()
-    reg = index_tensor(regions)
     u = torch.empty(B, num_regions, C, dtype=torch.float32)
     n = torch.empty(B, num_regions, C, dtype=torch.int32)
     prob = torch.empty(C, dtype=torch.float32)
-    status = V.new_status(logits.device)
     pixels = ext().region_uncertainty_stats_forward(
-        ptr(x), code(x), ptr(reg), code(reg), B, C, H * W, num_regions, inv_t, MEASURES.index(measure),
-        ptr(u), ptr(n), ptr(prob), ptr(status))
-    V.raise_on_status(OP, status, num_regions)
-    return RegionUncertaintyStats(u, n, prob, int(pixels))
+        ptr(logits), code(logits), ptr(regions), code(regions), B, C, H * W, num_regions, inv_t,
+        MEASURES.index(measure), ptr(u), ptr(n), ptr(prob), ptr(status))
+    return u, n, prob, torch.tensor(pixels, dtype=torch.int64)
 
 
-def _triton(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintyStats:
+def _triton(logits, regions, num_regions, inv_t, measure, status):
     from mulact.kernels.region_uncertainty_stats import region_uncertainty_stats_triton
 
+    with device_guard(logits):
+        u, n, prob = region_uncertainty_stats_triton(logits, regions, num_regions, inv_t, measure, status)
+    return u, n, prob, n.sum(dtype=torch.int64)  # stays on the device: no sync
+
+
+@torch.library.custom_op("mulact::region_uncertainty_stats", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(logits: torch.Tensor, regions: torch.Tensor, num_regions: int, temperature: float, measure: str,
+        backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused kernel (docs/design.md, "Dispatch"): C++ on CPU tensors, Triton on CUDA ones
+    (and on CPU tensors when ``backend="triton"`` under the interpreter)."""
+    launch = {"cpp": _cpp, "triton": _triton}[backend]
     status = V.new_status(logits.device)
-    u, n, prob = region_uncertainty_stats_triton(logits.contiguous(), index_tensor(regions), num_regions, inv_t,
-                                                 measure, status)
-    V.raise_on_status(OP, status, num_regions)
-    return RegionUncertaintyStats(u, n, prob, int(n.sum()))
+    out = launch(logits.contiguous(), index_tensor(regions), num_regions, _inv_t(temperature, logits.dtype),
+                 measure, status)
+    report_status(OP, status, num_regions)
+    return out
+
+
+@_op.register_fake
+def _(logits, regions, num_regions, temperature, measure, backend):
+    B, C = logits.shape[:2]
+    return (logits.new_empty(B, num_regions, C, dtype=torch.float32),
+            logits.new_empty(B, num_regions, C, dtype=torch.int32),
+            logits.new_empty(C, dtype=torch.float32),
+            logits.new_empty((), dtype=torch.int64))
 
 
 @torch.no_grad()
@@ -168,7 +187,7 @@ def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_re
 
     Returns:
         :class:`RegionUncertaintyStats` ``(u_sum (B, R, C) float32, count (B, R, C) int32,
-        prob_sum (C,) float32, num_pixels int)``. The region mean uncertainty is
+        prob_sum (C,) float32, num_pixels () int64)``. The region mean uncertainty is
         ``u_sum.sum(-1) / count.sum(-1)``; the mean softmax probability over the pixels seen is
         ``prob_sum / num_pixels`` (PixBal's P(c), Eq. 3).
 
@@ -193,13 +212,11 @@ def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_re
         >>> regions = torch.randint(0, 16, (2, 64, 64))
         >>> st = region_uncertainty_stats(logits, regions, 16)
         >>> st.u_sum.shape, st.count.shape, st.prob_sum.shape, st.num_pixels
-        (torch.Size([2, 16, 19]), torch.Size([2, 16, 19]), torch.Size([19]), 8192)
+        (torch.Size([2, 16, 19]), torch.Size([2, 16, 19]), torch.Size([19]), tensor(8192))
     """
     temperature = _check(logits, regions, num_regions, temperature, measure)
     which = resolve_backend(OP, logits.device, backend)
     if which == "reference":
         return region_uncertainty_stats_reference(logits, regions, num_regions, temperature, measure)
-    inv_t = _inv_t(temperature, logits.dtype)
-    if which == "cpp":
-        return _cpp(logits, regions, num_regions, inv_t, measure)
-    return _triton(logits, regions, num_regions, inv_t, measure)
+    return RegionUncertaintyStats(*torch.ops.mulact.region_uncertainty_stats(
+        logits, regions, num_regions, temperature, measure, which))
