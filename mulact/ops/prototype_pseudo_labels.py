@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from ._labels import device_guard
 from ._validate import (
     _need_tensor,
     check_float,
@@ -305,7 +306,39 @@ def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
     if int(status[0]) == 2:
         raise ValueError(f"{OP}: `features` contains NaN or Inf")
     raise_on_status(OP, status, r_count)
-    return out, PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
+    return out, thresholds, num_loc, num_exp, proto_index
+
+
+def _forward_triton(features, logits, regions, region_labels, expand, temperature):
+    from mulact.kernels.prototype_pseudo_labels import prototype_pseudo_labels_triton
+
+    r_count = region_labels.shape[1]
+    with device_guard(logits):
+        return prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature,
+                                              new_status(logits.device),
+                                              lambda status: raise_on_status(OP, status, r_count))
+
+
+# Stage 2 is not a hot path and syncs anyway (its prototype count sizes tensors), so its
+# status is read at once on every device (docs/design.md, "Status and NaN policy").
+@torch.library.custom_op("mulact::prototype_pseudo_labels", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(features: torch.Tensor, logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor,
+        expand: bool, temperature: float,
+        backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(labels, thresholds, num_localized, num_expanded, prototype_index)`` from the fused
+    backend (docs/design.md, "Dispatch")."""
+    launch = {"cpp": _forward_cpp, "triton": _forward_triton}[backend]
+    return launch(features, logits, regions, region_labels, expand, temperature)
+
+
+@_op.register_fake
+def _(features, logits, regions, region_labels, expand, temperature, backend):
+    bsz, c, h, w = logits.shape
+    r_count = region_labels.shape[1]
+    i64 = torch.int64
+    return (logits.new_empty(bsz, h, w, dtype=i64), logits.new_empty(bsz, r_count, c, dtype=torch.float32),
+            logits.new_empty(bsz, dtype=i64), logits.new_empty(bsz, dtype=i64),
+            logits.new_empty(bsz, r_count, c, dtype=i64))
 
 
 # --------------------------------------------------------------------------------------
@@ -367,10 +400,8 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
                                torch.full((bsz, r_count, c), -1, dtype=torch.int64, device=dev))
     elif which == "reference":
         out, info = prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand, temperature)
-    elif which == "cpp":
-        out, info = _forward_cpp(features, logits, regions, region_labels, expand, temperature)
     else:
-        from mulact.kernels.prototype_pseudo_labels import prototype_pseudo_labels_triton
-
-        out, info = prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature)
+        out, *info = torch.ops.mulact.prototype_pseudo_labels(features, logits, regions, region_labels, bool(expand),
+                                                              temperature, which)
+        info = PseudoLabelInfo(*info)
     return (out, info) if return_info else out
