@@ -6,6 +6,7 @@ CUDA; CPU under ``TRITON_INTERPRET=1``). See :func:`resolve_backend` for how one
 and :func:`last_backend` to ask which one ran.
 """
 from ._backend import BACKENDS, cpp_available, last_backend, resolve_backend, triton_available
+from ._status import check_status
 from .acquisition import (
     ACQUISITION_METHODS,
     PoolStatistics,
@@ -42,7 +43,7 @@ from .region_uncertainty_stats import RegionUncertaintyStats, region_uncertainty
 
 __all__ = [
     # dispatch
-    "BACKENDS", "cpp_available", "last_backend", "resolve_backend", "triton_available",
+    "BACKENDS", "cpp_available", "last_backend", "resolve_backend", "triton_available", "check_status",
     # 3.1
     "region_reduce", "region_reduce_reference",
     # 3.2
