@@ -61,9 +61,9 @@ def composite(logits, regions, num_regions, temperature=1.0, scatter="torch"):
 
 def _runner(provider, logits, regions, R):
     if provider == "mulact":
-        return lambda: region_uncertainty_stats(logits, regions, R)
+        return lambda: region_uncertainty_stats(logits, regions, R, temperature=1.0)
     if provider == "reference":
-        return lambda: region_uncertainty_stats_reference(logits, regions, R)
+        return lambda: region_uncertainty_stats_reference(logits, regions, R, temperature=1.0)
     if provider == "composite":
         return lambda: composite(logits, regions, R)
     return lambda: composite(logits, regions, R, scatter="torch_scatter")
@@ -78,7 +78,7 @@ def test_region_uncertainty_stats(benchmark, provider, shape):
     regions = blocky_regions(B, H, W, R, seed=1, void_fraction=0.05).to(device=device, dtype=torch.int32)
     fn = _runner(provider, logits, regions, R)
 
-    want = region_uncertainty_stats_reference(logits, regions, R)
+    want = region_uncertainty_stats_reference(logits, regions, R, temperature=1.0)
     got = fn()
     torch.testing.assert_close(got[0].float(), want.u_sum, rtol=1e-4, atol=1e-3)
     assert torch.equal(got[1].int(), want.count)

@@ -49,7 +49,7 @@ def region_terms(region_labels: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Reference
 # --------------------------------------------------------------------------------------------
-def partial_label_loss_reference(logits, regions, region_labels, temperature=0.1, normalize="pixel"):
+def partial_label_loss_reference(logits, regions, region_labels, temperature, normalize="pixel"):
     """Pure-torch (L_CE, L_MP); same contract as :func:`partial_label_loss`. Differentiable
     through ordinary torch ops (it materialises several (B, C, H, W) temporaries)."""
     num_regions, temperature = check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
@@ -241,7 +241,7 @@ _op.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------
 # Public
 # --------------------------------------------------------------------------------------------
-def partial_label_loss(logits, regions, region_labels, temperature=0.1, normalize="pixel", *, backend=None):
+def partial_label_loss(logits, regions, region_labels, temperature, normalize="pixel", *, backend=None):
     """Stage-1 losses ``(L_CE, L_MP)`` for region-wise multi-class (partial) labels.
 
     Args:

@@ -153,7 +153,7 @@ def _similarities_reference(fx, pn):
     return ((x @ pn) / nrm[:, None]).clamp(-1.0, 1.0).float()
 
 
-def prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand=True, temperature=1.0):
+def prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand=True, *, temperature):
     """Pure-torch oracle of :func:`prototype_pseudo_labels`; returns ``(labels, PseudoLabelInfo)``.
 
     Materialises the upsampled features with ``F.interpolate`` and works per image on the
@@ -234,7 +234,7 @@ def prototype_pseudo_labels_reference(features, logits, regions, region_labels, 
     return out.reshape(bsz, h, w), info
 
 
-def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature=1.0):
+def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature):
     """Baseline "w/o prototypes" of the ablation (paper Fig. 7a, supplement Fig. 12b).
 
     Each pixel of a labeled region takes its most confident class among the region's label set
@@ -345,7 +345,7 @@ def _(features, logits, regions, region_labels, expand, temperature, backend):
 # public API
 # --------------------------------------------------------------------------------------
 @torch.no_grad()
-def prototype_pseudo_labels(features, logits, regions, region_labels, expand=True, temperature=1.0, *,
+def prototype_pseudo_labels(features, logits, regions, region_labels, expand=True, *, temperature,
                             backend=None, return_info=False):
     """Pixel-wise pseudo labels from class prototypes: localization + expansion (Eq. 11-13).
 
@@ -379,7 +379,8 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
         >>> logits = torch.tensor([[[[3.0, 0, 0, 0, 0, 0]], [[0, 3.0, 0, 0, 0, 0]]]])  # x* = pixels 0, 1
         >>> regions = torch.tensor([[[0, 0, 0, 0, 1, 1]]])
         >>> region_labels = torch.tensor([[[True, True], [False, False]]])
-        >>> labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, return_info=True)
+        >>> labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, temperature=1.0,
+        ...                                        return_info=True)
         >>> labels  # pixel 4 is close enough to prototype 0 (cos 0.9988 > alpha 0.9939); pixel 5 is not
         tensor([[[  0,   1,   0,   1,   0, 255]]])
         >>> info.num_localized, info.num_expanded
@@ -399,7 +400,8 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
                                torch.zeros(bsz, dtype=torch.int64, device=dev),
                                torch.full((bsz, r_count, c), -1, dtype=torch.int64, device=dev))
     elif which == "reference":
-        out, info = prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand, temperature)
+        out, info = prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand,
+                                                      temperature=temperature)
     else:
         out, *info = torch.ops.mulact.prototype_pseudo_labels(features, logits, regions, region_labels, bool(expand),
                                                               temperature, which)

@@ -64,14 +64,14 @@ torch.library.define("mulact::prototypical_pixel_loss",
 torch.library.impl("mulact::prototypical_pixel_loss", "CompositeImplicitAutograd", _composite)
 
 
-def prototypical_pixel_loss_reference(logits, regions, region_labels, temperature=0.1, normalize="pair"):
+def prototypical_pixel_loss_reference(logits, regions, region_labels, temperature, normalize="pair"):
     """Pure-torch reference: :func:`region_class_argmax_reference` + the same gather."""
     _, temperature = check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
     index = region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes=2)
     return loss_from_prototypes(logits, index, temperature, normalize)
 
 
-def prototypical_pixel_loss(logits, regions, region_labels, temperature=0.1, normalize="pair", *, backend=None):
+def prototypical_pixel_loss(logits, regions, region_labels, temperature, normalize="pair", *, backend=None):
     """Prototypical pixel loss L_PP over the multi-class labeled regions of a batch.
 
     Args:

@@ -41,7 +41,7 @@ def _check(logits, regions, region_labels, temperature, min_classes):
     return num_regions, temperature
 
 
-def region_class_argmax_reference(logits, regions, region_labels, temperature=0.1, min_classes=1):
+def region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes=1):
     """Pure-torch reference of :func:`region_class_argmax` (vectorised scatter_reduce)."""
     num_regions, temperature = _check(logits, regions, region_labels, temperature, min_classes)
     check_region_ids(OP, regions, num_regions)
@@ -140,7 +140,7 @@ def region_class_argmax_fused(logits, regions, region_labels, temperature, min_c
                                                 backend)
 
 
-def region_class_argmax(logits, regions, region_labels, temperature=0.1, min_classes=1, *, backend=None):
+def region_class_argmax(logits, regions, region_labels, temperature, min_classes=1, *, backend=None):
     """Flat index of the prototypical pixel of every (image, region, labeled class).
 
     Args:

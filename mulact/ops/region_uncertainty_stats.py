@@ -56,7 +56,7 @@ def _inv_t(temperature: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(1.0 / temperature, dtype=torch.float64).to(acc))
 
 
-def pixel_uncertainty(logits: torch.Tensor, temperature: float = 1.0, measure: str = "bvsb"):
+def pixel_uncertainty(logits: torch.Tensor, temperature: float, measure: str = "bvsb"):
     """Per-pixel ``(u, top1, p)`` of ``(B, C, H, W)`` logits: u ``(B, H, W)`` in float32
     (float64 for float64 logits), top-1 class ``(B, H, W)`` int64 (ties → smaller class) and
     the softmax ``p (B, C, H, W)``.
@@ -89,7 +89,7 @@ def pixel_uncertainty(logits: torch.Tensor, temperature: float = 1.0, measure: s
 
 
 def region_uncertainty_stats_reference(logits: torch.Tensor, regions: torch.Tensor, num_regions: int,
-                                       temperature: float = 1.0, measure: str = "bvsb") -> RegionUncertaintyStats:
+                                       temperature: float, measure: str = "bvsb") -> RegionUncertaintyStats:
     """Pure-torch oracle of :func:`region_uncertainty_stats` (materialises softmax)."""
     temperature = _check(logits, regions, num_regions, temperature, measure)
     V.check_region_ids(OP, regions, num_regions)
@@ -157,7 +157,7 @@ def _(logits, regions, num_regions, temperature, measure, backend):
 
 @torch.no_grad()
 def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_regions: int,
-                             temperature: float = 1.0, measure: str = "bvsb", *,
+                             temperature: float, measure: str = "bvsb", *,
                              backend: str | None = None) -> RegionUncertaintyStats:
     """Per-region acquisition statistics from one pass over the logits.
 
