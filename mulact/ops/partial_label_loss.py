@@ -33,7 +33,8 @@ import torch
 
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
-from ._labels import acc_dtype, device_guard, labels_u8, num_labels, region_pixel_counts, triton_acc
+from ._dtypes import acc_dtype, triton_acc
+from ._labels import device_guard, labels_u8, num_labels, region_pixel_counts
 from ._status import report as report_status
 from ._validate import check_finite, check_labeled_loss, check_region_ids, new_status
 

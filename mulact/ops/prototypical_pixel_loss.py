@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ._backend import resolve_backend
-from ._labels import acc_dtype
+from ._dtypes import acc_dtype
 from ._validate import check_labeled_loss
 from .region_class_argmax import region_class_argmax_reference
 

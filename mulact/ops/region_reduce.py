@@ -6,6 +6,7 @@ import torch
 from . import _validate as V
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
+from ._dtypes import acc_dtype as _acc
 from ._labels import device_guard
 from ._status import report as report_status
 
@@ -14,8 +15,6 @@ REDUCTIONS = ("sum", "mean", "max", "min", "count", "argmax")
 _CPP_MODE = {"sum": 0, "mean": 0, "max": 1, "argmax": 1, "min": 2, "count": 3}
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check(values, regions, num_regions, reduce) -> None:
@@ -90,7 +89,7 @@ def _kernel_forward(which: str, v3: torch.Tensor | None, reg: torch.Tensor, B: i
 
         arg = None
         if mode in ("max", "min"):
-            val, arg = region_extremum_triton(v3, reg, R, mode == "max", status)
+            val, arg = region_extremum_triton(v3, reg, R, mode == "max", status, acc)
             cnt = None
         else:
             val, cnt = region_sum_triton(v3 if mode != "count" else None, reg, B, K, N, R, status, acc)

@@ -15,6 +15,7 @@ import torch
 from . import _validate as V
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
+from ._dtypes import acc_dtype
 from ._labels import device_guard
 from ._status import check_status, report as report_status
 
@@ -52,8 +53,7 @@ def _check(logits, regions, num_regions, temperature, measure) -> float:
 
 def _inv_t(temperature: float, dtype: torch.dtype) -> float:
     """1/τ rounded to the computation dtype, so every backend multiplies by the same number."""
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    return float(torch.tensor(1.0 / temperature, dtype=torch.float64).to(acc))
+    return float(torch.tensor(1.0 / temperature, dtype=torch.float64).to(acc_dtype(dtype)))
 
 
 def pixel_uncertainty(logits: torch.Tensor, temperature: float, measure: str = "bvsb"):
@@ -63,8 +63,7 @@ def pixel_uncertainty(logits: torch.Tensor, temperature: float, measure: str = "
 
     Pure torch; the building block of :func:`region_uncertainty_stats_reference`.
     """
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    z = logits.to(acc) * _inv_t(temperature, logits.dtype)
+    z = logits.to(acc_dtype(logits)) * _inv_t(temperature, logits.dtype)
     top1 = z.argmax(dim=1)  # first maximal index on ties
     m1 = z.gather(1, top1.unsqueeze(1)).squeeze(1)
     C = z.shape[1]
@@ -129,7 +128,8 @@ def _triton(logits, regions, num_regions, inv_t, measure, status):
     from mulact.kernels.region_uncertainty_stats import region_uncertainty_stats_triton
 
     with device_guard(logits):
-        u, n, prob = region_uncertainty_stats_triton(logits, regions, num_regions, inv_t, measure, status)
+        u, n, prob = region_uncertainty_stats_triton(logits, regions, num_regions, inv_t, measure, status,
+                                                      acc_dtype(logits))
     return u, n, prob, n.sum(dtype=torch.int64)  # stays on the device: no sync
 
 
