@@ -1,4 +1,4 @@
-"""Stage-1 partial-label losses L_CE and L_MP (paper Eq. 5-7, SPEC §3.3), fused.
+"""Stage-1 partial-label losses L_CE and L_MP (paper Eq. 5-7, docs/design.md §2.3), fused.
 
 For a labeled pixel x of region r with label set Y = Y(r) and ``z = logits / temperature``:
 

@@ -1,4 +1,4 @@
-"""Stage-2 pseudo labels from class prototypes (SPEC §3.4; paper §3.3, Eq. 11-13).
+"""Stage-2 pseudo labels from class prototypes (docs/design.md §2.6; paper §3.3, Eq. 11-13).
 
 Per image:
 

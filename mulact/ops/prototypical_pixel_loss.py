@@ -1,4 +1,4 @@
-"""Prototypical pixel loss L_PP (paper Eq. 8-9, SPEC §3.3).
+"""Prototypical pixel loss L_PP (paper Eq. 8-9, docs/design.md §2.5).
 
 For every labeled region r with ``|Y(r)| >= 2`` and every ``c in Y(r)``, the prototypical pixel
 ``x*_{r,c} = argmax_{x in r} softmax(z(x))_c`` (:func:`region_class_argmax` with

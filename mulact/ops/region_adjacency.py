@@ -1,4 +1,4 @@
-"""Region adjacency graph of superpixel maps (SPEC §3.5).
+"""Region adjacency graph of superpixel maps (docs/design.md §2.7).
 
 ``region_adjacency(regions, num_regions)`` returns, per image, the sorted unique pairs
 ``(u, v)``, ``u < v``, of region ids that touch under 8-connectivity (a pixel of ``v`` lies in

@@ -1,4 +1,4 @@
-"""Prototypical pixels (paper Eq. 8, SPEC §3.3): per region and labeled class, the pixel with
+"""Prototypical pixels (paper Eq. 8, docs/design.md §2.4): per region and labeled class, the pixel with
 the most confident prediction for that class.
 
 ``region_class_argmax(logits, regions, region_labels, temperature, min_classes)[b, r, c]`` is

@@ -1,4 +1,4 @@
-"""Oracle region labels from a ground-truth mask (SPEC §3.6, supplement "Label generation").
+"""Oracle region labels from a ground-truth mask (docs/design.md §2.7, supplement "Label generation").
 
 ``region_labels_from_mask(gt, regions, num_regions, num_classes, ignore_index=255, trim=5)``
 simulates an annotator who answers a query for region r:
@@ -240,7 +240,7 @@ def _triton(gt, regions, num_regions, num_classes, ignore_index, trim) -> Region
 
 def region_labels_from_mask(gt: torch.Tensor, regions: torch.Tensor, num_regions: int, num_classes: int,
                             ignore_index: int = 255, trim: int = 5, *, backend: str | None = None) -> RegionLabels:
-    """Oracle multi-class and dominant labels of every region (SPEC §3.6).
+    """Oracle multi-class and dominant labels of every region (docs/design.md §2.7).
 
     Args:
         gt: ``(B, H, W)`` integer train ids in ``[0, num_classes)`` or ``ignore_index``; any

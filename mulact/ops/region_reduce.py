@@ -1,4 +1,4 @@
-"""Generic per-region reductions of pixel values (SPEC §3.1)."""
+"""Generic per-region reductions of pixel values (docs/design.md §2.1)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Acquisition statistics in one pass over the logits (SPEC §3.2).
+"""Acquisition statistics in one pass over the logits (docs/design.md §2.2).
 
 For every image b, region r and class c this op returns the sum of the pixel uncertainty
 u(x) over the pixels of r whose top-1 class is c, the number of those pixels, and, over the
