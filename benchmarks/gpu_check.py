@@ -25,8 +25,8 @@ is not installed). Section 2's composites and section 3 need pytest; section 4 n
 segmentation-models-pytorch. Carry them as a target directory, which this script puts on
 ``sys.path``::
 
-    pip install --target benchmarks/.carry pytest segmentation-models-pytorch --no-deps \
-        timm huggingface_hub safetensors   # pure Python; carry "benchmarks/.carry"
+    pip install --no-deps --target benchmarks/.carry pytest pluggy iniconfig packaging \
+        segmentation-models-pytorch timm huggingface_hub safetensors   # carry "benchmarks/.carry"
 
 A missing one turns its section into "skipped" with the import error, never a crash.
 """
