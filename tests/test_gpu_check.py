@@ -27,7 +27,7 @@ def test_peak_bandwidth_table(gpu_check):
 def test_cpu_run_writes_every_section(gpu_check, tmp_path):
     report = gpu_check["main"](["--cpu", "--out", str(tmp_path), "--compile-backend", "aot_eager",
                                 "--tests", "test_dispatch.py", "--tests-k", "test_every_public_op_is_registered",
-                                "--budget", "900"])
+                                "--budget", "3000", "--tests-timeout", "1800"])  # generous: a loaded CI machine
     assert not report["errors"], report["errors"]
     rows = report["benchmarks"]
     ops = {r["op"] for r in rows}
