@@ -109,6 +109,15 @@ def test_class_prior():
         class_prior(torch.tensor([[1.0]]), 3)
 
 
+def test_class_prior_takes_the_ops_0d_pixel_count():
+    # region_uncertainty_stats returns num_pixels as a 0-d tensor (no host sync on CUDA)
+    torch.testing.assert_close(class_prior(torch.tensor([2.0, 6.0]), torch.tensor(8)), torch.tensor([0.25, 0.75]))
+    with pytest.raises(RuntimeError, match="num_pixels"):  # checked by torch._assert_async
+        class_prior(torch.tensor([1.0]), torch.tensor(0))
+    with pytest.raises(ValueError, match="num_pixels"):
+        class_prior(torch.tensor([1.0]), torch.tensor([3]))
+
+
 def test_classbal_example():
     # Dominant classes over the pool: region0 -> 0, region1 -> 2, region2 -> 0, region3 empty.
     count = torch.tensor([[[2, 1, 0], [0, 1, 3], [4, 0, 0], [0, 0, 0]]])
