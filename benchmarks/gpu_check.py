@@ -149,6 +149,11 @@ def median_seconds(fn, device: str, reps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def _sig(x: float) -> float:
+    """Four significant digits (tiny CPU shapes give tiny rates that rounding to places zeroes)."""
+    return float(f"{x:.4g}")
+
+
 def peak_extra_bytes(fn, device: str) -> int | None:
     import torch
 
@@ -287,9 +292,9 @@ def section_benchmarks(report: dict, device: str, shapes, budget: Budget, compil
                     if provider == "compiled":
                         row["compile_s"] = round(time.perf_counter() - start, 2)
                     sec = median_seconds(fn, device, reps=reps if provider != "reference" else max(2, reps // 4))
-                    row.update(status="ok", ms=round(sec * 1e3, 3), GBps=round(moved / sec / 1e9, 3))
+                    row.update(status="ok", ms=_sig(sec * 1e3), GBps=_sig(moved / sec / 1e9))
                     if peak:
-                        row["pct_of_peak"] = round(100 * moved / sec / peak, 1)
+                        row["pct_of_peak"] = _sig(100 * moved / sec / peak)
                     if is_loss:
                         row["peak_extra_bytes"] = peak_extra_bytes(fn, device)
                 except Exception as exc:
