@@ -43,3 +43,29 @@ def loss_and_grad(loss, logits):
     if logits.is_cuda:
         torch.cuda.synchronize()
     return loss.detach(), grad
+
+
+class Compiled:
+    """The ``compiled`` provider: ``torch.compile(fn)``, compiled once by the first call (made
+    before the timing; for a loss that call includes the backward, which compiles then too).
+    ``compile_s`` is the wall time of that first call, for ``extra_info``."""
+
+    def __init__(self, fn):
+        self.fn = torch.compile(fn)
+        self.compile_s = None
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def first_call(self, run, *args):
+        """Run ``run(*args)`` (which calls this object) once and record how long it took."""
+        import time
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = run(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.compile_s = round(time.perf_counter() - start, 2)
+        return out

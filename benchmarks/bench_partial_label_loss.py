@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _measure import cuda_peak_extra_bytes, gb_per_s, loss_and_grad
+from _measure import Compiled, cuda_peak_extra_bytes, gb_per_s, loss_and_grad
 from _partial_label_inputs import stage1_inputs
 
 from mulact.ops import last_backend, partial_label_loss, partial_label_loss_reference
 
 TAU = 0.1
-PROVIDERS = ["mulact", "reference", "loop", "composite"]
+PROVIDERS = ["mulact", "reference", "loop", "composite", "compiled"]
 # (device, B, C, H, W, R): CPU scaled to a small machine; CUDA at Cityscapes training crops.
 SHAPES = [("cpu", 2, 20, 256, 512, 512)]
 if torch.cuda.is_available():
@@ -64,13 +64,18 @@ def composite(logits, regions, labels, temperature=TAU):
     return means[1], means[2]
 
 
+COMPILED = None  # the composite under torch.compile, made per test (fresh compile time)
+
+
 def run(provider, logits, regions, labels):
     if provider == "mulact":
-        ce, mp = partial_label_loss(logits, regions, labels, TAU)
+        ce, mp = partial_label_loss(logits, regions, labels, temperature=TAU)
     elif provider == "reference":
         ce, mp = partial_label_loss_reference(logits, regions, labels, TAU)
     elif provider == "loop":
         ce, mp = loop(logits, regions, labels)
+    elif provider == "compiled":
+        ce, mp = COMPILED(logits, regions, labels)
     else:
         ce, mp = composite(logits, regions, labels)
     loss = 16 * ce + 8 * mp
@@ -82,7 +87,9 @@ def run(provider, logits, regions, labels):
 def test_partial_label_loss_fwd_bwd(benchmark, shape, provider):
     device, batch, classes, height, width, num_regions = shape
     logits, regions, labels = stage1_inputs(device, batch, classes, height, width, num_regions)
-    loss, grad = run(provider, logits, regions, labels)
+    global COMPILED
+    COMPILED = Compiled(composite)
+    loss, grad = COMPILED.first_call(run, provider, logits, regions, labels)
     ref_loss, ref_grad = run("reference", logits, regions, labels)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-3, atol=1e-4 * float(ref_grad.abs().max()))
@@ -101,3 +108,5 @@ def test_partial_label_loss_fwd_bwd(benchmark, shape, provider):
     benchmark.extra_info["GB/s"] = gb_per_s(benchmark, moved)
     benchmark.extra_info["labeled_pixel_fraction"] = round(labeled, 3)
     benchmark.extra_info["peak_extra_bytes"] = peak
+    if provider == "compiled":
+        benchmark.extra_info["compile_s"] = COMPILED.compile_s

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _measure import cuda_peak_extra_bytes, gb_per_s, loss_and_grad
+from _measure import Compiled, cuda_peak_extra_bytes, gb_per_s, loss_and_grad
 from _partial_label_inputs import stage1_inputs
 
 from mulact.ops import last_backend, prototypical_pixel_loss, prototypical_pixel_loss_reference
 
 TAU = 0.1
-PROVIDERS = ["mulact", "reference", "loop", "composite"]
+PROVIDERS = ["mulact", "reference", "loop", "composite", "compiled"]
 SHAPES = [("cpu", 2, 20, 256, 512, 512)]
 if torch.cuda.is_available():
     SHAPES += [("cuda", 4, 20, 769, 769, 2048)]
@@ -66,6 +66,9 @@ def composite(logits, regions, labels, temperature=TAU):
     return -lsm[b, c, first[b, r, c]].mean()
 
 
+COMPILED = None  # the composite under torch.compile, made per test (fresh compile time)
+
+
 def run(provider, logits, regions, labels):
     if provider == "mulact":
         loss = prototypical_pixel_loss(logits, regions, labels, TAU)
@@ -73,6 +76,8 @@ def run(provider, logits, regions, labels):
         loss = prototypical_pixel_loss_reference(logits, regions, labels, TAU)
     elif provider == "loop":
         loss = loop(logits, regions, labels)
+    elif provider == "compiled":
+        loss = COMPILED(logits, regions, labels)
     else:
         loss = composite(logits, regions, labels)
     return loss_and_grad(loss, logits)
@@ -83,7 +88,9 @@ def run(provider, logits, regions, labels):
 def test_prototypical_pixel_loss_fwd_bwd(benchmark, shape, provider):
     device, batch, classes, height, width, num_regions = shape
     logits, regions, labels = stage1_inputs(device, batch, classes, height, width, num_regions)
-    loss, grad = run(provider, logits, regions, labels)
+    global COMPILED
+    COMPILED = Compiled(composite)
+    loss, grad = COMPILED.first_call(run, provider, logits, regions, labels)
     ref_loss, ref_grad = run("reference", logits, regions, labels)
     # Random logits have no near-ties between pixels, so every provider picks the same pixels.
     torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-5)
@@ -102,3 +109,5 @@ def test_prototypical_pixel_loss_fwd_bwd(benchmark, shape, provider):
     benchmark.extra_info["GB/s"] = gb_per_s(benchmark, moved)
     benchmark.extra_info["pairs"] = int((labels & (labels.sum(-1, keepdim=True) >= 2)).sum())
     benchmark.extra_info["peak_extra_bytes"] = peak
+    if provider == "compiled":
+        benchmark.extra_info["compile_s"] = COMPILED.compile_s

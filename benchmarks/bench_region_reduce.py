@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _measure import gb_per_s, synced
+from _measure import Compiled, gb_per_s, synced
 from _shapes import blocky_regions
 
 from mulact.ops import region_reduce, region_reduce_reference
@@ -21,7 +21,7 @@ try:
 except ImportError:
     torch_scatter = None
 
-PROVIDERS = ["mulact", "reference", "composite"] + (["torch_scatter"] if torch_scatter is not None else [])
+PROVIDERS = ["mulact", "reference", "composite", "compiled"] + (["torch_scatter"] if torch_scatter is not None else [])
 REDUCES = ["mean", "max", "argmax"]
 
 SHAPES = [("cpu", 2, 20, 256, 512, 512)]
@@ -58,7 +58,9 @@ def test_region_reduce(benchmark, provider, reduce, shape):
     g = torch.Generator().manual_seed(0)
     values = torch.randn(B, K, H, W, generator=g).to(device)
     regions = blocky_regions(B, H, W, R, seed=1, void_fraction=0.05).to(device=device, dtype=torch.int32)
+    compiled = Compiled(composite)
     fn = {
+        "compiled": lambda: compiled(values, regions, R, reduce),
         "mulact": lambda: region_reduce(values, regions, R, reduce),
         "reference": lambda: region_reduce_reference(values, regions, R, reduce),
         "composite": lambda: composite(values, regions, R, reduce),
@@ -66,7 +68,7 @@ def test_region_reduce(benchmark, provider, reduce, shape):
     }[provider]
 
     want = region_reduce_reference(values, regions, R, reduce)
-    got = fn()
+    got = compiled.first_call(fn)
     if reduce == "argmax":
         assert torch.equal(got, want)
     else:
@@ -78,4 +80,4 @@ def test_region_reduce(benchmark, provider, reduce, shape):
     out_bytes = B * R * K * (8 if reduce == "argmax" else values.element_size())
     moved = values.numel() * values.element_size() + regions.numel() * regions.element_size() + out_bytes
     benchmark.extra_info.update(bytes_moved=moved, gb_per_s=gb_per_s(benchmark, moved),
-                                device=device, threads=torch.get_num_threads())
+                                device=device, threads=torch.get_num_threads(), compile_s=compiled.compile_s if provider == "compiled" else None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _measure import gb_per_s, synced
+from _measure import Compiled, gb_per_s, synced
 from _shapes import blocky_regions
 
 from mulact.ops import region_uncertainty_stats, region_uncertainty_stats_reference
@@ -24,7 +24,7 @@ try:
 except ImportError:
     torch_scatter = None
 
-PROVIDERS = ["mulact", "reference", "composite"] + (["torch_scatter"] if torch_scatter is not None else [])
+PROVIDERS = ["mulact", "reference", "composite", "compiled"] + (["torch_scatter"] if torch_scatter is not None else [])
 
 # (device, B, C, H, W, R): CPU scaled to a small machine; CUDA at Cityscapes training crops and
 # a full-resolution pool image.
@@ -59,11 +59,13 @@ def composite(logits, regions, num_regions, temperature=1.0, scatter="torch"):
             region_mean[:dump].view(B, num_regions))
 
 
-def _runner(provider, logits, regions, R):
+def _runner(provider, logits, regions, R, compiled):
+    if provider == "compiled":
+        return lambda: compiled(logits, regions, R)
     if provider == "mulact":
-        return lambda: region_uncertainty_stats(logits, regions, R)
+        return lambda: region_uncertainty_stats(logits, regions, R, temperature=1.0)
     if provider == "reference":
-        return lambda: region_uncertainty_stats_reference(logits, regions, R)
+        return lambda: region_uncertainty_stats_reference(logits, regions, R, temperature=1.0)
     if provider == "composite":
         return lambda: composite(logits, regions, R)
     return lambda: composite(logits, regions, R, scatter="torch_scatter")
@@ -76,10 +78,11 @@ def test_region_uncertainty_stats(benchmark, provider, shape):
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(B, C, H, W, generator=g) * 3).to(device)
     regions = blocky_regions(B, H, W, R, seed=1, void_fraction=0.05).to(device=device, dtype=torch.int32)
-    fn = _runner(provider, logits, regions, R)
+    compiled = Compiled(composite)
+    fn = _runner(provider, logits, regions, R, compiled)
 
-    want = region_uncertainty_stats_reference(logits, regions, R)
-    got = fn()
+    want = region_uncertainty_stats_reference(logits, regions, R, temperature=1.0)
+    got = compiled.first_call(fn)
     torch.testing.assert_close(got[0].float(), want.u_sum, rtol=1e-4, atol=1e-3)
     assert torch.equal(got[1].int(), want.count)
     torch.testing.assert_close(got[2].float(), want.prob_sum, rtol=1e-4, atol=1.0)
@@ -89,4 +92,4 @@ def test_region_uncertainty_stats(benchmark, provider, shape):
     benchmark.pedantic(run, rounds=5 if device == "cpu" else 20, iterations=1, warmup_rounds=1)
     moved = logits.numel() * logits.element_size() + regions.numel() * regions.element_size() + B * R * C * 8 + C * 4
     benchmark.extra_info.update(bytes_moved=moved, gb_per_s=gb_per_s(benchmark, moved), device=device,
-                                threads=torch.get_num_threads())
+                                threads=torch.get_num_threads(), compile_s=compiled.compile_s if provider == "compiled" else None)

@@ -7,7 +7,7 @@ Usage::
 
 One table per benchmark group (an op at one shape), one row per provider, with min / median
 times, the achieved GB/s the benchmark recorded in ``extra_info`` and how many times slower
-than ``mulact`` each provider is (by median).
+than ``mulact`` each provider is (by median); for the ``compiled`` provider, its compile time.
 """
 from __future__ import annotations
 
@@ -51,13 +51,16 @@ def summarize(data: dict) -> str:
     lines = [f"Machine: {_machine(data)}", ""]
     for group, benches in groups.items():
         base = next((b for b in benches if _provider(b) == "mulact"), None)
-        lines += [f"### {group}", "", "| provider | min (ms) | median (ms) | GB/s | × slower than mulact (median) |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [f"### {group}", "",
+                  "| provider | min (ms) | median (ms) | GB/s | × slower than mulact (median) | compile (s) |",
+                  "|---|---:|---:|---:|---:|---:|"]
         for bench in sorted(benches, key=lambda b: b["stats"]["median"]):
             stats, extra = bench["stats"], bench.get("extra_info", {})
             gbs = extra.get("GB/s", extra.get("gb_per_s", ""))
             ratio = f"{stats['median'] / base['stats']['median']:.1f}" if base else ""
-            lines.append(f"| {_provider(bench)} | {stats['min'] * 1e3:.2f} | {stats['median'] * 1e3:.2f} | {gbs} | {ratio} |")
+            compile_s = extra.get("compile_s") or ""
+            lines.append(f"| {_provider(bench)} | {stats['min'] * 1e3:.2f} | {stats['median'] * 1e3:.2f} | {gbs} | {ratio} "
+                         f"| {compile_s} |")
         lines.append("")
     return "\n".join(lines)
 

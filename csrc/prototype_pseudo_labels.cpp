@@ -1,4 +1,4 @@
-// Stage-2 pseudo labels from class prototypes (SPEC 3.4), CPU.
+// Stage-2 pseudo labels from class prototypes (docs/design.md §2.6), CPU.
 //
 // Per image (semantics: mulact/ops/prototype_pseudo_labels.py), one function per step:
 //   1. scan_regions: one pass over the region map: region-id check, labeled/unlabeled adjacency pairs (four

@@ -1,4 +1,4 @@
-// Region adjacency (SPEC 3.5): the sorted unique pairs (u < v) of region ids that touch under
+// Region adjacency (docs/design.md §2.7): the sorted unique pairs (u < v) of region ids that touch under
 // 8-connectivity. Every pixel is compared with its right, lower, lower-right and lower-left
 // neighbours (the other four directions are the same pairs seen from the other pixel).
 // Row blocks run in parallel; each thread keeps a key list u * R + v filtered by a small

@@ -1,4 +1,4 @@
-// Oracle region labels (SPEC 3.6): per region, class histograms over the whole region and over
+// Oracle region labels (docs/design.md §2.7): per region, class histograms over the whole region and over
 // the region minus the trim band (thick boundaries dilated by a trim x trim square), then the
 // multi-hot label, the dominant class and the click cost.
 //

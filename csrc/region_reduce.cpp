@@ -1,4 +1,4 @@
-// Generic reduction of (B, K, N) values over region ids (SPEC 3.1), CPU.
+// Generic reduction of (B, K, N) values over region ids (docs/design.md §2.1), CPU.
 //
 // Work is split into blocks of pixels of one image; thread t owns a contiguous, statically
 // assigned range of blocks and private accumulators for the images that range touches, so no

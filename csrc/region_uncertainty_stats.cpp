@@ -1,4 +1,4 @@
-// Acquisition statistics in one pass over the logits (SPEC 3.2), CPU.
+// Acquisition statistics in one pass over the logits (docs/design.md §2.2), CPU.
 //
 // Work unit: a block of BLK consecutive pixels of one image. A block is loaded once (all C
 // class planes, each a contiguous run of BLK values) into a small scratch buffer that stays in

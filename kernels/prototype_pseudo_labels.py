@@ -28,8 +28,6 @@ import torch
 import triton
 import triton.language as tl
 
-from mulact.ops._validate import new_status, raise_on_status
-
 from ._blocks import log1p_accurate
 
 OP = "prototype_pseudo_labels"
@@ -268,10 +266,12 @@ def _scale(in_size: int, out_size: int) -> float:
     return float(torch.tensor(in_size, dtype=torch.float32) / torch.tensor(out_size, dtype=torch.float32))
 
 
-def prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature):
-    """Triton forward; arguments already validated. Returns ``(labels, PseudoLabelInfo)``."""
-    from mulact.ops.prototype_pseudo_labels import PseudoLabelInfo
-
+def prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature, status,
+                                   check_status):
+    """Triton forward; arguments already validated. Returns ``(labels, thresholds,
+    num_localized, num_expanded, prototype_index)``. ``status`` is the two-int status buffer;
+    ``check_status(status)`` is called once the scan has filled it, before anything indexes
+    with the region ids (the caller raises there on a bad id or a NaN)."""
     dev = logits.device
     bsz, c, h, w = logits.shape
     r_count = region_labels.shape[1]
@@ -291,12 +291,11 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     adj = torch.zeros(bsz * r_count * big_l if expand else 1, dtype=torch.uint8, device=dev)
     lg = logits.contiguous()
     best = torch.full((bsz * r_count * c,), float("-inf"), dtype=torch.float32, device=dev)
-    status = new_status(dev)
     block_c = max(2, triton.next_power_of_2(c))
     grid = (triton.cdiv(n, BLOCK_N),)
     _scan_kernel[grid](reg, labeled_u8, lidx, labels_u8, lg, best, adj, status, n, h, w, r_count, c, big_l,
                        float(temperature), DO_ADJ=expand, BLOCK=BLOCK_N, BLOCK_C=block_c)
-    raise_on_status(OP, status, r_count, regions=regions)
+    check_status(status)
     idx = torch.full((bsz * r_count * c,), hw, dtype=torch.int64, device=dev)
     _argmin_kernel[grid](reg, labeled_u8, labels_u8, lg, best, idx, n, h, w, r_count, c, float(temperature),
                          BLOCK=BLOCK_N, BLOCK_C=block_c)
@@ -309,7 +308,7 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     kb, kr, kc = torch.nonzero(proto_index >= 0).unbind(1)  # prototypes sorted by (image, region, class)
     k_count = kb.numel()
     if k_count == 0:
-        return out.view(bsz, h, w), PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
+        return out.view(bsz, h, w), thresholds, num_loc, num_exp, proto_index
 
     feat_cl = features.float().permute(0, 2, 3, 1).contiguous()  # low resolution, channels-last
     sh, sw = _scale(fh, h), _scale(fw, w)
@@ -368,4 +367,4 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
                 record=False)
         got = exp[out[exp] != IGNORE_INDEX]
         num_exp = torch.bincount(torch.div(got, hw, rounding_mode="floor"), minlength=bsz)
-    return out.view(bsz, h, w), PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
+    return out.view(bsz, h, w), thresholds, num_loc, num_exp, proto_index

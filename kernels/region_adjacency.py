@@ -1,4 +1,4 @@
-"""Triton kernel of ``region_adjacency`` (SPEC 3.5).
+"""Triton kernel of ``region_adjacency`` (docs/design.md §2.7).
 
 Grid ``(cdiv(H*W, BLOCK), B)``: every pixel compares its id with the right, lower,
 lower-right and lower-left neighbours and writes one key ``min * R + max`` per direction

@@ -1,4 +1,4 @@
-"""Triton kernels of ``region_labels_from_mask`` (the oracle, SPEC 3.6).
+"""Triton kernels of ``region_labels_from_mask`` (the oracle, docs/design.md §2.7).
 
 Two launches over pixel blocks of each image (grid ``(cdiv(H*W, BLOCK), B)``):
 

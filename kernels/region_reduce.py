@@ -89,10 +89,6 @@ def _region_gather_kernel(g_ptr, reg_ptr, out_ptr, K, N, R, BLOCK: tl.constexpr)
         tl.store(out_ptr + (b * K + k) * N + offs, g.to(out_ptr.dtype.element_ty), mask=pmask)
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def region_sum_triton(values: torch.Tensor | None, regions: torch.Tensor, batch: int, K: int, N: int,
                       num_regions: int, status: torch.Tensor, acc_dtype: torch.dtype):
     """Sum ``(B, K, N)`` values per region (region-major ``(B, R, K)`` in ``acc_dtype``) and
@@ -109,11 +105,10 @@ def region_sum_triton(values: torch.Tensor | None, regions: torch.Tensor, batch:
 
 
 def region_extremum_triton(values: torch.Tensor, regions: torch.Tensor, num_regions: int, largest: bool,
-                           status: torch.Tensor):
+                           status: torch.Tensor, acc: torch.dtype):
     """Max (``largest``) or min of ``(B, K, N)`` values per region and the smallest flat index
-    attaining it: ``(best (B, R, K) acc dtype, 0 where empty; arg (B, R, K) int64, -1 where empty)``."""
+    attaining it: ``(best (B, R, K) in ``acc``, 0 where empty; arg (B, R, K) int64, -1 where empty)``."""
     B, K, N = values.shape
-    acc = _acc(values.dtype)
     best = torch.full((B, num_regions, K), float("-inf"), dtype=acc, device=values.device)
     arg = torch.full((B, num_regions, K), N, dtype=torch.int64, device=values.device)
     sign = 1.0 if largest else -1.0

@@ -84,13 +84,13 @@ def _region_uncertainty_stats_kernel(
 
 
 def region_uncertainty_stats_triton(logits: torch.Tensor, regions: torch.Tensor, num_regions: int, inv_t: float,
-                                    measure: str, status: torch.Tensor):
+                                    measure: str, status: torch.Tensor, acc: torch.dtype):
     """Launch on contiguous ``logits (B, C, H, W)`` and ``regions (B, H, W)``; returns
-    ``(u_sum float32 (B, R, C), count int32 (B, R, C), prob_sum float32 (C,))``."""
+    ``(u_sum float32 (B, R, C), count int32 (B, R, C), prob_sum float32 (C,))``; sums are
+    accumulated in ``acc`` (float32, or float64 for float64 logits)."""
     B, C, H, W = logits.shape
     N = H * W
     R = num_regions
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     u = torch.zeros(B, R, C, dtype=acc, device=logits.device)
     n = torch.zeros(B, R, C, dtype=torch.int32, device=logits.device)
     prob = torch.zeros(C, dtype=acc, device=logits.device)

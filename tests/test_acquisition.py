@@ -52,7 +52,7 @@ def collect(pool, R, measure, backend):
     dev = backend_device(backend)
     stats = PoolStatistics()
     for logits, regions in pool:
-        stats.update(region_uncertainty_stats(logits.to(dev), regions.to(dev), R, measure=measure, backend=backend))
+        stats.update(region_uncertainty_stats(logits.to(dev), regions.to(dev), R, measure=measure, backend=backend, temperature=1.0))
     return stats
 
 
@@ -109,6 +109,15 @@ def test_class_prior():
         class_prior(torch.tensor([[1.0]]), 3)
 
 
+def test_class_prior_takes_the_ops_0d_pixel_count():
+    # region_uncertainty_stats returns num_pixels as a 0-d tensor (no host sync on CUDA)
+    torch.testing.assert_close(class_prior(torch.tensor([2.0, 6.0]), torch.tensor(8)), torch.tensor([0.25, 0.75]))
+    with pytest.raises(RuntimeError, match="num_pixels"):  # checked by torch._assert_async
+        class_prior(torch.tensor([1.0]), torch.tensor(0))
+    with pytest.raises(ValueError, match="num_pixels"):
+        class_prior(torch.tensor([1.0]), torch.tensor([3]))
+
+
 def test_classbal_example():
     # Dominant classes over the pool: region0 -> 0, region1 -> 2, region2 -> 0, region3 empty.
     count = torch.tensor([[[2, 1, 0], [0, 1, 3], [4, 0, 0], [0, 0, 0]]])
@@ -157,8 +166,8 @@ def test_mean_uncertainty_empty_is_zero():
 
 def test_pool_statistics_pads_region_counts():
     pool = PoolStatistics()
-    a = region_uncertainty_stats(torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4)), 3, backend="reference")
-    b = region_uncertainty_stats(torch.randn(2, 3, 4, 4), torch.randint(0, 5, (2, 4, 4)), 5, backend="reference")
+    a = region_uncertainty_stats(torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4)), 3, backend="reference", temperature=1.0)
+    b = region_uncertainty_stats(torch.randn(2, 3, 4, 4), torch.randint(0, 5, (2, 4, 4)), 5, backend="reference", temperature=1.0)
     pool.update(a)
     pool.update(b)
     u, n = pool.stacked()
@@ -167,7 +176,7 @@ def test_pool_statistics_pads_region_counts():
     torch.testing.assert_close(pool.prior().sum(), torch.tensor(1.0))
     assert pool.scores("pixbal").shape == (3, 5)
     with pytest.raises(ValueError, match="classes"):
-        pool.update(region_uncertainty_stats(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), 1))
+        pool.update(region_uncertainty_stats(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), 1, temperature=1.0))
 
 
 def test_bad_arguments():

@@ -167,7 +167,7 @@ def test_backward_saves_only_small_tensors(backend_):
     device = backend_device(backend_)
     logits, regions, labels = make_case(2, 6, 8, 9, 5, seed=2, device=device)
     x = logits.clone().requires_grad_(True)
-    (ce, mp), saved = saved_tensor_sizes(lambda: partial_label_loss(x, regions, labels, backend=backend_))
+    (ce, mp), saved = saved_tensor_sizes(lambda: partial_label_loss(x, regions, labels, backend=backend_, temperature=0.1))
     big = [s for s in saved if s[0] > regions.numel()]  # region map and smaller are fine
     assert big == [(x.numel(), x.data_ptr())], saved
     (ce + mp).backward()
@@ -199,31 +199,31 @@ def test_bad_inputs(backend):
     bad = regions.clone()
     bad[1, 2, 3] = 7
     with pytest.raises(ValueError, match=r"regions.*7"):
-        partial_label_loss(logits, bad, labels, backend=backend)
+        partial_label_loss(logits, bad, labels, backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="region_labels"):
-        partial_label_loss(logits, regions, labels[:, :, :3], backend=backend)
+        partial_label_loss(logits, regions, labels[:, :, :3], backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="region_labels"):
-        partial_label_loss(logits, regions, labels[:1], backend=backend)
+        partial_label_loss(logits, regions, labels[:1], backend=backend, temperature=0.1)
     with pytest.raises(TypeError, match="region_labels"):
-        partial_label_loss(logits, regions, labels.float(), backend=backend)
+        partial_label_loss(logits, regions, labels.float(), backend=backend, temperature=0.1)
     with pytest.raises(TypeError, match="regions"):
-        partial_label_loss(logits, regions.float(), labels, backend=backend)
+        partial_label_loss(logits, regions.float(), labels, backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="regions"):
-        partial_label_loss(logits, regions[:, :4], labels, backend=backend)
+        partial_label_loss(logits, regions[:, :4], labels, backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="regions"):
-        partial_label_loss(logits, regions.to("meta"), labels, backend=backend)
+        partial_label_loss(logits, regions.to("meta"), labels, backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="normalize"):
-        partial_label_loss(logits, regions, labels, normalize="batch", backend=backend)
+        partial_label_loss(logits, regions, labels, normalize="batch", backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="temperature"):
         partial_label_loss(logits, regions, labels, temperature=0.0, backend=backend)
     with pytest.raises(TypeError, match="logits"):
-        partial_label_loss(logits.long(), regions, labels, backend=backend)
+        partial_label_loss(logits.long(), regions, labels, backend=backend, temperature=0.1)
     poisoned = logits.clone()
     labeled = (regions >= 0) & labels.any(-1).gather(1, regions.clamp(min=0).flatten(1)).view_as(regions)
     b, h, w = labeled.nonzero()[0].tolist()
     poisoned[b, 2, h, w] = float("nan")
     with pytest.raises(ValueError, match="logits"):
-        partial_label_loss(poisoned, regions, labels, backend=backend)
+        partial_label_loss(poisoned, regions, labels, backend=backend, temperature=0.1)
 
 
 def test_large_logit_gaps_stay_finite(backend):
@@ -277,7 +277,7 @@ def test_empty_shapes(backend, shape):
     x = torch.randn(batch, classes, height, width, device=device, requires_grad=True)
     regions = torch.full((batch, height, width), -1, device=device)
     labels = torch.ones(batch, num_regions, classes, dtype=torch.bool, device=device)
-    ce, mp = partial_label_loss(x, regions, labels, backend=backend)
+    ce, mp = partial_label_loss(x, regions, labels, backend=backend, temperature=0.1)
     (ce + mp).backward()
     assert ce.item() == 0 and mp.item() == 0 and (x.grad == 0).all()
 

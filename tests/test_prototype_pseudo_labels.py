@@ -54,6 +54,7 @@ def make_case(seed, B=2, H=13, W=17, C=4, R=10, D=5, stride=1, used=None, p_labe
 
 
 def run(backend, features, logits, regions, labels, **kw):
+    kw.setdefault("temperature", 1.0)
     dev = backend_device(backend)
     out, info = prototype_pseudo_labels(features.to(dev), logits.to(dev), regions.to(dev), labels.to(dev),
                                         backend=backend, return_info=True, **kw)
@@ -163,14 +164,14 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(backend, case):
     args = make_case(**CASES[case])
-    ref = prototype_pseudo_labels_reference(*args)
+    ref = prototype_pseudo_labels_reference(*args, temperature=1.0)
     assert_same(ref, run(backend, *args))
 
 
 @pytest.mark.parametrize("backend_", ["cpp", "triton"])
 def test_no_expand_and_temperature(backend_):
     args = make_case(seed=11, stride=2, D=6)
-    for kw in (dict(expand=False), dict(temperature=0.1)):
+    for kw in (dict(expand=False, temperature=1.0), dict(temperature=0.1)):
         ref = prototype_pseudo_labels_reference(*args, **kw)
         got = run(backend_, *args, **kw)
         assert_same(ref, got)
@@ -180,7 +181,7 @@ def test_no_expand_and_temperature(backend_):
 
 def test_cases_hit_the_edge_cases():
     # guard the generator: the cases above really contain what they are meant to cover
-    _, info = prototype_pseudo_labels_reference(*make_case(**CASES["duplicates"]))
+    _, info = prototype_pseudo_labels_reference(*make_case(**CASES["duplicates"]), temperature=1.0)
     assert (info.thresholds == 1.0).any(), "a prototype that owns no pixel"
     f, lg, reg, lab = make_case(**CASES["stride4_odd"])
     present = torch.zeros(lab.shape[:2], dtype=torch.bool)
@@ -195,14 +196,14 @@ def test_cases_hit_the_edge_cases():
 def test_low_precision_inputs(backend, dtype):
     f, lg, reg, lab = make_case(seed=12, stride=2, D=6)
     f, lg = f.to(dtype), lg.to(dtype)
-    ref = prototype_pseudo_labels_reference(f, lg, reg, lab)
+    ref = prototype_pseudo_labels_reference(f, lg, reg, lab, temperature=1.0)
     assert_same(ref, run(backend, f, lg, reg, lab))
 
 
 @pytest.mark.parametrize("rdtype", [torch.int32, torch.int16])
 def test_region_dtypes_and_uint8_labels(backend, rdtype):
     f, lg, reg, lab = make_case(seed=13, stride=2)
-    ref = prototype_pseudo_labels_reference(f, lg, reg, lab)
+    ref = prototype_pseudo_labels_reference(f, lg, reg, lab, temperature=1.0)
     assert_same(ref, run(backend, f, lg, reg.to(rdtype), lab.to(torch.uint8)))
 
 
@@ -302,11 +303,11 @@ def test_without_prototypes_matches_loop():
     assert got.dtype == torch.int64
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="regions"):
-        pseudo_labels_without_prototypes(lg, reg + 100, lab)
+        pseudo_labels_without_prototypes(lg, reg + 100, lab, temperature=1.0)
     bad = lg.clone()
     bad[reg[:, None].expand_as(bad) >= 0] = float("nan")
     with pytest.raises(ValueError, match="logits"):
-        pseudo_labels_without_prototypes(bad, reg, lab)
+        pseudo_labels_without_prototypes(bad, reg, lab, temperature=1.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -317,6 +318,7 @@ def test_bad_inputs_raise(backend):
     f, lg, reg, lab = (t.to(dev) for t in make_case(seed=40, stride=2))
 
     def call(features=f, logits=lg, regions=reg, region_labels=lab, **kw):
+        kw.setdefault("temperature", 1.0)
         return prototype_pseudo_labels(features, logits, regions, region_labels, backend=backend, **kw)
 
     with pytest.raises(ValueError, match="features"):
@@ -390,13 +392,13 @@ def test_cpp_result_does_not_depend_on_thread_count(tmp_path):
     import sys
 
     args = make_case(seed=50, B=2, H=40, W=48, R=9, D=16, stride=4, smooth=True)
-    here = prototype_pseudo_labels(*args, backend="cpp", return_info=True)
+    here = prototype_pseudo_labels(*args, temperature=1.0, backend="cpp", return_info=True)
     torch.save(args, tmp_path / "case.pt")
     code = (
         "import sys, torch\n"
         "from mulact.ops import prototype_pseudo_labels\n"
         f"args = torch.load({str(tmp_path / 'case.pt')!r})\n"
-        "out, info = prototype_pseudo_labels(*args, backend='cpp', return_info=True)\n"
+        "out, info = prototype_pseudo_labels(*args, temperature=1.0, backend='cpp', return_info=True)\n"
         f"torch.save((out, tuple(info)), {str(tmp_path / 'out.pt')!r})\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -118,8 +118,12 @@ def test_saves_no_logits_sized_tensor(backend_):
     device = backend_device(backend_)
     logits, regions, labels = make_case(2, 6, 8, 9, 5, seed=2, device=device)
     x = logits.clone().requires_grad_(True)
-    loss, saved = saved_tensor_sizes(lambda: prototypical_pixel_loss(x, regions, labels, backend=backend_))
-    assert saved and max(n for n, _ in saved) < regions.numel()
+    loss, saved = saved_tensor_sizes(lambda: prototypical_pixel_loss(x, regions, labels, backend=backend_, temperature=0.1))
+    # nothing of the logits' size: the largest saved tensor is the (B, R, C, C) gather of the
+    # prototypical pixels' logits, independent of H and W
+    B, C = logits.shape[:2]
+    largest = max(n for n, _ in saved)
+    assert saved and largest < logits.numel() and largest <= B * labels.shape[1] * C * C
     loss.backward()
     assert x.grad.shape == x.shape
 
@@ -128,15 +132,15 @@ def test_bad_inputs(backend):
     device = backend_device(backend)
     logits, regions, labels = make_case(2, 4, 5, 6, 5, seed=1, device=device)
     with pytest.raises(ValueError, match="normalize"):
-        prototypical_pixel_loss(logits, regions, labels, normalize="pixel", backend=backend)
+        prototypical_pixel_loss(logits, regions, labels, normalize="pixel", backend=backend, temperature=0.1)
     with pytest.raises(TypeError, match="region_labels"):
-        prototypical_pixel_loss(logits, regions, labels.half(), backend=backend)
+        prototypical_pixel_loss(logits, regions, labels.half(), backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="region_labels"):
-        prototypical_pixel_loss(logits, regions, labels[:, :, :2], backend=backend)
+        prototypical_pixel_loss(logits, regions, labels[:, :, :2], backend=backend, temperature=0.1)
     bad = regions.clone()
     bad[0, 0, 0] = 9
     with pytest.raises(ValueError, match=r"regions.*9"):
-        prototypical_pixel_loss(logits, bad, labels, backend=backend)
+        prototypical_pixel_loss(logits, bad, labels, backend=backend, temperature=0.1)
 
 
 def test_channels_last_logits(backend):

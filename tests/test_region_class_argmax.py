@@ -101,10 +101,10 @@ def test_chosen_pixel_belongs_to_region(backend):
 def test_deterministic_and_matches_reference(backend):
     device = backend_device(backend)
     logits, regions, labels = make_case(2, 5, 31, 23, 12, seed=6, device=device)
-    a = region_class_argmax(logits, regions, labels, backend=backend)
-    b = region_class_argmax(logits, regions, labels, backend=backend)
+    a = region_class_argmax(logits, regions, labels, backend=backend, temperature=0.1)
+    b = region_class_argmax(logits, regions, labels, backend=backend, temperature=0.1)
     assert torch.equal(a, b)
-    assert torch.equal(a, region_class_argmax_reference(logits, regions, labels))
+    assert torch.equal(a, region_class_argmax_reference(logits, regions, labels, temperature=0.1))
 
 
 def test_nan_outside_active_regions_is_not_read(backend):
@@ -113,8 +113,8 @@ def test_nan_outside_active_regions_is_not_read(backend):
     labels[0, 2] = False  # region 2 unlabeled: its pixels are never read
     poisoned = logits.clone()
     poisoned[:, :, regions[0] == 2] = float("nan")
-    out = region_class_argmax(poisoned, regions, labels, backend=backend)
-    assert torch.equal(out, region_class_argmax_reference(logits, regions, labels))
+    out = region_class_argmax(poisoned, regions, labels, backend=backend, temperature=0.1)
+    assert torch.equal(out, region_class_argmax_reference(logits, regions, labels, temperature=0.1))
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy in the Triton interpreter
@@ -124,20 +124,20 @@ def test_bad_inputs(backend):
     bad = regions.clone()
     bad[0, 1, 1] = 5
     with pytest.raises(ValueError, match=r"regions.*5"):
-        region_class_argmax(logits, bad, labels, backend=backend)
+        region_class_argmax(logits, bad, labels, backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="region_labels"):
-        region_class_argmax(logits, regions, labels[:, :, 1:], backend=backend)
+        region_class_argmax(logits, regions, labels[:, :, 1:], backend=backend, temperature=0.1)
     with pytest.raises(TypeError, match="region_labels"):
-        region_class_argmax(logits, regions, labels.to(torch.int64), backend=backend)
+        region_class_argmax(logits, regions, labels.to(torch.int64), backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="regions"):
-        region_class_argmax(logits, regions.to("meta"), labels, backend=backend)
+        region_class_argmax(logits, regions.to("meta"), labels, backend=backend, temperature=0.1)
     with pytest.raises(ValueError, match="min_classes"):
-        region_class_argmax(logits, regions, labels, min_classes=0, backend=backend)
+        region_class_argmax(logits, regions, labels, min_classes=0, backend=backend, temperature=0.1)
     poisoned = logits.clone()
-    b, r, c = (region_class_argmax_reference(logits, regions, labels) >= 0).nonzero()[0].tolist()
+    b, r, c = (region_class_argmax_reference(logits, regions, labels, temperature=0.1) >= 0).nonzero()[0].tolist()
     poisoned.flatten(2)[b, 0, (regions[b].flatten() == r).nonzero()[0]] = float("inf")
     with pytest.raises(ValueError, match="logits"):
-        region_class_argmax(poisoned, regions, labels, backend=backend)
+        region_class_argmax(poisoned, regions, labels, backend=backend, temperature=0.1)
 
 
 @pytest.mark.parametrize("shape", [(0, 3, 4, 4, 2), (2, 3, 0, 4, 2), (1, 3, 2, 2, 0)], ids=["B0", "H0", "R0"])
@@ -147,7 +147,7 @@ def test_empty_shapes(backend, shape):
     logits = torch.randn(batch, classes, height, width, device=device)
     regions = torch.full((batch, height, width), -1, device=device)
     labels = torch.ones(batch, num_regions, classes, dtype=torch.bool, device=device)
-    out = region_class_argmax(logits, regions, labels, backend=backend)
+    out = region_class_argmax(logits, regions, labels, backend=backend, temperature=0.1)
     assert out.shape == labels.shape and (out == -1).all()
 
 
@@ -156,7 +156,7 @@ def test_default_triton_blocks(monkeypatch):
     device = backend_device("triton")
     for dtype in (torch.float32, torch.float64):
         logits, regions, labels = make_case(2, 5, 17, 19, 12, seed=4, dtype=dtype, device=device)
-        out = region_class_argmax(logits, regions, labels, backend="triton")
+        out = region_class_argmax(logits, regions, labels, backend="triton", temperature=0.1)
         assert torch.equal(out.cpu(), naive_region_class_argmax(logits.cpu(), regions.cpu(), labels.cpu(), 0.1, 1))
 
 

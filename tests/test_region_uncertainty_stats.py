@@ -83,7 +83,8 @@ def test_matches_reference_and_naive(backend, measure, shape):
     assert st.u_sum.shape == (B, R, C) and st.u_sum.dtype == torch.float32
     assert st.count.shape == (B, R, C) and st.count.dtype == torch.int32
     assert st.prob_sum.shape == (C,) and st.prob_sum.dtype == torch.float32
-    assert isinstance(st.num_pixels, int)
+    assert st.num_pixels.shape == () and st.num_pixels.dtype == torch.int64
+    assert st.num_pixels.device == st.u_sum.device
     st = RegionUncertaintyStats(st.u_sum.cpu(), st.count.cpu(), st.prob_sum.cpu(), st.num_pixels)
     ref = reference(logits, regions, R, 0.7, measure)
     check_against(st, ref.u_sum, ref.count, ref.prob_sum, ref.num_pixels)
@@ -106,7 +107,7 @@ def test_exact_tie_example(backend):
     # Pixel 0: classes 1 and 2 tie at the top -> class 1, bvsb = 1. Pixel 1: class 0 clear winner.
     logits = torch.tensor([[0.0, 5.0], [2.0, 1.0], [2.0, 1.0]]).view(1, 3, 1, 2)
     regions = torch.tensor([[[1, 1]]])
-    st = region_uncertainty_stats(logits.to(dev), regions.to(dev), 2, backend=backend)
+    st = region_uncertainty_stats(logits.to(dev), regions.to(dev), 2, backend=backend, temperature=1.0)
     assert st.count.cpu().tolist() == [[[0, 0, 0], [1, 1, 0]]]
     u = st.u_sum.cpu()
     assert u[0, 1, 1].item() == pytest.approx(1.0)
@@ -119,7 +120,7 @@ def test_single_class_is_certain(backend):
     logits = torch.randn(2, 1, 3, 4, device=dev)
     regions = torch.zeros(2, 3, 4, dtype=torch.long, device=dev)
     for measure in MEASURES:
-        st = region_uncertainty_stats(logits, regions, 1, measure=measure, backend=backend)
+        st = region_uncertainty_stats(logits, regions, 1, measure=measure, backend=backend, temperature=1.0)
         assert torch.equal(st.u_sum.cpu(), torch.zeros(2, 1, 1))
         assert st.count.cpu().tolist() == [[[12]], [[12]]]
         torch.testing.assert_close(st.prob_sum.cpu(), torch.tensor([24.0]))
@@ -156,7 +157,7 @@ def test_all_unlabeled(backend):
     dev = backend_device(backend)
     logits = torch.randn(2, 4, 3, 5, device=dev)
     regions = torch.full((2, 3, 5), -3, device=dev)
-    st = region_uncertainty_stats(logits, regions, 4, backend=backend)
+    st = region_uncertainty_stats(logits, regions, 4, backend=backend, temperature=1.0)
     assert st.num_pixels == 0
     assert torch.equal(st.u_sum.cpu(), torch.zeros(2, 4, 4))
     assert torch.equal(st.count.cpu(), torch.zeros(2, 4, 4, dtype=torch.int32))
@@ -167,7 +168,7 @@ def test_no_autograd(backend):
     dev = backend_device(backend)
     logits = torch.randn(1, 3, 4, 4, device=dev, requires_grad=True)
     regions = torch.zeros(1, 4, 4, dtype=torch.long, device=dev)
-    st = region_uncertainty_stats(logits, regions, 1, backend=backend)
+    st = region_uncertainty_stats(logits, regions, 1, backend=backend, temperature=1.0)
     assert not st.u_sum.requires_grad and not st.prob_sum.requires_grad
 
 
@@ -179,10 +180,10 @@ def test_non_finite_logits_raise(backend, poison):
     logits[1, 2, 4, 5] = poison
     regions = torch.zeros(2, 5, 6, dtype=torch.long)
     with pytest.raises(ValueError, match=r"region_uncertainty_stats: `logits` contains NaN or Inf"):
-        region_uncertainty_stats(logits.to(dev), regions.to(dev), 1, backend=backend)
+        region_uncertainty_stats(logits.to(dev), regions.to(dev), 1, backend=backend, temperature=1.0)
     regions[1, 4, 5] = -1  # documented: checked even where the pixel has no region
     with pytest.raises(ValueError, match="logits"):
-        region_uncertainty_stats(logits.to(dev), regions.to(dev), 1, backend=backend)
+        region_uncertainty_stats(logits.to(dev), regions.to(dev), 1, backend=backend, temperature=1.0)
 
 
 def test_bad_inputs(backend):
@@ -192,27 +193,27 @@ def test_bad_inputs(backend):
     bad = regions.clone()
     bad[1, 3, 4] = 11
     with pytest.raises(ValueError, match=r"region_uncertainty_stats.*`regions` holds id 11 but num_regions=4"):
-        region_uncertainty_stats(logits, bad, 4, backend=backend)
+        region_uncertainty_stats(logits, bad, 4, backend=backend, temperature=1.0)
     with pytest.raises(ValueError, match="regions"):
-        region_uncertainty_stats(logits, regions[:, :, :4], 4, backend=backend)
+        region_uncertainty_stats(logits, regions[:, :, :4], 4, backend=backend, temperature=1.0)
     with pytest.raises(ValueError, match="logits"):
-        region_uncertainty_stats(logits[0], regions, 4, backend=backend)
+        region_uncertainty_stats(logits[0], regions, 4, backend=backend, temperature=1.0)
     with pytest.raises(TypeError, match="logits"):
-        region_uncertainty_stats(logits.long(), regions, 4, backend=backend)
+        region_uncertainty_stats(logits.long(), regions, 4, backend=backend, temperature=1.0)
     with pytest.raises(ValueError, match="logits"):
-        region_uncertainty_stats(logits[:, :0], regions, 4, backend=backend)
+        region_uncertainty_stats(logits[:, :0], regions, 4, backend=backend, temperature=1.0)
     with pytest.raises(TypeError, match="regions"):
-        region_uncertainty_stats(logits, regions.float(), 4, backend=backend)
+        region_uncertainty_stats(logits, regions.float(), 4, backend=backend, temperature=1.0)
     with pytest.raises(ValueError, match="measure"):
-        region_uncertainty_stats(logits, regions, 4, measure="variance", backend=backend)
+        region_uncertainty_stats(logits, regions, 4, measure="variance", backend=backend, temperature=1.0)
     with pytest.raises(ValueError, match="temperature"):
         region_uncertainty_stats(logits, regions, 4, temperature=0.0, backend=backend)
     with pytest.raises(TypeError, match="temperature"):
         region_uncertainty_stats(logits, regions, 4, temperature="hot", backend=backend)
     with pytest.raises(ValueError, match="num_regions"):
-        region_uncertainty_stats(logits, regions, 2.5, backend=backend)
+        region_uncertainty_stats(logits, regions, 2.5, backend=backend, temperature=1.0)
     with pytest.raises(ValueError, match="device"):
-        region_uncertainty_stats(logits, regions.to("meta"), 4, backend=backend)
+        region_uncertainty_stats(logits, regions.to("meta"), 4, backend=backend, temperature=1.0)
 
 
 def test_cpp_writes_every_output_entry():
@@ -231,8 +232,8 @@ def test_cpp_writes_every_output_entry():
 
 def test_cpp_is_deterministic():
     logits, regions = make_logits((2, 19, 64, 80), 50, seed=2)
-    a = region_uncertainty_stats(logits, regions, 50, backend="cpp")
-    b = region_uncertainty_stats(logits, regions, 50, backend="cpp")
+    a = region_uncertainty_stats(logits, regions, 50, backend="cpp", temperature=1.0)
+    b = region_uncertainty_stats(logits, regions, 50, backend="cpp", temperature=1.0)
     assert torch.equal(a.u_sum, b.u_sum) and torch.equal(a.prob_sum, b.prob_sum) and torch.equal(a.count, b.count)
 
 
@@ -245,6 +246,6 @@ def test_long_runs_of_one_region(backend):
     logits = torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(6)) * 0.3
     logits[:, 1] += 2.0  # mostly one top-1 class: runs of the same key are long
     dev = backend_device(backend)
-    st = region_uncertainty_stats(logits.to(dev), regions.to(dev), 5, backend=backend)
+    st = region_uncertainty_stats(logits.to(dev), regions.to(dev), 5, backend=backend, temperature=1.0)
     st = RegionUncertaintyStats(st.u_sum.cpu(), st.count.cpu(), st.prob_sum.cpu(), st.num_pixels)
     check_against(st, *naive_stats(logits, regions, 5, 1.0, "bvsb"), rtol=1e-5, atol=1e-4)

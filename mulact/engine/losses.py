@@ -36,8 +36,10 @@ def pixel_label_sets(regions: torch.Tensor, region_labels: torch.Tensor):
 
 
 def _acc(logits: torch.Tensor) -> torch.Tensor:
-    """float32 for half/bfloat16 logits, the input dtype otherwise (float64 stays exact)."""
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    """The logits in the ops' accumulation dtype (float32, float64 for float64 logits)."""
+    from mulact.ops._dtypes import acc_dtype
+
+    return logits.to(acc_dtype(logits))
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

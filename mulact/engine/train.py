@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mulact.data import IGNORE_INDEX
+from mulact.ops import check_status
 from mulact.runstore import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,9 @@ def train_model(
             torch.manual_seed(derive_seed(s.seed, 7, k))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss, parts = step_loss(model, batch, k / s.iterations)
+            # The finiteness check below syncs anyway: first surface bad region ids / NaN logits
+            # that the fused ops' CUDA kernels reported without syncing (docs/design.md).
+            check_status()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{s.desc}: non-finite loss {loss.item()} at iteration {k}")
             opt.zero_grad(set_to_none=True)

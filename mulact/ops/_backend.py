@@ -64,6 +64,9 @@ def _why_not(backend: str, device: torch.device) -> str | None:
     return f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}"
 
 
+# Under torch.compile the choice is made once, when the function is traced (it depends only on
+# the argument, the environment and the device), and is a constant of the compiled graph.
+@torch.compiler.assume_constant_result
 def resolve_backend(op: str, device: torch.device, backend: str | None = None) -> str:
     """Pick the backend for one call of ``op`` on ``device`` and record it."""
     source = "argument"

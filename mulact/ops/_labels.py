@@ -6,11 +6,6 @@ import contextlib
 import torch
 
 
-def acc_dtype(logits: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 logits (gradcheck), float32 otherwise."""
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
-
-
 def labels_u8(region_labels: torch.Tensor) -> torch.Tensor:
     """Contiguous 0/1 uint8 multi-hot labels (bool is reinterpreted, not copied).
 
@@ -39,14 +34,10 @@ def region_pixel_counts(regions: torch.Tensor, num_regions: int) -> torch.Tensor
     valid = (flat >= 0) & (flat < num_regions)
     offset = torch.arange(batch, device=regions.device).unsqueeze(1) * num_regions
     slot = torch.where(valid, flat + offset, batch * num_regions)
-    counts = torch.bincount(slot.reshape(-1), minlength=batch * num_regions + 1)
+    # scatter_add, not bincount: bincount sizes its output from the data (a host sync on CUDA)
+    counts = torch.zeros(batch * num_regions + 1, dtype=torch.int64, device=regions.device)
+    counts.scatter_add_(0, slot.reshape(-1), torch.ones_like(slot.reshape(-1)))
     return counts[: batch * num_regions].view(batch, num_regions)
-
-
-def triton_acc(logits: torch.Tensor):
-    import triton.language as tl
-
-    return tl.float64 if logits.dtype == torch.float64 else tl.float32
 
 
 def device_guard(t: torch.Tensor):

@@ -118,14 +118,21 @@ def selectable(count: torch.Tensor, undefined_class: int | None = None) -> torch
     return ok
 
 
-def class_prior(prob_sum: torch.Tensor, num_pixels: int) -> torch.Tensor:
+def class_prior(prob_sum: torch.Tensor, num_pixels: int | torch.Tensor) -> torch.Tensor:
     """P(c) of Eq. (3): ``prob_sum / num_pixels`` as float32 ``(C,)``.
 
     ``prob_sum`` and ``num_pixels`` are the sums over *all* pool batches of the fields of
-    :class:`RegionUncertaintyStats`."""
+    :class:`RegionUncertaintyStats`. ``num_pixels`` may be an int or the 0-d integer tensor
+    the op returns; a tensor is checked (> 0) without a host sync (``torch._assert_async``)."""
     if not isinstance(prob_sum, torch.Tensor) or not prob_sum.is_floating_point() or prob_sum.dim() != 1:
         raise TypeError(f"class_prior: `prob_sum` must be a floating-point (C,) tensor, got "
                         f"{getattr(prob_sum, 'shape', type(prob_sum).__name__)}")
+    if isinstance(num_pixels, torch.Tensor):
+        if num_pixels.dim() != 0 or num_pixels.is_floating_point() or num_pixels.dtype == torch.bool:
+            raise ValueError(f"class_prior: `num_pixels` must be a positive int or a 0-d integer tensor, "
+                             f"got a {num_pixels.dtype} tensor of shape {tuple(num_pixels.shape)}")
+        torch._assert_async(num_pixels > 0, "class_prior: `num_pixels` must be positive")
+        return prob_sum.to(torch.float32) / num_pixels.to(prob_sum.device, torch.float32)
     if isinstance(num_pixels, bool) or not isinstance(num_pixels, int) or num_pixels <= 0:
         raise ValueError(f"class_prior: `num_pixels` must be a positive int, got {num_pixels!r}")
     return prob_sum.to(torch.float32) / num_pixels

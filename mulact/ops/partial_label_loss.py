@@ -1,4 +1,4 @@
-"""Stage-1 partial-label losses L_CE and L_MP (paper Eq. 5-7, SPEC §3.3), fused.
+"""Stage-1 partial-label losses L_CE and L_MP (paper Eq. 5-7, docs/design.md §2.3), fused.
 
 For a labeled pixel x of region r with label set Y = Y(r) and ``z = logits / temperature``:
 
@@ -33,14 +33,10 @@ import torch
 
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
-from ._labels import acc_dtype, device_guard, labels_u8, num_labels, region_pixel_counts, triton_acc
-from ._validate import (
-    check_finite,
-    check_labeled_loss,
-    check_region_ids,
-    new_status,
-    raise_on_status,
-)
+from ._dtypes import acc_dtype, triton_acc
+from ._labels import device_guard, labels_u8, num_labels, region_pixel_counts
+from ._status import report as report_status
+from ._validate import check_finite, check_labeled_loss, check_region_ids, new_status
 
 OP = "partial_label_loss"
 NORMALIZE = ("pixel", "region")
@@ -54,7 +50,7 @@ def region_terms(region_labels: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Reference
 # --------------------------------------------------------------------------------------------
-def partial_label_loss_reference(logits, regions, region_labels, temperature=0.1, normalize="pixel"):
+def partial_label_loss_reference(logits, regions, region_labels, temperature, normalize="pixel"):
     """Pure-torch (L_CE, L_MP); same contract as :func:`partial_label_loss`. Differentiable
     through ordinary torch ops (it materialises several (B, C, H, W) temporaries)."""
     num_regions, temperature = check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
@@ -162,64 +158,91 @@ _LAUNCH = {"cpp": (_forward_cpp, _backward_cpp), "triton": (_forward_triton, _ba
 
 
 # --------------------------------------------------------------------------------------------
-# Autograd
+# Registered op (docs/design.md, "Dispatch") and its autograd
 # --------------------------------------------------------------------------------------------
-class PartialLabelLossFunction(torch.autograd.Function):
-    """Fused (L_CE, L_MP). Saves the logits (no copy when contiguous), the region ids, the
-    labels and (B, R)/(2,) normalisers; nothing of size (B, C, H, W) besides the logits."""
+def _region_weight(regions, num_regions, acc):
+    """(B, R) 1 / pixels of the region (0 for a region without pixels): "region" normalisation."""
+    pixels = region_pixel_counts(regions, num_regions)
+    return torch.where(pixels > 0, 1.0 / pixels.clamp(min=1).to(acc), 0.0).to(acc), pixels > 0
 
-    @staticmethod
-    def forward(ctx, logits, regions, region_labels, temperature, normalize, backend):
-        ctx.set_materialize_grads(False)
-        forward, _ = _LAUNCH[backend]
-        num_regions = region_labels.shape[1]
-        acc = acc_dtype(logits)
-        logits = logits.contiguous()
-        regions = index_tensor(regions)
-        labels = labels_u8(region_labels)
-        terms = region_terms(region_labels)
-        weight = None
-        if normalize == "region":
-            pixels = region_pixel_counts(regions, num_regions)
-            weight = torch.where(pixels > 0, 1.0 / pixels.clamp(min=1).to(acc), 0.0).to(acc)
-            present = pixels > 0
-            denom = torch.stack([((terms == t) & present).sum() for t in (1, 2)]).to(acc)
-        status = new_status(logits.device)
-        sums, counts = forward(logits, regions, labels, terms, weight, temperature, status)
-        raise_on_status(OP, status, num_regions, regions=regions)
-        if normalize == "pixel":
-            denom = counts.to(acc)
-        denom = denom.clamp(min=1)
-        ctx.temperature = temperature
-        ctx.backend = backend
-        ctx.save_for_backward(logits, regions, labels, terms, weight, denom)
-        return sums[0] / denom[0], sums[1] / denom[1]  # separate tensors, not views of one
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ce, grad_mp):
-        if not ctx.needs_input_grad[0] or (grad_ce is None and grad_mp is None):
-            return None, None, None, None, None, None
-        logits, regions, labels, terms, weight, denom = ctx.saved_tensors
-        zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
-        # coef[t] = upstream gradient of term t / its normaliser / tau; term 0 (unlabeled) -> 0.
-        coef = torch.stack([
-            zero,
-            zero if grad_ce is None else grad_ce.to(denom.dtype) / denom[0],
-            zero if grad_mp is None else grad_mp.to(denom.dtype) / denom[1],
-        ]) / ctx.temperature
-        scale = coef[terms.long()]  # 0 for a term whose gradient is None: its pixels are not read
-        if weight is not None:
-            scale = scale * weight
-        _, backward = _LAUNCH[ctx.backend]
-        grad = backward(logits, regions, labels, scale.contiguous(), ctx.temperature)
-        return grad, None, None, None, None, None
+@torch.library.custom_op("mulact::partial_label_loss", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor, temperature: float,
+        normalize: str, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused forward: ``(loss_ce, loss_mp, normalisers (2,))``; the normalisers (pixel or
+    region counts of each term, at least 1) are what the backward divides by."""
+    forward, _ = _LAUNCH[backend]
+    num_regions = region_labels.shape[1]
+    acc = acc_dtype(logits)
+    logits = logits.contiguous()
+    regions = index_tensor(regions)
+    terms = region_terms(region_labels)
+    weight = None
+    if normalize == "region":
+        weight, present = _region_weight(regions, num_regions, acc)
+        denom = torch.stack([((terms == t) & present).sum() for t in (1, 2)]).to(acc)
+    status = new_status(logits.device)
+    sums, counts = forward(logits, regions, labels_u8(region_labels), terms, weight, temperature, status)
+    report_status(OP, status, num_regions, regions=regions)
+    if normalize == "pixel":
+        denom = counts.to(acc)
+    denom = denom.clamp(min=1)
+    return sums[0] / denom[0], sums[1] / denom[1], denom  # separate tensors, not views of one
+
+
+@_op.register_fake
+def _(logits, regions, region_labels, temperature, normalize, backend):
+    acc = acc_dtype(logits)
+    return logits.new_empty((), dtype=acc), logits.new_empty((), dtype=acc), logits.new_empty(2, dtype=acc)
+
+
+@torch.library.custom_op("mulact::partial_label_loss_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _backward_op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor, scale: torch.Tensor,
+                 temperature: float, backend: str) -> torch.Tensor:
+    """``d(Σ_x scale[b, r(x)] · l(x)) / d logits`` in one launch; ``scale`` is ``(B, R)``."""
+    _, backward = _LAUNCH[backend]
+    return backward(logits.contiguous(), index_tensor(regions), labels_u8(region_labels), scale.contiguous(),
+                    temperature)
+
+
+@_backward_op.register_fake
+def _(logits, regions, region_labels, scale, temperature, backend):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    logits, regions, region_labels, temperature, normalize, backend = inputs
+    ctx.temperature, ctx.normalize, ctx.backend = temperature, normalize, backend
+    # the logits are saved as they are (no copy); nothing else of size (B, C, H, W)
+    ctx.save_for_backward(logits, regions, region_labels, output[2])
+
+
+def _backward(ctx, grad_ce, grad_mp, _grad_denom):
+    logits, regions, region_labels, denom = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None
+    zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
+    # coef[t] = upstream gradient of term t / its normaliser / tau; term 0 (unlabeled) -> 0.
+    coef = torch.stack([
+        zero,
+        zero if grad_ce is None else grad_ce.to(denom.dtype) / denom[0],
+        zero if grad_mp is None else grad_mp.to(denom.dtype) / denom[1],
+    ]) / ctx.temperature
+    scale = coef[region_terms(region_labels).long()]  # a term with zero gradient: its pixels are not read
+    if ctx.normalize == "region":
+        scale = scale * _region_weight(regions, region_labels.shape[1], denom.dtype)[0]
+    grad = torch.ops.mulact.partial_label_loss_backward(logits, regions, region_labels, scale, ctx.temperature,
+                                                        ctx.backend)
+    return grad, None, None, None, None, None
+
+
+_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
 # Public
 # --------------------------------------------------------------------------------------------
-def partial_label_loss(logits, regions, region_labels, temperature=0.1, normalize="pixel", *, backend=None):
+def partial_label_loss(logits, regions, region_labels, temperature, normalize="pixel", *, backend=None):
     """Stage-1 losses ``(L_CE, L_MP)`` for region-wise multi-class (partial) labels.
 
     Args:
@@ -252,4 +275,6 @@ def partial_label_loss(logits, regions, region_labels, temperature=0.1, normaliz
     backend = resolve_backend(OP, logits.device, backend)
     if backend == "reference":
         return partial_label_loss_reference(logits, regions, region_labels, temperature, normalize)
-    return PartialLabelLossFunction.apply(logits, regions, region_labels, temperature, normalize, backend)
+    loss_ce, loss_mp, _ = torch.ops.mulact.partial_label_loss(logits, regions, region_labels, temperature, normalize,
+                                                              backend)
+    return loss_ce, loss_mp

@@ -1,4 +1,4 @@
-"""Stage-2 pseudo labels from class prototypes (SPEC §3.4; paper §3.3, Eq. 11-13).
+"""Stage-2 pseudo labels from class prototypes (docs/design.md §2.6; paper §3.3, Eq. 11-13).
 
 Per image:
 
@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import resolve_backend
+from ._labels import device_guard
 from ._validate import (
     _need_tensor,
     check_float,
@@ -152,7 +153,7 @@ def _similarities_reference(fx, pn):
     return ((x @ pn) / nrm[:, None]).clamp(-1.0, 1.0).float()
 
 
-def prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand=True, temperature=1.0):
+def prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand=True, *, temperature):
     """Pure-torch oracle of :func:`prototype_pseudo_labels`; returns ``(labels, PseudoLabelInfo)``.
 
     Materialises the upsampled features with ``F.interpolate`` and works per image on the
@@ -233,7 +234,7 @@ def prototype_pseudo_labels_reference(features, logits, regions, region_labels, 
     return out.reshape(bsz, h, w), info
 
 
-def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature=1.0):
+def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature):
     """Baseline "w/o prototypes" of the ablation (paper Fig. 7a, supplement Fig. 12b).
 
     Each pixel of a labeled region takes its most confident class among the region's label set
@@ -304,14 +305,46 @@ def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
     if int(status[0]) == 2:
         raise ValueError(f"{OP}: `features` contains NaN or Inf")
     raise_on_status(OP, status, r_count, regions=regions)
-    return out, PseudoLabelInfo(thresholds, num_loc, num_exp, proto_index)
+    return out, thresholds, num_loc, num_exp, proto_index
+
+
+def _forward_triton(features, logits, regions, region_labels, expand, temperature):
+    from mulact.kernels.prototype_pseudo_labels import prototype_pseudo_labels_triton
+
+    r_count = region_labels.shape[1]
+    with device_guard(logits):
+        return prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature,
+                                              new_status(logits.device),
+                                              lambda status: raise_on_status(OP, status, r_count, regions=regions))
+
+
+# Stage 2 is not a hot path and syncs anyway (its prototype count sizes tensors), so its
+# status is read at once on every device (docs/design.md, "Status and NaN policy").
+@torch.library.custom_op("mulact::prototype_pseudo_labels", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(features: torch.Tensor, logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor,
+        expand: bool, temperature: float,
+        backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(labels, thresholds, num_localized, num_expanded, prototype_index)`` from the fused
+    backend (docs/design.md, "Dispatch")."""
+    launch = {"cpp": _forward_cpp, "triton": _forward_triton}[backend]
+    return launch(features, logits, regions, region_labels, expand, temperature)
+
+
+@_op.register_fake
+def _(features, logits, regions, region_labels, expand, temperature, backend):
+    bsz, c, h, w = logits.shape
+    r_count = region_labels.shape[1]
+    i64 = torch.int64
+    return (logits.new_empty(bsz, h, w, dtype=i64), logits.new_empty(bsz, r_count, c, dtype=torch.float32),
+            logits.new_empty(bsz, dtype=i64), logits.new_empty(bsz, dtype=i64),
+            logits.new_empty(bsz, r_count, c, dtype=i64))
 
 
 # --------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------
 @torch.no_grad()
-def prototype_pseudo_labels(features, logits, regions, region_labels, expand=True, temperature=1.0, *,
+def prototype_pseudo_labels(features, logits, regions, region_labels, expand=True, *, temperature,
                             backend=None, return_info=False):
     """Pixel-wise pseudo labels from class prototypes: localization + expansion (Eq. 11-13).
 
@@ -345,7 +378,8 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
         >>> logits = torch.tensor([[[[3.0, 0, 0, 0, 0, 0]], [[0, 3.0, 0, 0, 0, 0]]]])  # x* = pixels 0, 1
         >>> regions = torch.tensor([[[0, 0, 0, 0, 1, 1]]])
         >>> region_labels = torch.tensor([[[True, True], [False, False]]])
-        >>> labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, return_info=True)
+        >>> labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, temperature=1.0,
+        ...                                        return_info=True)
         >>> labels  # pixel 4 is close enough to prototype 0 (cos 0.9988 > alpha 0.9939); pixel 5 is not
         tensor([[[  0,   1,   0,   1,   0, 255]]])
         >>> info.num_localized, info.num_expanded
@@ -365,11 +399,10 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
                                torch.zeros(bsz, dtype=torch.int64, device=dev),
                                torch.full((bsz, r_count, c), -1, dtype=torch.int64, device=dev))
     elif which == "reference":
-        out, info = prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand, temperature)
-    elif which == "cpp":
-        out, info = _forward_cpp(features, logits, regions, region_labels, expand, temperature)
+        out, info = prototype_pseudo_labels_reference(features, logits, regions, region_labels, expand,
+                                                      temperature=temperature)
     else:
-        from mulact.kernels.prototype_pseudo_labels import prototype_pseudo_labels_triton
-
-        out, info = prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature)
+        out, *info = torch.ops.mulact.prototype_pseudo_labels(features, logits, regions, region_labels, bool(expand),
+                                                              temperature, which)
+        info = PseudoLabelInfo(*info)
     return (out, info) if return_info else out

@@ -1,4 +1,4 @@
-"""Prototypical pixel loss L_PP (paper Eq. 8-9, SPEC §3.3).
+"""Prototypical pixel loss L_PP (paper Eq. 8-9, docs/design.md §2.5).
 
 For every labeled region r with ``|Y(r)| >= 2`` and every ``c in Y(r)``, the prototypical pixel
 ``x*_{r,c} = argmax_{x in r} softmax(z(x))_c`` (:func:`region_class_argmax` with
@@ -8,53 +8,70 @@ For every labeled region r with ``|Y(r)| >= 2`` and every ``c in Y(r)``, the pro
     L_PP = mean over r of mean over c in Y(r) of the same            (normalize="region", Eq. 9)
 
 Implementation: the fused argmax kernel (the only pass over the logits; ``backend`` picks it)
-returns K chosen pixels; their C logits are gathered into a ``(K, C)`` tensor (K is at most
-the number of labeled (region, class) pairs: tiny) and ``log_softmax`` runs there in torch.
+returns the chosen pixels; their C logits are gathered into a ``(B, R, C, C)`` tensor (unused
+slots masked) and ``log_softmax`` runs there in torch.
 Autograd through the gather scatters the gradient back: the only ``(B, C, H, W)`` tensor the
 backward allocates is the gradient itself, and only the chosen pixels get a non-zero gradient.
 The argmax is treated as a constant (it is piecewise constant in the logits). Pairs whose
 region has no pixel in the crop are skipped; with no pair the loss is 0 with a zero gradient.
-Finding K costs one device-to-host sync (``nonzero``).
 """
 from __future__ import annotations
 
 import torch
 
 from ._backend import resolve_backend
-from ._labels import acc_dtype
+from ._dtypes import acc_dtype
 from ._validate import check_labeled_loss
-from .region_class_argmax import region_class_argmax_fused, region_class_argmax_reference
+from .region_class_argmax import region_class_argmax_reference
 
 OP = "prototypical_pixel_loss"
 NORMALIZE = ("pair", "region")
 
 
 def loss_from_prototypes(logits, index, temperature, normalize="pair"):
-    """L_PP given the ``(B, R, C)`` prototypical-pixel indices (``-1`` = no pair)."""
+    """L_PP given the ``(B, R, C)`` prototypical-pixel indices (``-1`` = no pair).
+
+    Every (image, region, class) slot gathers the C logits of its pixel into a ``(B, R, C, C)``
+    tensor and unused slots are masked, rather than selecting the K used pairs with
+    ``nonzero``: K depends on the data, so selecting would cost a host sync on CUDA and a graph
+    break under ``torch.compile``. R·C² is small next to the logits (Cityscapes: 2048·20² per
+    image, against 769²·20)."""
     batch, num_classes, height, width = logits.shape
-    num_regions = index.shape[1]
-    b, r, c = (index >= 0).nonzero(as_tuple=True)
-    pix = index[b, r, c]
-    picked = logits[b, :, pix // width, pix % width]  # (K, C); no reshape copy of the logits
-    nll = -torch.log_softmax(picked.to(acc_dtype(logits)) / temperature, dim=1).gather(1, c.unsqueeze(1)).squeeze(1)
+    valid = index >= 0
+    pix = index.clamp(min=0)
+    bidx = torch.arange(batch, device=logits.device).view(batch, 1, 1)
+    picked = logits[bidx, :, pix // width, pix % width]  # (B, R, C, C); no reshape copy of the logits
+    # masked before the softmax, so a NaN at an unused slot's stand-in pixel cannot leak into the gradient
+    picked = torch.where(valid.unsqueeze(-1), picked, 0).to(acc_dtype(logits)) / temperature
+    nll = -torch.log_softmax(picked, dim=-1).diagonal(dim1=2, dim2=3)  # slot (b, r, c) -> class c
+    nll = torch.where(valid, nll, 0)
     if normalize == "pair":
-        return nll.sum() / max(int(nll.numel()), 1)
-    slot = b * num_regions + r
-    sums = torch.zeros(batch * num_regions, dtype=nll.dtype, device=nll.device).index_add(0, slot, nll)
-    counts = torch.zeros(batch * num_regions, dtype=nll.dtype, device=nll.device).index_add(0, slot, torch.ones_like(nll))
-    present = counts > 0
-    means = torch.where(present, sums / counts.clamp(min=1), 0.0)
-    return means.sum() / present.sum().clamp(min=1)
+        return nll.sum() / valid.sum().clamp(min=1)
+    pairs = valid.sum(-1)
+    means = nll.sum(-1) / pairs.clamp(min=1)
+    return means.sum() / (pairs > 0).sum().clamp(min=1)
 
 
-def prototypical_pixel_loss_reference(logits, regions, region_labels, temperature=0.1, normalize="pair"):
+def _composite(logits, regions, region_labels, temperature, normalize, backend):
+    index = torch.ops.mulact.region_class_argmax(logits.detach(), regions, region_labels, temperature, 2, backend)
+    return loss_from_prototypes(logits, index, temperature, normalize)
+
+
+# A composite of the fused argmax and torch ops: autograd, shapes and compilation come from them.
+torch.library.define("mulact::prototypical_pixel_loss",
+                     "(Tensor logits, Tensor regions, Tensor region_labels, float temperature, str normalize, "
+                     "str backend) -> Tensor")
+torch.library.impl("mulact::prototypical_pixel_loss", "CompositeImplicitAutograd", _composite)
+
+
+def prototypical_pixel_loss_reference(logits, regions, region_labels, temperature, normalize="pair"):
     """Pure-torch reference: :func:`region_class_argmax_reference` + the same gather."""
     _, temperature = check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
     index = region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes=2)
     return loss_from_prototypes(logits, index, temperature, normalize)
 
 
-def prototypical_pixel_loss(logits, regions, region_labels, temperature=0.1, normalize="pair", *, backend=None):
+def prototypical_pixel_loss(logits, regions, region_labels, temperature, normalize="pair", *, backend=None):
     """Prototypical pixel loss L_PP over the multi-class labeled regions of a batch.
 
     Args:
@@ -78,6 +95,5 @@ def prototypical_pixel_loss(logits, regions, region_labels, temperature=0.1, nor
     backend = resolve_backend(OP, logits.device, backend)
     if backend == "reference":
         index = region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes=2)
-    else:
-        index = region_class_argmax_fused(logits, regions, region_labels, temperature, 2, backend)
-    return loss_from_prototypes(logits, index, temperature, normalize)
+        return loss_from_prototypes(logits, index, temperature, normalize)
+    return torch.ops.mulact.prototypical_pixel_loss(logits, regions, region_labels, temperature, normalize, backend)

@@ -1,4 +1,4 @@
-"""Region adjacency graph of superpixel maps (SPEC §3.5).
+"""Region adjacency graph of superpixel maps (docs/design.md §2.7).
 
 ``region_adjacency(regions, num_regions)`` returns, per image, the sorted unique pairs
 ``(u, v)``, ``u < v``, of region ids that touch under 8-connectivity (a pixel of ``v`` lies in
@@ -94,11 +94,22 @@ def region_adjacency(regions: torch.Tensor, num_regions: int, *, backend: str | 
     """
     V.check_regions(OP, regions, num_regions)
     which = resolve_backend(OP, regions.device, backend)
-    if which == "cpp":
-        return _cpp(regions, num_regions)
-    if which == "triton":
-        return _triton(regions, num_regions)
-    return region_adjacency_reference(regions, num_regions)
+    if which == "reference":
+        return region_adjacency_reference(regions, num_regions)
+    return list(torch.ops.mulact.region_adjacency(regions, num_regions, which))
+
+
+@torch.library.custom_op("mulact::region_adjacency", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(regions: torch.Tensor, num_regions: int, backend: str) -> list[torch.Tensor]:
+    """Edge lists of the fused backend (docs/design.md, "Dispatch"). The number of edges depends
+    on the data, so a CUDA call syncs (``torch.unique``) and the status is read at once."""
+    return {"cpp": _cpp, "triton": _triton}[backend](regions, num_regions)
+
+
+@_op.register_fake
+def _(regions, num_regions, backend):
+    ctx = torch.library.get_ctx()
+    return [regions.new_empty(ctx.new_dynamic_size(), 2, dtype=torch.int64) for _ in range(regions.shape[0])]
 
 
 def adjacency_csr(edges: torch.Tensor, num_regions: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Prototypical pixels (paper Eq. 8, SPEC §3.3): per region and labeled class, the pixel with
+"""Prototypical pixels (paper Eq. 8, docs/design.md §2.4): per region and labeled class, the pixel with
 the most confident prediction for that class.
 
 ``region_class_argmax(logits, regions, region_labels, temperature, min_classes)[b, r, c]`` is
@@ -25,15 +25,10 @@ import torch
 
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
-from ._labels import acc_dtype, device_guard, labels_u8, num_labels, triton_acc
-from ._validate import (
-    check_finite,
-    check_labeled_logits,
-    check_region_ids,
-    check_temperature,
-    new_status,
-    raise_on_status,
-)
+from ._dtypes import acc_dtype, triton_acc
+from ._labels import device_guard, labels_u8, num_labels
+from ._status import report as report_status
+from ._validate import check_finite, check_labeled_logits, check_region_ids, check_temperature, new_status
 
 OP = "region_class_argmax"
 INT64_MIN = -(2**63)
@@ -47,7 +42,7 @@ def _check(logits, regions, region_labels, temperature, min_classes):
     return num_regions, temperature
 
 
-def region_class_argmax_reference(logits, regions, region_labels, temperature=0.1, min_classes=1):
+def region_class_argmax_reference(logits, regions, region_labels, temperature, min_classes=1):
     """Pure-torch reference of :func:`region_class_argmax` (vectorised scatter_reduce)."""
     num_regions, temperature = _check(logits, regions, region_labels, temperature, min_classes)
     check_region_ids(OP, regions, num_regions)
@@ -122,20 +117,31 @@ def _argmax_triton(logits, regions, labels, active, temperature, status):
 _LAUNCH = {"cpp": _argmax_cpp, "triton": _argmax_triton}
 
 
-def region_class_argmax_fused(logits, regions, region_labels, temperature, min_classes, backend):
-    """Run a fused backend on validated arguments (used by the prototypical pixel loss)."""
+@torch.library.custom_op("mulact::region_class_argmax", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor, temperature: float,
+        min_classes: int, backend: str) -> torch.Tensor:
+    """The fused kernel (docs/design.md, "Dispatch") on validated arguments."""
     num_regions = region_labels.shape[1]
-    logits = logits.detach().contiguous()
-    regions = index_tensor(regions)
-    labels = labels_u8(region_labels)
     active = (num_labels(region_labels) >= min_classes).to(torch.int8)
     status = new_status(logits.device)
-    out = _LAUNCH[backend](logits, regions, labels, active, temperature, status)
-    raise_on_status(OP, status, num_regions, regions=regions)
+    out = _LAUNCH[backend](logits.detach().contiguous(), index_tensor(regions), labels_u8(region_labels), active,
+                           temperature, status)
+    report_status(OP, status, num_regions, regions=regions)
     return out
 
 
-def region_class_argmax(logits, regions, region_labels, temperature=0.1, min_classes=1, *, backend=None):
+@_op.register_fake
+def _(logits, regions, region_labels, temperature, min_classes, backend):
+    return logits.new_empty(region_labels.shape, dtype=torch.int64)
+
+
+def region_class_argmax_fused(logits, regions, region_labels, temperature, min_classes, backend):
+    """Run a fused backend on validated arguments (used by the prototypical pixel loss)."""
+    return torch.ops.mulact.region_class_argmax(logits.detach(), regions, region_labels, temperature, min_classes,
+                                                backend)
+
+
+def region_class_argmax(logits, regions, region_labels, temperature, min_classes=1, *, backend=None):
     """Flat index of the prototypical pixel of every (image, region, labeled class).
 
     Args:

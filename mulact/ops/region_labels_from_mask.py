@@ -1,4 +1,4 @@
-"""Oracle region labels from a ground-truth mask (SPEC §3.6, supplement "Label generation").
+"""Oracle region labels from a ground-truth mask (docs/design.md §2.7, supplement "Label generation").
 
 ``region_labels_from_mask(gt, regions, num_regions, num_classes, ignore_index=255, trim=5)``
 simulates an annotator who answers a query for region r:
@@ -241,7 +241,7 @@ def _triton(gt, regions, num_regions, num_classes, ignore_index, trim) -> Region
 @V.names_sizes("num_regions", "num_classes")
 def region_labels_from_mask(gt: torch.Tensor, regions: torch.Tensor, num_regions: int, num_classes: int,
                             ignore_index: int = 255, trim: int = 5, *, backend: str | None = None) -> RegionLabels:
-    """Oracle multi-class and dominant labels of every region (SPEC §3.6).
+    """Oracle multi-class and dominant labels of every region (docs/design.md §2.7).
 
     Args:
         gt: ``(B, H, W)`` integer train ids in ``[0, num_classes)`` or ``ignore_index``; any
@@ -267,11 +267,29 @@ def region_labels_from_mask(gt: torch.Tensor, regions: torch.Tensor, num_regions
     """
     _check(gt, regions, num_regions, num_classes, ignore_index, trim)
     which = resolve_backend(OP, regions.device, backend)
-    if which == "cpp":
-        return _cpp(gt, regions, num_regions, num_classes, ignore_index, trim)
-    if which == "triton":
-        return _triton(gt, regions, num_regions, num_classes, ignore_index, trim)
-    return region_labels_from_mask_reference(gt, regions, num_regions, num_classes, ignore_index, trim)
+    if which == "reference":
+        return region_labels_from_mask_reference(gt, regions, num_regions, num_classes, ignore_index, trim)
+    return RegionLabels(*torch.ops.mulact.region_labels_from_mask(gt, regions, num_regions, num_classes, ignore_index,
+                                                                  trim, which))
+
+
+@torch.library.custom_op("mulact::region_labels_from_mask", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(gt: torch.Tensor, regions: torch.Tensor, num_regions: int, num_classes: int, ignore_index: int, trim: int,
+        backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(multi_hot, dominant, class_counts, cost)`` from the fused backend (docs/design.md,
+    "Dispatch"). The oracle runs once per dataset, off the training path: its checks read the
+    status at once on every device, so that a bad mask names the offending value."""
+    launch = {"cpp": _cpp, "triton": _triton}[backend]
+    return tuple(launch(gt, regions, num_regions, num_classes, ignore_index, trim))
+
+
+@_op.register_fake
+def _(gt, regions, num_regions, num_classes, ignore_index, trim, backend):
+    b = regions.shape[0]
+    c1 = num_classes + 1
+    i64 = torch.int64
+    return (regions.new_empty(b, num_regions, c1, dtype=torch.bool), regions.new_empty(b, num_regions, dtype=i64),
+            regions.new_empty(b, num_regions, c1, dtype=i64), regions.new_empty(b, num_regions, dtype=i64))
 
 
 def dominant_labels(gt: torch.Tensor, regions: torch.Tensor, num_regions: int, num_classes: int,

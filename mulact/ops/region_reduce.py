@@ -1,4 +1,4 @@
-"""Generic per-region reductions of pixel values (SPEC §3.1)."""
+"""Generic per-region reductions of pixel values (docs/design.md §2.1)."""
 from __future__ import annotations
 
 import torch
@@ -6,14 +6,15 @@ import torch
 from . import _validate as V
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
+from ._dtypes import acc_dtype as _acc
+from ._labels import device_guard
+from ._status import report as report_status
 
 OP = "region_reduce"
 REDUCTIONS = ("sum", "mean", "max", "min", "count", "argmax")
 _CPP_MODE = {"sum": 0, "mean": 0, "max": 1, "argmax": 1, "min": 2, "count": 3}
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check(values, regions, num_regions, reduce) -> None:
@@ -88,59 +89,111 @@ def _kernel_forward(which: str, v3: torch.Tensor | None, reg: torch.Tensor, B: i
 
         arg = None
         if mode in ("max", "min"):
-            val, arg = region_extremum_triton(v3, reg, R, mode == "max", status)
+            val, arg = region_extremum_triton(v3, reg, R, mode == "max", status, acc)
             cnt = None
         else:
             val, cnt = region_sum_triton(v3 if mode != "count" else None, reg, B, K, N, R, status, acc)
             cnt = cnt.to(torch.int64)
-    V.raise_on_status(OP, status, R, regions=reg)
+    report_status(OP, status, R, regions=reg)
     return val, cnt, arg
 
 
-class _RegionReduceFn(torch.autograd.Function):
-    """sum / mean / max / min over regions for the cpp and triton backends."""
+@torch.library.custom_op("mulact::region_reduce", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(values: torch.Tensor, regions: torch.Tensor, num_regions: int, reduce: str,
+        backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused reduction of ``(B, K, H, W)`` values: ``(out, aux)``. ``out`` is ``(B, R, K)`` in the
+    values' dtype (sum/mean/max/min), ``(B, R)`` int64 (count) or ``(B, R, K)`` int64 (argmax);
+    ``aux`` is what the backward needs: the ``(B, R)`` pixel counts (sum/mean), the ``(B, R, K)``
+    arg-extremum (max/min), or an empty tensor."""
+    B, K, H, W = values.shape
+    N, R = H * W, num_regions
+    reg = index_tensor(regions)
+    empty = torch.empty(0, dtype=torch.int64, device=values.device)
+    if reduce == "count":
+        _, cnt, _ = _kernel_forward(backend, None, reg, B, K, N, R, "count", torch.float32)
+        return cnt, empty
+    v3 = values.reshape(B, K, N).contiguous()
+    acc = _acc(values.dtype)
+    mode = {"sum": "sum", "mean": "sum", "max": "max", "argmax": "max", "min": "min"}[reduce]
+    val, cnt, arg = _kernel_forward(backend, v3, reg, B, K, N, R, mode, acc)
+    if reduce == "argmax":
+        return arg, empty
+    if reduce in ("max", "min"):
+        return val.to(values.dtype), arg
+    if reduce == "mean":
+        val = val / cnt.clamp(min=1).unsqueeze(-1).to(acc)
+    return val.to(values.dtype), cnt
 
-    @staticmethod
-    def forward(ctx, v3, reg, R, reduce, which):
-        B, K, N = v3.shape
-        acc = _acc(v3.dtype)
-        mode = {"sum": "sum", "mean": "sum", "max": "max", "min": "min"}[reduce]
-        val, cnt, arg = _kernel_forward(which, v3, reg, B, K, N, R, mode, acc)
-        if reduce == "mean":
-            val = val / cnt.clamp(min=1).unsqueeze(-1).to(acc)
-        ctx.reduce, ctx.which, ctx.shape, ctx.dtype = reduce, which, (B, K, N, R), v3.dtype
-        if reduce in ("sum", "mean"):
-            ctx.save_for_backward(reg, cnt if reduce == "mean" else None)
-        else:
-            ctx.save_for_backward(arg)
-        return val.to(v3.dtype)
 
-    @staticmethod
-    def backward(ctx, grad):
-        B, K, N, R = ctx.shape
-        acc = _acc(ctx.dtype)
-        g = grad.to(acc).contiguous()
-        if ctx.reduce in ("sum", "mean"):
-            reg, cnt = ctx.saved_tensors
-            if cnt is not None:
-                g = (g / cnt.clamp(min=1).unsqueeze(-1).to(acc)).contiguous()
-            if ctx.which == "cpp":
-                out = torch.empty(B, K, N, dtype=ctx.dtype)
-                ext().region_reduce_backward_gather(ptr(g), code(out), ptr(reg), code(reg), B, K, N, R, ptr(out))
-            else:
-                from mulact.kernels.region_reduce import region_gather_triton
+@_op.register_fake
+def _(values, regions, num_regions, reduce, backend):
+    B, K = values.shape[:2]
+    R = num_regions
+    empty = values.new_empty(0, dtype=torch.int64)
+    if reduce == "count":
+        return values.new_empty(B, R, dtype=torch.int64), empty
+    if reduce == "argmax":
+        return values.new_empty(B, R, K, dtype=torch.int64), empty
+    aux = values.new_empty(B, R, dtype=torch.int64) if reduce in ("sum", "mean") else values.new_empty(
+        B, R, K, dtype=torch.int64)
+    return values.new_empty(B, R, K), aux
 
-                out = region_gather_triton(g, reg, K, N, ctx.dtype)
-        else:
-            (arg,) = ctx.saved_tensors
-            # Each pixel lies in one region, so the chosen (image, plane, pixel) slots are distinct.
-            out = torch.zeros(B * K * N, dtype=ctx.dtype, device=grad.device)
-            dev = grad.device
-            plane = torch.arange(B, device=dev).view(B, 1, 1) * K + torch.arange(K, device=dev).view(1, 1, K)
-            hit = arg >= 0
-            out[(plane * N + arg)[hit]] = grad[hit].to(ctx.dtype)
-            out = out.view(B, K, N)
-        return out, None, None, None, None
+
+@torch.library.custom_op("mulact::region_reduce_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _gather_op(grad: torch.Tensor, regions: torch.Tensor, count: torch.Tensor, reduce: str,
+               backend: str) -> torch.Tensor:
+    """Gradient of sum/mean: ``(B, K, H, W)`` with every pixel getting its region's gradient
+    (divided by the region's pixel count for mean); 0 for pixels outside every region."""
+    B, R, K = grad.shape
+    H, W = regions.shape[1:]
+    N = H * W
+    acc = _acc(grad.dtype)
+    g = grad.to(acc)
+    if reduce == "mean":
+        g = g / count.clamp(min=1).unsqueeze(-1).to(acc)
+    g = g.contiguous()
+    reg = index_tensor(regions)
+    if backend == "cpp":
+        out = torch.empty(B, K, N, dtype=grad.dtype)
+        ext().region_reduce_backward_gather(ptr(g), code(out), ptr(reg), code(reg), B, K, N, R, ptr(out))
+    else:
+        from mulact.kernels.region_reduce import region_gather_triton
+
+        with device_guard(grad):
+            out = region_gather_triton(g, reg, K, N, grad.dtype)
+    return out.view(B, K, H, W)
+
+
+@_gather_op.register_fake
+def _(grad, regions, count, reduce, backend):
+    B, R, K = grad.shape
+    return grad.new_empty(B, K, *regions.shape[1:])
+
+
+def _setup_context(ctx, inputs, output):
+    values, regions, num_regions, reduce, backend = inputs
+    ctx.reduce, ctx.backend, ctx.dtype = reduce, backend, values.dtype
+    ctx.save_for_backward(regions, output[1])
+
+
+def _backward(ctx, grad, _grad_aux):
+    regions, aux = ctx.saved_tensors
+    if ctx.reduce in ("count", "argmax"):
+        return None, None, None, None, None
+    if ctx.reduce in ("sum", "mean"):
+        return torch.ops.mulact.region_reduce_backward(grad, regions, aux, ctx.reduce, ctx.backend), None, None, None, None
+    # max/min: the whole gradient goes to the reported pixel. scatter_add, not a boolean index:
+    # empty regions (arg -1) add 0 at a dummy slot, with no data-dependent shape.
+    B, R, K = grad.shape
+    H, W = regions.shape[1:]
+    hit = aux >= 0
+    src = torch.where(hit, grad, 0).to(ctx.dtype).transpose(1, 2)
+    out = torch.zeros(B, K, H * W, dtype=ctx.dtype, device=grad.device)
+    out.scatter_add_(2, aux.clamp(min=0).transpose(1, 2), src)
+    return out.view(B, K, H, W), None, None, None, None
+
+
+_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @V.names_sizes("num_regions")
@@ -194,17 +247,6 @@ def region_reduce(values: torch.Tensor, regions: torch.Tensor, num_regions: int,
     if which == "reference":
         return region_reduce_reference(values, regions, num_regions, reduce)
     squeeze = values.dim() == 3
-    B, H, W = regions.shape
-    K = 1 if squeeze else values.shape[1]
-    N, R = H * W, num_regions
-    reg = index_tensor(regions)
-    if reduce == "count":
-        _, cnt, _ = _kernel_forward(which, None, reg, B, K, N, R, "count", torch.float32)
-        return cnt
-    v3 = values.reshape(B, K, N).contiguous()
-    if reduce == "argmax":
-        with torch.no_grad():
-            _, _, arg = _kernel_forward(which, v3, reg, B, K, N, R, "max", _acc(values.dtype))
-        return arg[..., 0] if squeeze else arg
-    out = _RegionReduceFn.apply(v3, reg, R, reduce, which)
-    return out[..., 0] if squeeze else out
+    out, _ = torch.ops.mulact.region_reduce(values.unsqueeze(1) if squeeze else values, regions, num_regions,
+                                            reduce, which)
+    return out[..., 0] if squeeze and reduce != "count" else out

@@ -1,4 +1,4 @@
-"""Acquisition statistics in one pass over the logits (SPEC §3.2).
+"""Acquisition statistics in one pass over the logits (docs/design.md §2.2).
 
 For every image b, region r and class c this op returns the sum of the pixel uncertainty
 u(x) over the pixels of r whose top-1 class is c, the number of those pixels, and, over the
@@ -15,6 +15,9 @@ import torch
 from . import _validate as V
 from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
+from ._dtypes import acc_dtype
+from ._labels import device_guard
+from ._status import check_status, report as report_status
 
 OP = "region_uncertainty_stats"
 MEASURES = ("bvsb", "margin", "entropy", "least_confidence")
@@ -29,13 +32,14 @@ class RegionUncertaintyStats(NamedTuple):
         count: ``(B, R, C)`` int32 — number of those pixels.
         prob_sum: ``(C,)`` float32 — sum of softmax(z) over every pixel with a region id >= 0,
             summed over the batch.
-        num_pixels: int — number of pixels with a region id >= 0 (= ``count.sum()``).
+        num_pixels: ``()`` int64 tensor — number of pixels with a region id >= 0
+            (= ``count.sum()``); a tensor, so that a CUDA call does not wait for the GPU.
     """
 
     u_sum: torch.Tensor
     count: torch.Tensor
     prob_sum: torch.Tensor
-    num_pixels: int
+    num_pixels: torch.Tensor
 
 
 def _check(logits, regions, num_regions, temperature, measure) -> float:
@@ -49,19 +53,17 @@ def _check(logits, regions, num_regions, temperature, measure) -> float:
 
 def _inv_t(temperature: float, dtype: torch.dtype) -> float:
     """1/τ rounded to the computation dtype, so every backend multiplies by the same number."""
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    return float(torch.tensor(1.0 / temperature, dtype=torch.float64).to(acc))
+    return float(torch.tensor(1.0 / temperature, dtype=torch.float64).to(acc_dtype(dtype)))
 
 
-def pixel_uncertainty(logits: torch.Tensor, temperature: float = 1.0, measure: str = "bvsb"):
+def pixel_uncertainty(logits: torch.Tensor, temperature: float, measure: str = "bvsb"):
     """Per-pixel ``(u, top1, p)`` of ``(B, C, H, W)`` logits: u ``(B, H, W)`` in float32
     (float64 for float64 logits), top-1 class ``(B, H, W)`` int64 (ties → smaller class) and
     the softmax ``p (B, C, H, W)``.
 
     Pure torch; the building block of :func:`region_uncertainty_stats_reference`.
     """
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    z = logits.to(acc) * _inv_t(temperature, logits.dtype)
+    z = logits.to(acc_dtype(logits)) * _inv_t(temperature, logits.dtype)
     top1 = z.argmax(dim=1)  # first maximal index on ties
     m1 = z.gather(1, top1.unsqueeze(1)).squeeze(1)
     C = z.shape[1]
@@ -86,7 +88,7 @@ def pixel_uncertainty(logits: torch.Tensor, temperature: float = 1.0, measure: s
 
 
 def region_uncertainty_stats_reference(logits: torch.Tensor, regions: torch.Tensor, num_regions: int,
-                                       temperature: float = 1.0, measure: str = "bvsb") -> RegionUncertaintyStats:
+                                       temperature: float, measure: str = "bvsb") -> RegionUncertaintyStats:
     """Pure-torch oracle of :func:`region_uncertainty_stats` (materialises softmax)."""
     temperature = _check(logits, regions, num_regions, temperature, measure)
     V.check_region_ids(OP, regions, num_regions)
@@ -107,39 +109,56 @@ def region_uncertainty_stats_reference(logits: torch.Tensor, regions: torch.Tens
         u_sum.view(B, R, C).to(torch.float32),
         count.view(B, R, C).to(torch.int32),
         prob_sum.to(torch.float32),
-        int(valid.sum()),
+        valid.sum(),
     )
 
 
-def _cpp(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintyStats:
+def _cpp(logits, regions, num_regions, inv_t, measure, status):
     B, C, H, W = logits.shape
-    x = logits.contiguous()
-    reg = index_tensor(regions)
     u = torch.empty(B, num_regions, C, dtype=torch.float32)
     n = torch.empty(B, num_regions, C, dtype=torch.int32)
     prob = torch.empty(C, dtype=torch.float32)
-    status = V.new_status(logits.device)
     pixels = ext().region_uncertainty_stats_forward(
-        ptr(x), code(x), ptr(reg), code(reg), B, C, H * W, num_regions, inv_t, MEASURES.index(measure),
-        ptr(u), ptr(n), ptr(prob), ptr(status))
-    V.raise_on_status(OP, status, num_regions, regions=regions)
-    return RegionUncertaintyStats(u, n, prob, int(pixels))
+        ptr(logits), code(logits), ptr(regions), code(regions), B, C, H * W, num_regions, inv_t,
+        MEASURES.index(measure), ptr(u), ptr(n), ptr(prob), ptr(status))
+    return u, n, prob, torch.tensor(pixels, dtype=torch.int64)
 
 
-def _triton(logits, regions, num_regions, inv_t, measure) -> RegionUncertaintyStats:
+def _triton(logits, regions, num_regions, inv_t, measure, status):
     from mulact.kernels.region_uncertainty_stats import region_uncertainty_stats_triton
 
+    with device_guard(logits):
+        u, n, prob = region_uncertainty_stats_triton(logits, regions, num_regions, inv_t, measure, status,
+                                                      acc_dtype(logits))
+    return u, n, prob, n.sum(dtype=torch.int64)  # stays on the device: no sync
+
+
+@torch.library.custom_op("mulact::region_uncertainty_stats", mutates_args=(), device_types=("cpu", "cuda"))
+def _op(logits: torch.Tensor, regions: torch.Tensor, num_regions: int, temperature: float, measure: str,
+        backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused kernel (docs/design.md, "Dispatch"): C++ on CPU tensors, Triton on CUDA ones
+    (and on CPU tensors when ``backend="triton"`` under the interpreter)."""
+    launch = {"cpp": _cpp, "triton": _triton}[backend]
     status = V.new_status(logits.device)
-    u, n, prob = region_uncertainty_stats_triton(logits.contiguous(), index_tensor(regions), num_regions, inv_t,
-                                                 measure, status)
-    V.raise_on_status(OP, status, num_regions, regions=regions)
-    return RegionUncertaintyStats(u, n, prob, int(n.sum()))
+    out = launch(logits.contiguous(), index_tensor(regions), num_regions, _inv_t(temperature, logits.dtype),
+                 measure, status)
+    report_status(OP, status, num_regions, regions=regions)
+    return out
+
+
+@_op.register_fake
+def _(logits, regions, num_regions, temperature, measure, backend):
+    B, C = logits.shape[:2]
+    return (logits.new_empty(B, num_regions, C, dtype=torch.float32),
+            logits.new_empty(B, num_regions, C, dtype=torch.int32),
+            logits.new_empty(C, dtype=torch.float32),
+            logits.new_empty((), dtype=torch.int64))
 
 
 @V.names_sizes("num_regions")
 @torch.no_grad()
 def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_regions: int,
-                             temperature: float = 1.0, measure: str = "bvsb", *,
+                             temperature: float, measure: str = "bvsb", *,
                              backend: str | None = None) -> RegionUncertaintyStats:
     """Per-region acquisition statistics from one pass over the logits.
 
@@ -169,7 +188,7 @@ def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_re
 
     Returns:
         :class:`RegionUncertaintyStats` ``(u_sum (B, R, C) float32, count (B, R, C) int32,
-        prob_sum (C,) float32, num_pixels int)``. The region mean uncertainty is
+        prob_sum (C,) float32, num_pixels () int64)``. The region mean uncertainty is
         ``u_sum.sum(-1) / count.sum(-1)``; the mean softmax probability over the pixels seen is
         ``prob_sum / num_pixels`` (PixBal's P(c), Eq. 3).
 
@@ -194,13 +213,11 @@ def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_re
         >>> regions = torch.randint(0, 16, (2, 64, 64))
         >>> st = region_uncertainty_stats(logits, regions, 16)
         >>> st.u_sum.shape, st.count.shape, st.prob_sum.shape, st.num_pixels
-        (torch.Size([2, 16, 19]), torch.Size([2, 16, 19]), torch.Size([19]), 8192)
+        (torch.Size([2, 16, 19]), torch.Size([2, 16, 19]), torch.Size([19]), tensor(8192))
     """
     temperature = _check(logits, regions, num_regions, temperature, measure)
     which = resolve_backend(OP, logits.device, backend)
     if which == "reference":
         return region_uncertainty_stats_reference(logits, regions, num_regions, temperature, measure)
-    inv_t = _inv_t(temperature, logits.dtype)
-    if which == "cpp":
-        return _cpp(logits, regions, num_regions, inv_t, measure)
-    return _triton(logits, regions, num_regions, inv_t, measure)
+    return RegionUncertaintyStats(*torch.ops.mulact.region_uncertainty_stats(
+        logits, regions, num_regions, temperature, measure, which))
