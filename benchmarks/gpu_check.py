@@ -198,7 +198,6 @@ def _cases(device: str, shape, compile_backend: str):
     """``{op: (inputs builder, {provider: fn}, bytes moved, is_loss)}`` for one shape."""
     import torch
     from _partial_label_inputs import stage1_inputs
-    from _shapes import blocky_regions
     from bench_partial_label_loss import composite as pll_composite
     from bench_prototypical_pixel_loss import composite as ppl_composite
     from bench_region_reduce import composite as reduce_composite

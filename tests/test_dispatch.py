@@ -3,10 +3,9 @@
 each dtype it accepts, on the C++ kernel and on the Triton kernel (interpreter)."""
 import pytest
 import torch
+from _partial_labels import make_case
 
 from mulact import ops
-
-from _partial_labels import make_case
 
 FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 PUBLIC_OPS = ["region_reduce", "region_uncertainty_stats", "partial_label_loss", "region_class_argmax",

@@ -5,11 +5,10 @@ The CUDA path is exercised on the CPU by routing CPU statuses through it
 With a GPU, the same calls run under ``torch.cuda.set_sync_debug_mode("error")``."""
 import pytest
 import torch
+from _partial_labels import make_case
 
 from mulact import ops
 from mulact.ops import _status
-
-from _partial_labels import make_case
 
 CALLS = {
     "partial_label_loss": lambda lg, rg, lb, be: ops.partial_label_loss(lg, rg, lb, temperature=0.5, backend=be),

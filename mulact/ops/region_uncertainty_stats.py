@@ -17,7 +17,7 @@ from ._backend import resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype
 from ._labels import device_guard
-from ._status import check_status, report as report_status
+from ._status import report as report_status
 
 OP = "region_uncertainty_stats"
 MEASURES = ("bvsb", "margin", "entropy", "least_confidence")
