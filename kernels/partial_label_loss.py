@@ -29,7 +29,7 @@ def block_sizes(num_classes: int, hw: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _load_tile(logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t,
+def load_labeled_tile(logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t,
                BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.arange(0, BLOCK_C)
@@ -61,7 +61,7 @@ def _softmax_stats(x, y, m2):
 
 
 @triton.jit
-def _report(status_ptr, bad, rid, m2, x):
+def report_tile_status(status_ptr, bad, rid, m2, x):
     finite = (x == x) & (tl.abs(x) != float("inf"))
     nonfinite = tl.max(tl.max(tl.where(m2 & ~finite, 1, 0), 1), 0)
     tl.atomic_max(status_ptr, nonfinite, mask=nonfinite > 0)
@@ -78,7 +78,7 @@ def partial_label_loss_fwd_kernel(
     pid_p = tl.program_id(0)
     b = tl.program_id(1)
     nprog = tl.num_programs(0)
-    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = _load_tile(
+    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = load_labeled_tile(
         logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t, BLOCK_C, BLOCK_P, ACC)
     kind = tl.load(kind_ptr + b64 * R + ridc, mask=valid, other=0).to(tl.int32)
     active = valid & (kind > 0)
@@ -86,7 +86,7 @@ def partial_label_loss_fwd_kernel(
     x = tl.load(logits_ptr + (b64 * C + offs_c[:, None]) * HW + offs_p[None, :], mask=m2, other=0.0)
     x = x.to(ACC) * inv_t
     y = tl.load(labels_ptr + (b64 * R + ridc[None, :]) * C + offs_c[:, None], mask=m2, other=0) != 0
-    _report(status_ptr, bad, rid, m2, x)
+    report_tile_status(status_ptr, bad, rid, m2, x)
     mx, my, e, ey, s, sy = _softmax_stats(x, y, m2)
     s_safe = tl.where(active, s, 1.0)
     sy_safe = tl.where(active, sy, 1.0)
@@ -111,7 +111,7 @@ def partial_label_loss_bwd_kernel(
 ):
     pid_p = tl.program_id(0)
     b = tl.program_id(1)
-    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = _load_tile(
+    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = load_labeled_tile(
         logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t, BLOCK_C, BLOCK_P, ACC)
     scale = tl.load(scale_ptr + b64 * R + ridc, mask=valid, other=0.0)
     active = valid & (scale != 0.0)

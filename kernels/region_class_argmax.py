@@ -21,7 +21,7 @@ import triton.language as tl
 
 
 from ._blocks import log1p_accurate
-from .partial_label_loss import _load_tile, _report, block_sizes  # noqa: F401  (shared tile helpers)
+from .partial_label_loss import load_labeled_tile, report_tile_status, block_sizes  # noqa: F401  (shared tile helpers)
 
 MAX_INDEX = 2**31 - 1
 
@@ -34,7 +34,7 @@ def region_class_argmax_kernel(
 ):
     pid_p = tl.program_id(0)
     b = tl.program_id(1)
-    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = _load_tile(
+    offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc = load_labeled_tile(
         logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t, BLOCK_C, BLOCK_P, ACC)
     act = tl.load(active_ptr + b64 * R + ridc, mask=valid, other=0) != 0
     active = valid & act
@@ -43,7 +43,7 @@ def region_class_argmax_kernel(
     x = x.to(ACC) * inv_t
     y = tl.load(labels_ptr + (b64 * R + ridc[None, :]) * C + offs_c[:, None], mask=m2, other=0) != 0
     if PASS != 2:
-        _report(status_ptr, bad, rid, m2, x)
+        report_tile_status(status_ptr, bad, rid, m2, x)
     # log_softmax_c = (z_c - max) - log1p(sum over the other classes of exp(z - max)); log1p
     # keeps confident pixels apart where log(1 + tiny) would round every one of them to 0.
     xm = tl.where(m2, x, float("-inf"))

@@ -50,7 +50,15 @@ from mulact.engine.losses import stage1_loss
 from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
 from mulact.model import build_model
 from mulact.ops.acquisition import measure_for
-from mulact.runstore import DamagedFileError, DirLock, Manifest, RunStateError, remove_temp_files, worker_init_fn
+from mulact.runstore import (
+    DamagedFileError,
+    DirLock,
+    Manifest,
+    RunStateError,
+    atomic_write,
+    remove_temp_files,
+    worker_init_fn,
+)
 
 from .acquisition import acquire, scan_pool, score_pool
 from .data import AugmentedView, build_oracle
@@ -154,9 +162,7 @@ class Experiment:
         if recorded_key != key:
             self.store.set_meta(config_key=key)
         text = yaml.safe_dump(current, sort_keys=False)
-        from .pool import _atomic
-
-        _atomic(path, lambda fh: fh.write(text.encode()))
+        atomic_write(path, lambda fh: fh.write(text.encode()))
 
     def _build_data(self) -> None:
         from mulact.data import TrainTransform
@@ -522,9 +528,7 @@ class Experiment:
         w.writerow(cols + [f"iou_{n}" for n in self.class_names])
         for m in metrics:
             w.writerow([m.get(k, "") for k in cols] + list(m["iou"]))
-        from .pool import _atomic
-
-        _atomic(os.path.join(self.dir, "metrics.csv"), lambda fh: fh.write(buf.getvalue().encode()))
+        atomic_write(os.path.join(self.dir, "metrics.csv"), lambda fh: fh.write(buf.getvalue().encode()))
         self.plot(metrics)
 
     def plot(self, metrics: list[dict]) -> None:
@@ -547,9 +551,7 @@ class Experiment:
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
-        from .pool import _atomic
-
-        _atomic(os.path.join(self.dir, "miou_vs_clicks.png"), lambda fh: fh.write(buf.getvalue()))
+        atomic_write(os.path.join(self.dir, "miou_vs_clicks.png"), lambda fh: fh.write(buf.getvalue()))
 
     def summary_table(self, metrics: list[dict]) -> str:
         head = f"{'round':>5} {'clicks':>8} {'cumulative':>10} {'% full':>7} {'regions':>8} {'mIoU':>7}"

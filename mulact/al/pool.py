@@ -37,12 +37,6 @@ __all__ = [
 
 # -- atomic file helpers ---------------------------------------------------------------------
 
-def _atomic(path: str, write) -> None:
-    """Atomic, fsynced write through :func:`mulact.runstore.atomic_write` (recorded in the run's
-    manifest when one is open above ``path``)."""
-    atomic_write(path, write)
-
-
 def read_verified(path: str, manifest=None) -> bytes:
     """The bytes of ``path``, checked against ``manifest`` (a :class:`mulact.runstore.Manifest`)
     when given; :class:`DamagedFileError` if missing or not what was written."""
@@ -83,11 +77,11 @@ def load_torch(path: str, manifest=None, *, map_location="cpu", what: str = "che
 
 
 def atomic_write_json(path: str, obj) -> None:
-    _atomic(path, lambda fh: fh.write((json.dumps(obj, indent=1, allow_nan=True) + "\n").encode()))
+    atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=1, allow_nan=True) + "\n").encode()))
 
 
 def atomic_save_npz(path: str, **arrays) -> None:
-    _atomic(path, lambda fh: np.savez(fh, **arrays))
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 # -- label bit masks ---------------------------------------------------------------------------

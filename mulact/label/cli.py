@@ -33,7 +33,8 @@ def _is_loopback(host: str) -> bool:
 
 def export_round(run_dir: str, t: int | None, out: str | None = None) -> str:
     """Write ``queries.json`` and one outlined crop per query to ``out``; returns the JSON path."""
-    from mulact.al.pool import _atomic, atomic_write_json
+    from mulact.al.pool import atomic_write_json
+    from mulact.runstore import atomic_write
 
     from .service import LabelService
 
@@ -44,7 +45,7 @@ def export_round(run_dir: str, t: int | None, out: str | None = None) -> str:
     queries = []
     for q in rec["queries"]:
         crop = f"crops/q_{q['order']:05d}.png"
-        _atomic(os.path.join(out, crop), lambda fh, o=q["order"]: fh.write(service.picture(t, o, "crop")))
+        atomic_write(os.path.join(out, crop), lambda fh, o=q["order"]: fh.write(service.picture(t, o, "crop")))
         queries.append({**q, "crop": crop})
     doc = {"format": EXPORT_FORMAT, "round": t, "labeling": rec["labeling"], "class_names": rec["class_names"],
            "colors": service.colors, "undefined_class": rec["undefined_class"], "queries": queries,

@@ -21,14 +21,14 @@ INT_DTYPES = (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8)
 STATUS_NONFINITE, STATUS_BAD_ID = 0, 1
 
 
-def _need_tensor(op: str, name: str, t) -> None:
+def need_tensor(op: str, name: str, t) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
 
 
 def check_regions(op: str, regions, num_regions) -> None:
     """`regions` is an integer (B, H, W) tensor; `num_regions` a non-negative int."""
-    _need_tensor(op, "regions", regions)
+    need_tensor(op, "regions", regions)
     if regions.dtype not in INT_DTYPES:
         raise TypeError(f"{op}: `regions` must be an integer tensor of region ids, got {regions.dtype}")
     if regions.dim() != 3:
@@ -38,7 +38,7 @@ def check_regions(op: str, regions, num_regions) -> None:
 
 
 def check_float(op: str, name: str, t, ndim: int | tuple[int, ...], layout: str) -> None:
-    _need_tensor(op, name, t)
+    need_tensor(op, name, t)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{op}: `{name}` must be float32/float16/bfloat16/float64, got {t.dtype}")
     dims = (ndim,) if isinstance(ndim, int) else ndim
@@ -65,7 +65,7 @@ def check_logits(op: str, logits, regions, name: str = "logits") -> None:
 
 def check_region_labels(op: str, region_labels, batch: int, num_regions: int, num_classes: int | None = None) -> None:
     """`region_labels` is a multi-hot (B, R, C) bool/uint8 tensor."""
-    _need_tensor(op, "region_labels", region_labels)
+    need_tensor(op, "region_labels", region_labels)
     if region_labels.dtype not in (torch.bool, torch.uint8):
         raise TypeError(f"{op}: `region_labels` must be bool or uint8 multi-hot, got {region_labels.dtype}")
     if region_labels.dim() != 3 or region_labels.shape[0] != batch or region_labels.shape[1] != num_regions or (
@@ -127,8 +127,8 @@ def check_labeled_logits(op: str, logits, regions, region_labels) -> int:
     """Checks for ops on (logits, regions, region_labels) where R = region_labels.shape[1] and
     C = logits.shape[1]; returns R."""
     check_float(op, "logits", logits, 4, "(B, C, H, W)")
-    _need_tensor(op, "regions", regions)
-    _need_tensor(op, "region_labels", region_labels)
+    need_tensor(op, "regions", regions)
+    need_tensor(op, "region_labels", region_labels)
     if region_labels.dtype not in (torch.bool, torch.uint8):
         raise TypeError(f"{op}: `region_labels` must be bool or uint8 multi-hot, got {region_labels.dtype}")
     if region_labels.dim() != 3:

@@ -60,12 +60,12 @@ import torch.nn.functional as F
 from ._backend import resolve_backend
 from ._labels import device_guard
 from ._validate import (
-    _need_tensor,
     check_float,
     check_logits,
     check_region_ids,
     check_same_device,
     check_temperature,
+    need_tensor,
     new_status,
     raise_on_status,
 )
@@ -104,13 +104,13 @@ class PseudoLabelInfo(NamedTuple):
 def _validate(features, logits, regions, region_labels, expand, temperature, check_features=True) -> float:
     """Shape/type/device checks; ``check_features=False`` leaves the NaN/Inf scan of the
     features to the C++ kernel, which does it while converting them."""
-    _need_tensor(OP, "regions", regions)
+    need_tensor(OP, "regions", regions)
     if regions.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8):
         raise TypeError(f"{OP}: `regions` must be an integer tensor of region ids, got {regions.dtype}")
     if regions.dim() != 3:
         raise ValueError(f"{OP}: `regions` must have shape (B, H, W), got {tuple(regions.shape)}")
     check_logits(OP, logits, regions)
-    _need_tensor(OP, "region_labels", region_labels)
+    need_tensor(OP, "region_labels", region_labels)
     if region_labels.dtype not in (torch.bool, torch.uint8):
         raise TypeError(f"{OP}: `region_labels` must be bool or uint8 multi-hot, got {region_labels.dtype}")
     b, c, h, w = logits.shape
@@ -251,12 +251,12 @@ def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature
         tensor([[[  0, 255]]])
     """
     op = "pseudo_labels_without_prototypes"
-    _need_tensor(op, "regions", regions)
+    need_tensor(op, "regions", regions)
     if regions.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8) or regions.dim() != 3:
         raise ValueError(f"{op}: `regions` must be an integer (B, H, W) tensor, got {regions.dtype} "
                          f"{tuple(regions.shape)}")
     check_logits(op, logits, regions)
-    _need_tensor(op, "region_labels", region_labels)
+    need_tensor(op, "region_labels", region_labels)
     bsz, c, h, w = logits.shape
     if region_labels.dtype not in (torch.bool, torch.uint8) or region_labels.dim() != 3 or \
             region_labels.shape[0] != bsz or region_labels.shape[2] != c:
@@ -385,7 +385,7 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
         >>> info.num_localized, info.num_expanded
         (tensor([4]), tensor([1]))
     """
-    _need_tensor(OP, "logits", logits)
+    need_tensor(OP, "logits", logits)
     which = resolve_backend(OP, logits.device, backend)
     temperature = _validate(features, logits, regions, region_labels, expand, temperature,
                             check_features=which != "cpp")

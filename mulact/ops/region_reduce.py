@@ -20,7 +20,7 @@ _CPP_MODE = {"sum": 0, "mean": 0, "max": 1, "argmax": 1, "min": 2, "count": 3}
 def _check(values, regions, num_regions, reduce) -> None:
     V.check_regions(OP, regions, num_regions)
     V.check_choice(OP, "reduce", reduce, REDUCTIONS)
-    V._need_tensor(OP, "values", values)
+    V.need_tensor(OP, "values", values)
     if reduce != "count":
         V.check_float(OP, "values", values, (3, 4), "(B, H, W) or (B, K, H, W)")
     elif values.dim() not in (3, 4):
