@@ -25,7 +25,9 @@ def build_split(cfg, split: str):
 
     from mulact.data import build_dataset
 
-    kwargs = dict(superpixels=cfg.superpixel_method, region_size=cfg.region_size)
+    # the human oracle's train images need no label files: nobody has labeled them yet
+    kwargs = dict(superpixels=cfg.superpixel_method, region_size=cfg.region_size,
+                  require_labels=not (split == "train" and cfg.oracle == "human"))
     if cfg.superpixel_dir:
         kwargs["superpixel_dir"] = os.path.join(cfg.superpixel_dir, split)
     demo = None

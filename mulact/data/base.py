@@ -50,7 +50,7 @@ class DatasetNotFoundError(FileNotFoundError):
 class Sample:
     name: str  # relative path without suffix; also the superpixel cache key
     image: Path
-    label: Path
+    label: Path | None  # None: an image without labels (require_labels=False)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -69,9 +69,12 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
 
     def __init__(self, root: str | os.PathLike, split: str, *, superpixels: str = "seeds", region_size: int = 32,
                  superpixel_dir: str | os.PathLike | None = None, superpixel_params: dict | None = None,
-                 transform=None, seed: int | None = None):
+                 transform=None, seed: int | None = None, require_labels: bool = True):
         self.root = Path(root).expanduser()
         self.split = split
+        # False for images that nobody has labeled yet (the human oracle's train split): a
+        # missing label file is allowed and reads as all void.
+        self.require_labels = require_labels
         self.samples: list[Sample] = self.find_samples()
         if not self.samples:
             raise DatasetNotFoundError(f"{self.name}: no images found for split {split!r} under {self.root}")
@@ -132,7 +135,10 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
 
     def load_label(self, i: int) -> np.ndarray:
         """int64 train ids ``(H, W)``, ``ignore_index`` = void."""
-        return self.convert_label(self.read_label_file(self.samples[self._index(i)].label))
+        s = self.samples[self._index(i)]
+        if s.label is None:
+            return np.full(self.load_image(i).shape[:2], self.ignore_index, dtype=np.int64)
+        return self.convert_label(self.read_label_file(s.label))
 
     def load_regions(self, i: int) -> np.ndarray:
         """int32 superpixel ids ``(H, W)``, computed and cached on a miss."""

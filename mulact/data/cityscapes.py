@@ -40,15 +40,19 @@ class CityscapesDataset(SegmentationDataset):
     def find_samples(self) -> list[Sample]:
         img_root = require_dir(self.root / "leftImg8bit" / self.split, self.name,
                                f"the images of split {self.split!r} (leftImg8bit/{self.split}/<city>/*_leftImg8bit.png)")
-        gt_root = require_dir(self.root / "gtFine" / self.split, self.name,
-                              f"the fine labels of split {self.split!r} (gtFine/{self.split}/<city>/*_gtFine_labelIds.png)")
+        gt_root = self.root / "gtFine" / self.split
+        if self.require_labels:
+            require_dir(gt_root, self.name,
+                        f"the fine labels of split {self.split!r} (gtFine/{self.split}/<city>/*_gtFine_labelIds.png)")
         samples = []
         for img in sorted(img_root.glob("*/*_leftImg8bit.png")):
             city = img.parent.name
             stem = img.name[: -len("_leftImg8bit.png")]
             gt = gt_root / city / f"{stem}_gtFine_labelIds.png"
             if not gt.is_file():
-                raise DatasetNotFoundError(f"{self.name}: image {img} has no label file; expected {gt}")
+                if self.require_labels:
+                    raise DatasetNotFoundError(f"{self.name}: image {img} has no label file; expected {gt}")
+                gt = None
             samples.append(Sample(f"{city}/{stem}", img, gt))
         if not samples:
             raise DatasetNotFoundError(f"{self.name}: no <city>/*_leftImg8bit.png files under {img_root}")

@@ -40,7 +40,9 @@ class VOCDataset(SegmentationDataset):
     def find_samples(self) -> list[Sample]:
         self.root = resolve_voc_root(self.root)
         img_dir = require_dir(self.root / "JPEGImages", self.name, "the images (JPEGImages/<id>.jpg)")
-        gt_dir = require_dir(self.root / "SegmentationClass", self.name, "the labels (SegmentationClass/<id>.png)")
+        gt_dir = self.root / "SegmentationClass"
+        if self.require_labels:
+            require_dir(gt_dir, self.name, "the labels (SegmentationClass/<id>.png)")
         list_file = self.root / "ImageSets" / "Segmentation" / f"{self.split}.txt"
         if not list_file.is_file():
             raise DatasetNotFoundError(f"{self.name}: expected the image list of split {self.split!r} at {list_file}")
@@ -48,9 +50,9 @@ class VOCDataset(SegmentationDataset):
         for line in list_file.read_text().split():
             img, gt = img_dir / f"{line}.jpg", gt_dir / f"{line}.png"
             for p in (img, gt):
-                if not p.is_file():
+                if not p.is_file() and (p is img or self.require_labels):
                     raise DatasetNotFoundError(f"{self.name}: {list_file} lists {line!r} but {p} does not exist")
-            samples.append(Sample(line, img, gt))
+            samples.append(Sample(line, img, gt if gt.is_file() else None))
         return samples
 
     def read_label_file(self, path: Path) -> np.ndarray:
