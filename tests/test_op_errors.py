@@ -25,10 +25,10 @@ def _ops(backend, reg):
     gt = torch.zeros(B, H, W, dtype=torch.int64)
     return {
         "region_reduce": lambda: region_reduce(lg, reg, R, backend=backend),
-        "region_class_argmax": lambda: region_class_argmax(lg, reg, lab, backend=backend),
-        "partial_label_loss": lambda: partial_label_loss(lg, reg, lab, backend=backend),
-        "region_uncertainty_stats": lambda: region_uncertainty_stats(lg, reg, R, backend=backend),
-        "prototype_pseudo_labels": lambda: prototype_pseudo_labels(feats, lg, reg, lab, backend=backend),
+        "region_class_argmax": lambda: region_class_argmax(lg, reg, lab, temperature=0.1, backend=backend),
+        "partial_label_loss": lambda: partial_label_loss(lg, reg, lab, temperature=0.1, backend=backend),
+        "region_uncertainty_stats": lambda: region_uncertainty_stats(lg, reg, R, temperature=1.0, backend=backend),
+        "prototype_pseudo_labels": lambda: prototype_pseudo_labels(feats, lg, reg, lab, temperature=1.0, backend=backend),
         "region_adjacency": lambda: region_adjacency(reg, R, backend=backend),
         "region_labels_from_mask": lambda: region_labels_from_mask(gt, reg, R, C, backend=backend),
     }
@@ -50,7 +50,7 @@ def test_unallocatable_sizes_name_the_argument(backend, R):
     lg = torch.randn(B, C, H, W)
     gt = torch.zeros(B, H, W, dtype=torch.int64)
     for call in (lambda: region_reduce(lg, reg, R, backend=backend),
-                 lambda: region_uncertainty_stats(lg, reg, R, backend=backend),
+                 lambda: region_uncertainty_stats(lg, reg, R, temperature=1.0, backend=backend),
                  lambda: region_labels_from_mask(gt, reg, R, C, backend=backend)):
         with pytest.raises(ValueError, match=f"cannot allocate the outputs for `num_regions`={R}"):
             call()

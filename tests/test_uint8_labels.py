@@ -29,17 +29,17 @@ def _inputs():
 def _ops(backend):
     def run(logits, feats, regions, labels):
         lg = logits.clone().requires_grad_(True)
-        ce, mp_ = partial_label_loss(lg, regions, labels, backend=backend)
+        ce, mp_ = partial_label_loss(lg, regions, labels, temperature=0.1, backend=backend)
         (ce + mp_).backward()
         lg2 = logits.clone().requires_grad_(True)
-        mp = prototypical_pixel_loss(lg2, regions, labels, backend=backend)
+        mp = prototypical_pixel_loss(lg2, regions, labels, temperature=0.1, backend=backend)
         mp.backward()
         return {
             "partial_label_ce": ce.detach(), "partial_label_mp": mp_.detach(), "partial_label_grad": lg.grad,
             "prototypical_pixel_loss": mp.detach(), "prototypical_grad": lg2.grad,
-            "region_class_argmax": region_class_argmax(logits, regions, labels, backend=backend),
-            "prototype_pseudo_labels": prototype_pseudo_labels(feats, logits, regions, labels, backend=backend),
-            "pseudo_labels_without_prototypes": pseudo_labels_without_prototypes(logits, regions, labels),
+            "region_class_argmax": region_class_argmax(logits, regions, labels, temperature=0.1, backend=backend),
+            "prototype_pseudo_labels": prototype_pseudo_labels(feats, logits, regions, labels, temperature=1.0, backend=backend),
+            "pseudo_labels_without_prototypes": pseudo_labels_without_prototypes(logits, regions, labels, temperature=1.0),
         }
     return run
 
