@@ -27,9 +27,20 @@ def spawn(fn, world: int, *args, port: int | None = None):
     mp.start_processes(fn, args=(world, port, *args), nprocs=world, join=True, start_method="spawn")
 
 
+def local(fn, *args):
+    """Run a worker as the world of one in this process (no process group), with 1 thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn(0, 1, 0, *args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _join(rank: int, world: int, port: int, timeout_s: float = 60.0):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if world > 1:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                          LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)  # identical float reductions in every process
     from mulact import distributed
 
@@ -39,15 +50,32 @@ def _join(rank: int, world: int, port: int, timeout_s: float = 60.0):
 class Images(torch.utils.data.Dataset):
     """Random images with labels in [0, C) and some void, and a region map (unused here)."""
 
+    ignore_index = 255
+
     def __init__(self, n: int, num_classes: int, h: int = 32, w: int = 48):
         g = torch.Generator().manual_seed(123)
+        self.num_classes = num_classes
         self.images = torch.randn(n, 3, h, w, generator=g)
-        self.labels = torch.randint(0, num_classes, (n, h, w), generator=g)
+        # blocky labels so regions hold one to a few classes, as real ones do
+        self.labels = torch.randint(0, num_classes, (n, h // 4, w // 4), generator=g).repeat_interleave(
+            4, 1).repeat_interleave(4, 2)
         self.labels[:, :3] = 255
-        self.regions = (torch.arange(h)[:, None] // 8 * 8 + torch.arange(w)[None] // 8).expand(n, h, w)
+        cols = -(-w // 8)
+        grid = torch.arange(h)[:, None] // 8 * cols + torch.arange(w)[None] // 8
+        # images differ in their number of regions (the last ones merge into fewer)
+        self.regions = torch.stack([grid.clamp(max=int(grid.max()) - (i % 3)) for i in range(n)])
 
     def __len__(self):
         return len(self.images)
+
+    def num_regions(self, i):
+        return int(self.regions[i].max()) + 1
+
+    def load_label(self, i):
+        return self.labels[i].numpy().astype(np.uint8)
+
+    def load_regions(self, i):
+        return self.regions[i].numpy().astype(np.int32)
 
     def __getitem__(self, i):
         return {"image": self.images[i], "label": self.labels[i], "regions": self.regions[i], "index": i}
@@ -56,13 +84,51 @@ class Images(torch.utils.data.Dataset):
 def evaluate_worker(rank, world, port, out, n_images, batch_size):
     from mulact import distributed
     from mulact.engine.evaluate import evaluate_dataset
-    from mulact.model import build_model
-
     _join(rank, world, port)
-    model = build_model(5, "resnet18", None, 16, seed=3)
-    res = evaluate_dataset(model, Images(n_images, 5), 5, "cpu", batch_size=batch_size, desc="test")
-    torch.save({"confusion": res["confusion"], "miou": res["miou"]}, os.path.join(out, f"{rank}.pt"))
+    model = Segmenter(5)
+    data = Images(n_images, 5)
+    res = evaluate_dataset(model, data, 5, "cpu", batch_size=batch_size, desc="test")
+    # oracle and acquisition of one PixBal round with these weights
+    from mulact.al.acquisition import acquire, score_pool
+    from mulact.al.pool import RegionPool
+    from mulact.al.sharding import build_oracle_sharded, scan_pool_sharded
+
+    oracle = build_oracle_sharded(data, range(n_images), trim=1)
+    pool = RegionPool(oracle.offsets, 5, valid=oracle.pixels > 0)
+    first = np.flatnonzero(pool.valid)[::5]
+    pool.add_round(first, *oracle.answer(first, "multi"))
+    stats = scan_pool_sharded(model, data, pool, pool.images_with_unlabeled(), measure="bvsb", temperature=0.1,
+                              device="cpu", batch_size=batch_size)
+    scores, banned = score_pool("pixbal", pool, stats, nu=6.0, seed=0, round_index=2)
+    chosen = acquire(pool, scores, banned, oracle.answer(np.arange(len(pool.valid)), "multi")[1], 40)
+    # the other collectives, on the same process group
+    mine = {i: np.full(3, i, np.int64) for b in distributed.shard_batches(range(7), 2) for i in b}
+    merged = {}
+    for part in distributed.all_gather_objects(mine):
+        merged.update(part)
+    total = distributed.all_reduce_sum(torch.tensor([rank + 1.0]))
+    torch.save({"oracle": (oracle.offsets, oracle.bits, oracle.dominant, oracle.pixels),
+                "stats": (stats.u_sum, stats.count, stats.prob_sum, stats.num_pixels, stats.forwards),
+                "chosen": chosen, "confusion": res["confusion"], "miou": res["miou"], "keys": sorted(merged), "sum": float(total),
+                "bcast": distributed.broadcast_object(rank * 10 + 7)}, os.path.join(out, f"{rank}.pt"))
     distributed.shutdown()
+
+
+class Segmenter(torch.nn.Module):
+    """A small conv net with BatchNorm and C + 1 outputs in [-1, 1], like the cosine model
+    (building a real ResNet costs seconds per process on a loaded 2-core machine)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=2, dilation=2), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, num_classes + 1, 1))
+        self.net[1].running_mean.normal_()
+
+    def forward(self, x):
+        return torch.tanh(self.net(x))
 
 
 class TinyNet(torch.nn.Module):
@@ -154,17 +220,3 @@ def dying_worker(rank, world, port, out, timeout_s):
     with open(os.path.join(out, "rank0.txt"), "w") as fh:
         fh.write(f"{time.time() - t0:.1f}\n{msg}")
     os._exit(0)  # the process group cannot be torn down cleanly with a peer gone
-
-
-def gather_worker(rank, world, port, out):
-    from mulact import distributed
-
-    _join(rank, world, port)
-    mine = {i: np.full(3, i, np.int64) for b in distributed.shard_batches(range(7), 2) for i in b}
-    merged = {}
-    for part in distributed.all_gather_objects(mine):
-        merged.update(part)
-    total = distributed.all_reduce_sum(torch.tensor([rank + 1.0]))
-    torch.save({"keys": sorted(merged), "sum": float(total), "bcast": distributed.broadcast_object(rank * 10 + 7)},
-               os.path.join(out, f"{rank}.pt"))
-    distributed.shutdown()

@@ -1,13 +1,14 @@
 """Multi-process runs on CPU (gloo, 2 processes): sharded evaluation, DDP training, failures."""
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from mulact import distributed
 from mulact.engine.train import ResumableBatchSampler
 
-from _dist_workers import dying_worker, evaluate_worker, gather_worker, spawn, train_worker
+from _dist_workers import TinyNet, dying_worker, evaluate_worker, local, spawn, train_worker
 
 
 def _load(path):
@@ -46,27 +47,28 @@ def test_rank_slices_partition_the_global_batch():
     assert list(ResumableBatchSampler(range(7), 4, 6, seed=3, start=2)) == list(one)[2:]
 
 
-def test_collectives_under_two_processes(tmp_path):
-    spawn(gather_worker, 2, str(tmp_path))
-    for r in range(2):
-        res = _load(tmp_path / f"{r}.pt")
-        assert res["keys"] == list(range(7))
-        assert res["sum"] == 3.0
-        assert res["bcast"] == 7
-
-
 @pytest.mark.parametrize("n_images,batch_size", [(7, 2)])
-def test_sharded_confusion_matrix_equals_one_process(tmp_path, n_images, batch_size):
+def test_sharded_evaluation_oracle_and_selection_equal_one_process(tmp_path, n_images, batch_size):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    spawn(evaluate_worker, 1, str(tmp_path / "one"), n_images, batch_size)
+    local(evaluate_worker, str(tmp_path / "one"), n_images, batch_size)
     spawn(evaluate_worker, 2, str(tmp_path / "two"), n_images, batch_size)
     ref = _load(tmp_path / "one" / "0.pt")
     assert sum(map(sum, ref["confusion"])) == n_images * 29 * 48  # every non-void pixel once
+    assert ref["stats"][4] == n_images and len(ref["chosen"]) > 5
     for r in range(2):
         res = _load(tmp_path / "two" / f"{r}.pt")
         assert res["confusion"] == ref["confusion"]
         assert res["miou"] == ref["miou"]
+        # oracle built from sharded images, pool scan sharded by batches: bitwise the same
+        for a, b in zip(res["oracle"], ref["oracle"]):
+            assert np.array_equal(a, b)
+        for a, b in zip(res["stats"], ref["stats"]):
+            assert torch.equal(a, b) if torch.is_tensor(a) else a == b
+        # hence the same selection, in the same order
+        assert np.array_equal(res["chosen"], ref["chosen"])
+        # the other collectives on the same group: gather by key, sum, broadcast from rank 0
+        assert res["keys"] == list(range(7)) and res["sum"] == 3.0 and res["bcast"] == 7
 
 
 def test_ddp_steps_match_one_process_and_resume_with_other_world_size(tmp_path):
@@ -78,7 +80,7 @@ def test_ddp_steps_match_one_process_and_resume_with_other_world_size(tmp_path):
     """
     for d in ("one", "two", "resumed"):
         (tmp_path / d).mkdir()
-    spawn(train_worker, 1, str(tmp_path / "one"), 4, None, 4)
+    local(train_worker, str(tmp_path / "one"), 4, None, 4)
     spawn(train_worker, 2, str(tmp_path / "two"), 4, None, 4)
     ref = _load(tmp_path / "one" / "0.pt")
     r0, r1 = (_load(tmp_path / "two" / f"{r}.pt") for r in range(2))
@@ -86,13 +88,13 @@ def test_ddp_steps_match_one_process_and_resume_with_other_world_size(tmp_path):
         assert torch.equal(r0["state"][name], r1["state"][name]), name  # ranks never diverge
         assert torch.allclose(r0["state"][name], p, rtol=0, atol=1e-5), (name, (r0["state"][name] - p).abs().max())
     assert abs(r0["summary"]["last_loss"] - ref["summary"]["last_loss"]) < 1e-5
-    initial = {k: v for k, v in __import__("_dist_workers").TinyNet().state_dict().items()}
+    initial = TinyNet().state_dict()
     assert any(not torch.allclose(initial[k], ref["state"][k]) for k in initial)  # training did move
 
     spawn(train_worker, 2, str(tmp_path / "resumed"), 4, 2, 4)  # both ranks stop after iteration 2
     assert not (tmp_path / "resumed" / "0.pt").exists()
     assert torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=False)["iteration"] == 2
-    spawn(train_worker, 1, str(tmp_path / "resumed"), 4, None, 4)
+    local(train_worker, str(tmp_path / "resumed"), 4, None, 4)
     res = _load(tmp_path / "resumed" / "0.pt")
     for name, p in ref["state"].items():
         assert torch.allclose(res["state"][name], p, rtol=0, atol=1e-5), name
