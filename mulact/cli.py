@@ -86,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     from mulact.al.loop import run_experiment
     from mulact.data import DatasetNotFoundError
 
-    print(f"mulact-train: {cfg.name} ({cfg.dataset}, {cfg.rounds} rounds x {cfg.budget} clicks, "
-          f"{cfg.acquisition}, {cfg.labeling}-class labels, encoder {cfg.encoder}) -> {cfg.resolved_run_dir()}")
+    from mulact import distributed
+
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    if main_rank:
+        world = distributed.env_world_size()
+        print(f"mulact-train: {cfg.name} ({cfg.dataset}, {cfg.rounds} rounds x {cfg.budget} clicks, "
+              f"{cfg.acquisition}, {cfg.labeling}-class labels, encoder {cfg.encoder}) -> {cfg.resolved_run_dir()}"
+              + (f" [{world} processes]" if world > 1 else ""))
     try:
-        run_experiment(cfg)
+        run_experiment(cfg, echo=print if main_rank else (lambda *a, **k: None))
     except DatasetNotFoundError as err:
         print(f"mulact-train: error: dataset not found: {err}\n{_layout_hint(cfg.dataset)}", file=sys.stderr)
         return 2
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nmulact-train: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

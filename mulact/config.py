@@ -32,6 +32,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'"})
     amp: bool = field(default=True, metadata={"help": "bfloat16 autocast for encoder/decoder on CUDA (ignored on CPU)"})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    dist_timeout: float = field(default=1800.0, metadata={"help": "under torchrun: seconds a collective waits for the other ranks before the run stops with an error (a dead or stalled rank)"})
     # -- data ----------------------------------------------------------------------------
     dataset: str = field(default="demo", metadata={"help": f"one of {DATASETS}"})
     data_root: str | None = field(default=None, metadata={"help": "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is kept (default: $MULACT_CACHE or ~/.cache/mulact)"})

@@ -135,20 +135,26 @@ class TinyNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.enc = torch.nn.Conv2d(3, 6, 3, padding=1)
+        # no bias before BatchNorm (its gradient is rounding noise that Adam would amplify)
+        self.enc = torch.nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.pooled_bn = torch.nn.BatchNorm2d(6)  # on (B, 6, 1, 1): ASPP's pooling branch
         self.head = torch.nn.Conv2d(6, 2, 1)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            self.bn.weight.add_(1.0)
+            self.pooled_bn.weight.add_(1.0)
 
     def encoder_parameters(self):
-        return self.enc.parameters()
+        return list(self.enc.parameters()) + list(self.bn.parameters())
 
     def head_parameters(self):
-        return self.head.parameters()
+        return list(self.head.parameters()) + list(self.pooled_bn.parameters())
 
     def forward(self, x):
-        return self.head(torch.relu(self.enc(x)))
+        h = torch.relu(self.bn(self.enc(x)))
+        return self.head(h + self.pooled_bn(h.mean((2, 3), keepdim=True)))
 
 
 class Augmented(torch.utils.data.Dataset):

@@ -74,9 +74,11 @@ def test_sharded_evaluation_oracle_and_selection_equal_one_process(tmp_path, n_i
 def test_ddp_steps_match_one_process_and_resume_with_other_world_size(tmp_path):
     """4 AdamW steps with a global batch of 4: 2 ranks x 2 items vs 1 process x 4 items.
 
-    DDP averages the two half-batch gradients, which equals the full-batch mean gradient up to
-    float32 summation order; after 4 steps parameters agree to 1e-5 (lr 1e-2, |p| ~ 0.3).
-    Then a 2-rank run killed after 2 iterations is resumed by one process.
+    The model has BatchNorm (synchronised over the 2 ranks on CPU), one of them on 1x1 pooled
+    features. DDP averages the two half-batch gradients, which equals the full-batch mean
+    gradient up to float32 summation order; after 4 steps parameters and BatchNorm running
+    statistics agree to 1e-5 (lr 1e-2, |p| ~ 0.3-1). Then a 2-rank run killed after 2
+    iterations is resumed by one process.
     """
     for d in ("one", "two", "resumed"):
         (tmp_path / d).mkdir()

@@ -17,6 +17,11 @@ Run directory layout (``cfg.resolved_run_dir()``)::
 Every file is written atomically; a step is skipped on rerun when its output exists, so a
 killed run restarted with the same command continues where it stopped and — training being
 deterministic for a seed (:mod:`mulact.engine.train`) — makes the same selections.
+
+Under ``torchrun`` (:mod:`mulact.distributed`) every rank runs this same loop: the per-image
+passes (superpixels + oracle, the pool scan, pseudo labels, evaluation) are sharded
+(:mod:`mulact.al.sharding`), training is data-parallel, the selection is made once on rank 0
+and broadcast, and only rank 0 writes files; the others wait at barriers.
 """
 from __future__ import annotations
 
@@ -31,23 +36,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mulact import distributed as dist
 from mulact.config import TrainConfig
-from mulact.engine.evaluate import evaluate
+from mulact.engine.evaluate import evaluate_dataset
 from mulact.engine.losses import stage1_loss
 from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
 from mulact.model import build_model
 from mulact.ops.acquisition import measure_for
 
-from .acquisition import acquire, scan_pool, score_pool
-from .data import AugmentedView, build_oracle
+from .acquisition import acquire, score_pool
+from .data import AugmentedView
 from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json
+from .sharding import build_oracle_sharded, scan_pool_sharded
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Experiment", "run_experiment"]
 
 # Options that may differ between the original command and a rerun of the same run.
-RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size"}
+RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size", "dist_timeout"}
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -65,11 +72,19 @@ class Experiment:
     def __init__(self, cfg: TrainConfig, echo=print):
         cfg.validate()
         self.cfg = cfg
-        self.echo = echo
         self.dir = cfg.resolved_run_dir()
-        self.device = _resolve_device(cfg.device)
-        self._build_data()
-        os.makedirs(self.dir, exist_ok=True)
+        # One process: the device as asked. Under torchrun: join the group, cuda:<LOCAL_RANK> or CPU.
+        self.device = _resolve_device(cfg.device) if dist.env_world_size() == 1 else dist.init(cfg.device, cfg.dist_timeout)
+        self.echo = echo if dist.is_main() else (lambda *a, **k: None)
+        dist.local_batch_size(cfg.batch_size)
+        if dist.is_main():
+            self._build_data()
+        dist.barrier("dataset preparation")  # rank 0 first: it may generate the demo data set
+        if not dist.is_main():
+            self._build_data()
+        if dist.is_main():
+            os.makedirs(self.dir, exist_ok=True)
+        dist.barrier("run directory")
         self._check_config()
 
     # -- setup ------------------------------------------------------------------------------
@@ -89,7 +104,9 @@ class Experiment:
         text = yaml.safe_dump(current, sort_keys=False)
         from .pool import _atomic
 
-        _atomic(path, lambda fh: fh.write(text.encode()))
+        dist.barrier("configuration check")  # every rank read the saved file before rank 0 rewrites it
+        if dist.is_main():
+            _atomic(path, lambda fh: fh.write(text.encode()))
 
     def _build_data(self) -> None:
         from mulact.data import TrainTransform, build_dataset
@@ -124,11 +141,13 @@ class Experiment:
 
     def _oracle(self) -> OracleTable:
         path = os.path.join(self.dir, "oracle.npz")
-        if os.path.isfile(path):
+        if dist.broadcast_object(os.path.isfile(path), what="oracle lookup"):
             return OracleTable.load(path)
         self.echo(f"computing superpixels and oracle labels for {len(self.train_indices)} training images")
-        oracle = build_oracle(self.train, self.train_indices, trim=self.cfg.trim)
-        oracle.save(path)
+        oracle = build_oracle_sharded(self.train, self.train_indices, trim=self.cfg.trim)
+        if dist.is_main():
+            oracle.save(path)
+        dist.barrier("oracle saved")
         return oracle
 
     # -- helpers ----------------------------------------------------------------------------
@@ -151,8 +170,9 @@ class Experiment:
         return model
 
     def evaluate(self, model, desc="evaluate") -> dict:
-        return evaluate(model, self.val_loader, self.num_classes, self.device, self.train.ignore_index,
-                        amp=self.cfg.amp, desc=desc)
+        return evaluate_dataset(model, self.val_loader.dataset, self.num_classes, self.device,
+                                batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers,
+                                ignore_index=self.train.ignore_index, amp=self.cfg.amp, desc=desc)
 
     def _loader(self, view, indices, iterations, seed, start, extra_keys):
         sampler = ResumableBatchSampler(indices, self.cfg.batch_size, iterations, seed, start)
@@ -164,7 +184,7 @@ class Experiment:
         c = self.cfg
         rd = self.round_dir(t)
         final = os.path.join(rd, f"{stage}.pt")
-        if os.path.isfile(final):
+        if dist.broadcast_object(os.path.isfile(final), what=f"round {t} {stage}: lookup"):
             return torch.load(final, map_location="cpu", weights_only=False)["summary"]
         model = self.new_model()
         seed = derive_seed(c.seed, t, 1 if stage == "stage1" else 2)
@@ -180,9 +200,11 @@ class Experiment:
                               step_loss, settings, last, eval_fn=eval_fn,
                               best_path=os.path.join(rd, f"{stage}_best.pt"))
         summary["seconds"] = time.time() - t0
-        atomic_torch_save(final, {"model": model.state_dict(), "summary": summary})
-        if os.path.isfile(last):
-            os.unlink(last)
+        if dist.is_main():
+            atomic_torch_save(final, {"model": model.state_dict(), "summary": summary})
+            if os.path.isfile(last):
+                os.unlink(last)
+        dist.barrier(f"round {t} {stage}: saved")
         return summary
 
     # -- steps ------------------------------------------------------------------------------
@@ -194,21 +216,27 @@ class Experiment:
         t0 = time.time()
         if method != "random":
             model = self.load_model(self.final_weights(t - 1))
-            stats = scan_pool(model, self.train, pool, pool.images_with_unlabeled(), measure=measure_for(method),
-                              temperature=c.temperature, device=self.device, batch_size=c.acquisition_batch_size,
-                              amp=c.amp, num_workers=c.num_workers)
+            stats = scan_pool_sharded(model, self.train, pool, pool.images_with_unlabeled(),
+                                      measure=measure_for(method), temperature=c.temperature, device=self.device,
+                                      batch_size=c.acquisition_batch_size, amp=c.amp, num_workers=c.num_workers)
             del model
-        scores, banned = score_pool(method, pool, stats, nu=c.nu, seed=c.seed, round_index=t)
-        _, costs = oracle.answer(np.arange(int(oracle.offsets[-1])), "multi")
-        if c.labeling == "dominant":
-            costs = np.ones_like(costs)
-        chosen = acquire(pool, scores, banned, costs, c.budget)
+        chosen = scores = None
+        if dist.is_main():  # the selection is made once; the other ranks receive it
+            scores, banned = score_pool(method, pool, stats, nu=c.nu, seed=c.seed, round_index=t)
+            _, costs = oracle.answer(np.arange(int(oracle.offsets[-1])), "multi")
+            if c.labeling == "dominant":
+                costs = np.ones_like(costs)
+            chosen = acquire(pool, scores, banned, costs, c.budget)
+        del stats
+        chosen = dist.broadcast_object(chosen, what=f"round {t}: selection")
         if len(chosen) == 0:
             return False
         bits, cost = oracle.answer(chosen, c.labeling)
         pool.add_round(chosen, bits, cost)
-        pool.save(os.path.join(self.dir, "pool.npz"))
-        self._write_selection(t, pool, scores)
+        if dist.is_main():
+            pool.save(os.path.join(self.dir, "pool.npz"))
+            self._write_selection(t, pool, scores)
+        dist.barrier(f"round {t}: selection saved")
         log.info("round %d: %s selected %d regions (%d clicks) in %.1fs", t, method, len(chosen),
                  pool.clicks(t), time.time() - t0)
         return True
@@ -262,8 +290,8 @@ class Experiment:
         t_start = time.time()
         oracle = self._oracle()
         pool_path = os.path.join(self.dir, "pool.npz")
-        pool = RegionPool.load(pool_path) if os.path.isfile(pool_path) else RegionPool(
-            oracle.offsets, self.num_classes, valid=oracle.pixels > 0)
+        pool = RegionPool.load(pool_path) if dist.broadcast_object(os.path.isfile(pool_path), what="pool lookup") \
+            else RegionPool(oracle.offsets, self.num_classes, valid=oracle.pixels > 0)
         full_cost = oracle.full_annotation_cost()
         metrics = self.load_metrics()
         done_rounds = {m["round"] for m in metrics}
@@ -272,7 +300,7 @@ class Experiment:
                 if not self.select(t, pool, oracle):
                     self.echo(f"round {t}: the pool is exhausted (every selectable region is labeled); stopping")
                     break
-            elif not os.path.isfile(os.path.join(self.dir, "selections", f"round_{t:02d}.json")):
+            elif dist.is_main() and not os.path.isfile(os.path.join(self.dir, "selections", f"round_{t:02d}.json")):
                 self._write_selection(t, pool, np.full(int(pool.offsets[-1]), math.nan))
             if t in done_rounds:
                 continue
@@ -292,7 +320,9 @@ class Experiment:
                            pseudo_expanded_pixels=s2["pseudo"]["expanded"],
                            stage2_seconds=s2.get("seconds"))
             metrics.append(rec)
-            self.save_metrics(metrics)
+            if dist.is_main():
+                self.save_metrics(metrics)
+            dist.barrier(f"round {t}: metrics saved")
             self.echo(f"round {t}: mIoU {100 * rec['miou']:.2f}  clicks {rec['clicks']} "
                       f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
         self.echo(self.summary_table(metrics))

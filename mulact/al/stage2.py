@@ -9,6 +9,10 @@ without expansion). Each map is stored as an int16 ``.npy`` (255 = no label) und
 Pseudo-label accuracy (reported per round) = fraction of pixels with a pseudo label in
 ``[0, C)`` whose ground truth (not void) agrees; pixels labeled *undefined* and void ground
 truth are left out.
+
+Under ``torchrun`` the labeled images are dealt to the ranks in whole batches
+(:func:`mulact.distributed.shard_batches`); each rank writes its own maps (atomically) and the
+counts are summed over ranks; rank 0 writes ``summary.json``, which marks the step done.
 """
 from __future__ import annotations
 
@@ -31,11 +35,12 @@ def pseudo_label_path(pseudo_dir: str, image: int) -> str:
 
 @torch.no_grad()
 def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
+    from mulact import distributed as dist
     from mulact.engine.train import collate_pad
     from mulact.ops.prototype_pseudo_labels import prototype_pseudo_labels, pseudo_labels_without_prototypes
 
     done = os.path.join(pseudo_dir, "summary.json")
-    if os.path.isfile(done):
+    if dist.broadcast_object(os.path.isfile(done), what="pseudo labels: summary lookup"):
         with open(done) as fh:
             return json.load(fh)
     cfg = exp.cfg
@@ -44,11 +49,12 @@ def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
     C = exp.num_classes
     R = int(np.diff(pool.offsets).max())
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(exp.train, [int(i) for i in images]), batch_size=cfg.acquisition_batch_size,
-        shuffle=False, num_workers=cfg.num_workers, collate_fn=collate_pad)
+        exp.train, batch_sampler=dist.shard_batches([int(i) for i in images], cfg.acquisition_batch_size),
+        num_workers=cfg.num_workers, collate_fn=collate_pad)
     correct = labeled = localized = expanded = 0
     use_amp = cfg.amp and exp.device.type == "cuda"
-    for batch in tqdm(loader, desc=f"round {t} pseudo labels", leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=f"round {t} pseudo labels", leave=False, dynamic_ncols=True,
+                      disable=not dist.is_main()):
         idx = batch["index"].tolist()
         regions = batch["regions"].to(exp.device)
         region_labels = torch.stack([pool.region_labels(i, R) for i in idx]).to(exp.device)
@@ -71,9 +77,14 @@ def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
             h, w = (int(v) for v in batch["sizes"][b])
             arr = labels[b, :h, :w].numpy().astype(np.int16)
             _atomic(pseudo_label_path(pseudo_dir, i), lambda fh, a=arr: np.save(fh, a))
+    counts = dist.all_reduce_sum(torch.tensor([correct, labeled, localized, expanded], dtype=torch.int64),
+                                 what="pseudo labels: counts")
+    correct, labeled, localized, expanded = (int(v) for v in counts)
     info = {"accuracy": correct / labeled if labeled else float("nan"), "localized": localized,
             "expanded": expanded, "images": len(images)}
-    atomic_write_json(done, info)
+    if dist.is_main():
+        atomic_write_json(done, info)
+    dist.barrier("pseudo labels: written")
     return info
 
 

@@ -12,8 +12,9 @@ batch. Every rank computes the same global batch of iteration ``k`` and takes it
 contiguous slice (rank ``r`` of ``N`` gets items ``r*B/N .. (r+1)*B/N - 1``), so the data, the
 augmentations and the optimiser steps do not depend on ``N``; the model is wrapped in
 :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged over ranks, i.e. the
-gradient of the mean of the per-rank losses) with :class:`~torch.nn.SyncBatchNorm` on CUDA.
-torch's SyncBatchNorm has no CPU kernel, so on CPU (gloo) BatchNorm statistics are per rank.
+gradient of the mean of the per-rank losses) and BatchNorm computed over the global batch:
+:class:`~torch.nn.SyncBatchNorm` on CUDA, :class:`mulact.engine.sync_batchnorm.CPUSyncBatchNorm`
+on CPU (torch's has no CPU kernel).
 Only rank 0 writes checkpoints; the others wait at a barrier and every rank resumes from the
 same file, so a run may be resumed with another number of ranks.
 
@@ -187,9 +188,14 @@ def train_model(
     device = torch.device(s.device)
     model.to(device)
     world, rank = dist.world_size(), dist.rank()
-    if world > 1 and device.type == "cuda":
+    if world > 1:
         # Same Parameter objects, so the optimizer below and the caller's state_dict see them.
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            from .sync_batchnorm import convert_sync_batchnorm_cpu
+
+            model = convert_sync_batchnorm_cpu(model)
     opt = make_optimizer(model, s.lr, s.encoder_lr_mult, s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: max(1.0 - k / s.iterations, 0.0) ** s.poly_power)
