@@ -24,6 +24,7 @@ ext = Pybind11Extension(
 setup(
     packages=find_packages(include=["mulact", "mulact.*"]) + ["mulact.kernels"],
     package_dir={"mulact.kernels": "kernels"},
+    package_data={"mulact.label": ["templates/*.html", "static/*"]},  # the labeling page
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
 )

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args.preset, args.config, overrides)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    from mulact.al.loop import run_experiment
+    from mulact.al.loop import AnswersPending, run_experiment
     from mulact.data import DatasetNotFoundError
 
     from mulact import distributed
@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
               + (f" [{world} processes]" if world > 1 else ""))
     try:
         run_experiment(cfg, echo=print if main_rank else (lambda *a, **k: None))
+    except AnswersPending as err:
+        # Not a failure: the run waits for people. A distinct status lets scripts tell the two apart.
+        print(f"mulact-train: {err}", file=sys.stderr)
+        return 3
     except DatasetNotFoundError as err:
         print(f"mulact-train: error: dataset not found: {err}\n{_layout_hint(cfg.dataset)}", file=sys.stderr)
         return 2

@@ -62,6 +62,8 @@ class TrainConfig:
     labeling: str = field(default="multi", metadata={"help": "'multi' (multi-class query, cost = classes in region) or 'dominant' (cost 1)"})
     nu: float = field(default=6.0, metadata={"help": "PixBal class-balance strength ν (Eq. 4)"})
     acquisition_batch_size: int = field(default=4, metadata={"help": "images per forward pass when scoring the pool"})
+    oracle: str = field(default="simulated", metadata={"help": "who answers the queries: 'simulated' (ground-truth masks) or 'human' (the run stops after each acquisition until the answers exist; label with mulact-label RUN_DIR, then rerun)"})
+    expected_classes_prior: float = field(default=1.5, metadata={"help": "human oracle: expected classes per multi-class query in round 1, before any answer is known (the budget cut takes regions until the expected clicks reach --budget)"})
     # -- stage 1 -------------------------------------------------------------------------
     loss: str = field(default="mulact", metadata={"help": f"stage-1 loss, one of {LOSSES}: mulact = λ_CE·L_CE + λ_MP·L_MP + λ_PP·L_PP; dominant = CE with each region's dominant label; infimum/rc = partial-label baselines (Appendix C.2)"})
     lambda_ce: float = field(default=16.0, metadata={"help": "λ_CE (Eq. 10)"})

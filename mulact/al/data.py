@@ -16,7 +16,23 @@ from mulact.data.transforms import normalize, to_float_image
 
 from .pool import OracleTable, multi_hot_to_bits
 
-__all__ = ["AugmentedView", "build_oracle"]
+__all__ = ["AugmentedView", "build_oracle", "build_split"]
+
+
+def build_split(cfg, split: str):
+    """The ``split`` dataset of a :class:`~mulact.config.TrainConfig` (loop and labeling page)."""
+    import os
+
+    from mulact.data import build_dataset
+
+    kwargs = dict(superpixels=cfg.superpixel_method, region_size=cfg.region_size)
+    if cfg.superpixel_dir:
+        kwargs["superpixel_dir"] = os.path.join(cfg.superpixel_dir, split)
+    demo = None
+    if cfg.dataset == "demo":
+        demo = dict(seed=0, height=cfg.demo_height, width=cfg.demo_width, num_train=cfg.demo_train_images,
+                    num_val=cfg.demo_val_images, progress=True)
+    return build_dataset(cfg.dataset, cfg.data_root, split, demo_options=demo, **kwargs)
 
 
 class AugmentedView(torch.utils.data.Dataset):

@@ -4,7 +4,10 @@ evaluation, round after round, resumable at every step.
 Run directory layout (``cfg.resolved_run_dir()``)::
 
     config.yaml              resolved configuration (a rerun must match it)
-    oracle.npz               oracle answers for every train region (OracleTable)
+    oracle.npz               oracle answers for every train region (OracleTable; simulated oracle)
+    regions.npz              region table from the superpixel maps (human oracle, no ground truth)
+    queries/round_XX.json    human oracle: the round's queries, waiting for answers
+    answers/round_XX/        human oracle: one file per answer (mulact-label, mulact.al.answers)
     pool.npz                 labeled regions, labels, costs, rounds, selections (RegionPool)
     selections/round_XX.json the round's queries in selection order (image, region, classes, cost, score)
     round_XX/stage1_last.pt  resumable training checkpoint (removed once the stage is done)
@@ -17,6 +20,10 @@ Run directory layout (``cfg.resolved_run_dir()``)::
 Every file is written atomically; a step is skipped on rerun when its output exists, so a
 killed run restarted with the same command continues where it stopped and — training being
 deterministic for a seed (:mod:`mulact.engine.train`) — makes the same selections.
+
+Labels come through an :class:`~mulact.al.oracle.Oracle` (``cfg.oracle``): the simulated one
+answers from the ground truth at once; the human one stops the run (:class:`AnswersPending`)
+after writing a round's queries, and a rerun picks the answers up (README "Label your own data").
 
 Under ``torchrun`` (:mod:`mulact.distributed`) every rank runs this same loop: the per-image
 passes (superpixels + oracle, the pool scan, pseudo labels, evaluation) are sharded
@@ -46,12 +53,13 @@ from mulact.ops.acquisition import measure_for
 
 from .acquisition import acquire, score_pool
 from .data import AugmentedView
+from .oracle import ORACLES, AnswersPending, Oracle, make_oracle, without_ground_truth
 from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json
 from .sharding import build_oracle_sharded, scan_pool_sharded
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Experiment", "run_experiment"]
+__all__ = ["AnswersPending", "Experiment", "run_experiment"]
 
 # Options that may differ between the original command and a rerun of the same run.
 RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size", "dist_timeout"}
@@ -73,6 +81,11 @@ class Experiment:
         cfg.validate()
         self.cfg = cfg
         self.dir = cfg.resolved_run_dir()
+        if cfg.oracle not in ORACLES:
+            raise ValueError(f"oracle: expected one of {ORACLES}, got {cfg.oracle!r}")
+        if cfg.oracle == "human" and dist.env_world_size() > 1:
+            raise ValueError("oracle: 'human' runs in one process; start it without torchrun "
+                             "(the rounds wait for people, not for GPUs)")
         # One process: the device as asked. Under torchrun: join the group, cuda:<LOCAL_RANK> or CPU.
         self.device = _resolve_device(cfg.device) if dist.env_world_size() == 1 else dist.init(cfg.device, cfg.dist_timeout)
         self.echo = echo if dist.is_main() else (lambda *a, **k: None)
@@ -82,6 +95,8 @@ class Experiment:
         dist.barrier("dataset preparation")  # rank 0 first: it may generate the demo data set
         if not dist.is_main():
             self._build_data()
+        if cfg.oracle == "human":
+            self.train = without_ground_truth(self.train)
         if dist.is_main():
             os.makedirs(self.dir, exist_ok=True)
         dist.barrier("run directory")
@@ -96,7 +111,9 @@ class Experiment:
         if os.path.isfile(path):
             with open(path) as fh:
                 saved = yaml.safe_load(fh) or {}
-            diff = sorted(k for k in current if k not in RUNTIME_OPTIONS and saved.get(k) != current[k])
+            # an option added after the run started counts as its default (e.g. `oracle`)
+            defaults = TrainConfig().to_dict()
+            diff = sorted(k for k in current if k not in RUNTIME_OPTIONS and saved.get(k, defaults[k]) != current[k])
             if diff:
                 detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff[:6])
                 raise ValueError(f"run_dir: {self.dir!r} holds a run with a different configuration "
@@ -109,23 +126,13 @@ class Experiment:
             _atomic(path, lambda fh: fh.write(text.encode()))
 
     def _build_data(self) -> None:
-        from mulact.data import TrainTransform, build_dataset
+        from mulact.data import TrainTransform
+
+        from .data import build_split
 
         cfg = self.cfg
-        kwargs = dict(superpixels=cfg.superpixel_method, region_size=cfg.region_size)
-        demo = None
-        root = cfg.data_root
-        if cfg.dataset == "demo":
-            demo = dict(seed=0, height=cfg.demo_height, width=cfg.demo_width, num_train=cfg.demo_train_images,
-                        num_val=cfg.demo_val_images, progress=True)
-        train_kw = dict(kwargs)
-        if cfg.superpixel_dir:
-            train_kw["superpixel_dir"] = os.path.join(cfg.superpixel_dir, "train")
-        self.train = build_dataset(cfg.dataset, root, "train", demo_options=demo, **train_kw)
-        val_kw = dict(kwargs)
-        if cfg.superpixel_dir:
-            val_kw["superpixel_dir"] = os.path.join(cfg.superpixel_dir, "val")
-        self.val = build_dataset(cfg.dataset, root, "val", demo_options=demo, **val_kw)
+        self.train = build_split(cfg, "train")
+        self.val = build_split(cfg, "val")
         n = len(self.train) if cfg.max_train_images is None else min(len(self.train), cfg.max_train_images)
         self.train_indices = np.arange(n)
         self.num_classes = self.train.num_classes
@@ -208,12 +215,34 @@ class Experiment:
         return summary
 
     # -- steps ------------------------------------------------------------------------------
-    def select(self, t: int, pool: RegionPool, oracle: OracleTable) -> bool:
-        """Acquisition for round ``t``; returns False when nothing is left to select."""
+    def select(self, t: int, pool: RegionPool, oracle: Oracle) -> bool:
+        """Acquisition for round ``t`` and its answers; returns False when nothing is left to
+        select. Raises :class:`AnswersPending` while a human oracle has not answered."""
         c = self.cfg
         method = "random" if t == 1 else c.acquisition
-        stats = None
         t0 = time.time()
+        pending = oracle.pending(t)
+        if pending is None:
+            chosen, scores = self._acquire(t, method, pool, oracle)
+            if len(chosen) == 0:
+                return False
+        else:
+            chosen = pending[0]
+            scores = np.full(int(pool.offsets[-1]), math.nan)
+            scores[chosen] = pending[1]
+        bits, cost = oracle.answer(t, chosen, scores, c.labeling)
+        pool.add_round(chosen, bits, cost)
+        if dist.is_main():
+            pool.save(os.path.join(self.dir, "pool.npz"))
+            self._write_selection(t, pool, scores)
+        dist.barrier(f"round {t}: selection saved")
+        log.info("round %d: %s selected %d regions (%d clicks) in %.1fs", t, method, len(chosen),
+                 pool.clicks(t), time.time() - t0)
+        return True
+
+    def _acquire(self, t: int, method: str, pool: RegionPool, oracle: Oracle):
+        c = self.cfg
+        stats = None
         if method != "random":
             model = self.load_model(self.final_weights(t - 1))
             stats = scan_pool_sharded(model, self.train, pool, pool.images_with_unlabeled(),
@@ -223,23 +252,10 @@ class Experiment:
         chosen = scores = None
         if dist.is_main():  # the selection is made once; the other ranks receive it
             scores, banned = score_pool(method, pool, stats, nu=c.nu, seed=c.seed, round_index=t)
-            _, costs = oracle.answer(np.arange(int(oracle.offsets[-1])), "multi")
-            if c.labeling == "dominant":
-                costs = np.ones_like(costs)
+            costs = oracle.planned_costs(pool, c.labeling)
             chosen = acquire(pool, scores, banned, costs, c.budget)
         del stats
-        chosen = dist.broadcast_object(chosen, what=f"round {t}: selection")
-        if len(chosen) == 0:
-            return False
-        bits, cost = oracle.answer(chosen, c.labeling)
-        pool.add_round(chosen, bits, cost)
-        if dist.is_main():
-            pool.save(os.path.join(self.dir, "pool.npz"))
-            self._write_selection(t, pool, scores)
-        dist.barrier(f"round {t}: selection saved")
-        log.info("round %d: %s selected %d regions (%d clicks) in %.1fs", t, method, len(chosen),
-                 pool.clicks(t), time.time() - t0)
-        return True
+        return dist.broadcast_object(chosen, what=f"round {t}: selection"), scores
 
     def _write_selection(self, t, pool, scores) -> None:
         flat = pool.selections[t - 1]
@@ -266,13 +282,20 @@ class Experiment:
         return self._train("stage1", t, view, pool.labeled_images(), c.iterations, c.lr, step, ("region_labels",))
 
     def stage2(self, t: int, pool: RegionPool) -> dict:
-        from .stage2 import generate_pseudo_labels, pseudo_label_path, stage2_step
+        from .stage2 import generate_pseudo_labels, pseudo_label_path, pseudo_summary, stage2_step
 
         c = self.cfg
         rd = self.round_dir(t)
         images = pool.labeled_images()
         pseudo_dir = os.path.join(rd, "pseudo")
-        info = generate_pseudo_labels(self, t, pool, images, pseudo_dir)
+        info = pseudo_summary(pseudo_dir)
+        if info is None:
+            model = self.load_model(os.path.join(rd, "stage1.pt"))
+            info = generate_pseudo_labels(
+                model, self.train, pool, images, pseudo_dir, device=self.device, pseudo=c.pseudo, expand=c.expand,
+                temperature=c.temperature, batch_size=c.acquisition_batch_size, num_workers=c.num_workers,
+                amp=c.amp, desc=f"round {t} pseudo labels")
+            del model
 
         def label_of(i):
             return torch.from_numpy(np.load(pseudo_label_path(pseudo_dir, i)).astype(np.int64))
@@ -280,7 +303,7 @@ class Experiment:
         view = AugmentedView(self.train, self.transform, label_fn=label_of)
         iters = c.stage2_iterations or c.iterations
         summary = self._train("stage2", t, view, images, iters, c.lr_stage2,
-                              lambda m, b, p: stage2_step(self, m, b), ())
+                              lambda m, b, p: stage2_step(m, b, device=self.device, temperature=c.temperature), ())
         summary["pseudo"] = info
         return summary
 
@@ -288,7 +311,7 @@ class Experiment:
     def run(self) -> list[dict]:
         c = self.cfg
         t_start = time.time()
-        oracle = self._oracle()
+        oracle = make_oracle(c.oracle, self)
         pool_path = os.path.join(self.dir, "pool.npz")
         pool = RegionPool.load(pool_path) if dist.broadcast_object(os.path.isfile(pool_path), what="pool lookup") \
             else RegionPool(oracle.offsets, self.num_classes, valid=oracle.pixels > 0)
@@ -309,6 +332,7 @@ class Experiment:
             ev1 = self.evaluate(model, desc=f"round {t} stage1 eval")
             del model
             rec = self._round_record(t, pool, full_cost, ev1, s1)
+            rec.update(oracle.round_metrics(t))
             if c.stage2:
                 s2 = self.stage2(t, pool)
                 model = self.load_model(os.path.join(self.round_dir(t), "stage2.pt"))
@@ -336,7 +360,7 @@ class Experiment:
             "acquisition": "random" if t == 1 else self.cfg.acquisition,
             "clicks": pool.clicks(t),
             "cumulative_clicks": cum,
-            "percent_full_cost": 100.0 * cum / max(full_cost, 1),
+            "percent_full_cost": math.nan if full_cost is None else 100.0 * cum / max(full_cost, 1),
             "full_annotation_cost": full_cost,
             "labeled_regions": int(((pool.round > 0) & (pool.round <= t)).sum()),
             "labeled_images": len(np.unique(pool.image_of(np.flatnonzero((pool.round > 0) & (pool.round <= t))))),
@@ -364,6 +388,8 @@ class Experiment:
         buf = io.StringIO()
         cols = ["round", "acquisition", "clicks", "cumulative_clicks", "percent_full_cost", "labeled_regions",
                 "labeled_images", "miou", "stage1_miou", "stage2_miou", "pseudo_label_accuracy"]
+        cols += [k for k in ("planned_clicks", "annotation_seconds", "seconds_per_query", "seconds_per_click")
+                 if any(k in m for m in metrics)]
         w = csv.writer(buf)
         w.writerow(cols + [f"iou_{n}" for n in self.class_names])
         for m in metrics:

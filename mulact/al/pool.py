@@ -175,7 +175,8 @@ def select_by_budget(scores, candidates, costs, budget: int) -> np.ndarray:
     if np.isnan(s).any():
         raise ValueError("scores: NaN among candidate scores")
     order = cand[np.lexsort((cand, -s))]
-    spent = np.cumsum(np.asarray(costs, dtype=np.int64)[order])
+    # float: a human oracle plans with expected (fractional) costs; exact for integer costs
+    spent = np.cumsum(np.asarray(costs, dtype=np.float64)[order])
     k = int(np.searchsorted(spent, budget, side="left"))
     return order[: k + 1].astype(np.int64)
 

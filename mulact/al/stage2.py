@@ -26,47 +26,61 @@ from tqdm.auto import tqdm
 
 from .pool import _atomic, atomic_write_json
 
-__all__ = ["generate_pseudo_labels", "pseudo_label_path", "stage2_step"]
+__all__ = ["generate_pseudo_labels", "pseudo_label_path", "pseudo_summary", "stage2_step"]
 
 
 def pseudo_label_path(pseudo_dir: str, image: int) -> str:
     return os.path.join(pseudo_dir, f"{int(image):06d}.npy")
 
 
+def pseudo_summary(pseudo_dir: str) -> dict | None:
+    """The summary of a finished pseudo-label pass in ``pseudo_dir``, else None."""
+    done = os.path.join(pseudo_dir, "summary.json")
+    if not os.path.isfile(done):
+        return None
+    with open(done) as fh:
+        return json.load(fh)
+
+
 @torch.no_grad()
-def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
+def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, device, pseudo: str = "prototype",
+                           expand: bool = True, temperature: float = 0.1, batch_size: int = 4,
+                           num_workers: int = 0, amp: bool = False, desc: str = "pseudo labels") -> dict:
+    """Pseudo labels of ``images`` with the stage-1 ``model``; returns (and writes) the summary.
+
+    Skipped when ``pseudo_dir`` already holds a finished pass (:func:`pseudo_summary`). Under
+    torchrun a collective: every rank must call it (see the module docstring).
+    """
     from mulact import distributed as dist
     from mulact.engine.train import collate_pad
     from mulact.ops.prototype_pseudo_labels import prototype_pseudo_labels, pseudo_labels_without_prototypes
 
     done = os.path.join(pseudo_dir, "summary.json")
-    if dist.broadcast_object(os.path.isfile(done), what="pseudo labels: summary lookup"):
-        with open(done) as fh:
-            return json.load(fh)
-    cfg = exp.cfg
-    model = exp.load_model(os.path.join(exp.round_dir(t), "stage1.pt"))
+    info = dist.broadcast_object(pseudo_summary(pseudo_dir), what="pseudo labels: summary lookup")
+    if info is not None:
+        return info
+    device = torch.device(device)
     model.eval()
-    C = exp.num_classes
+    C = pool.num_classes
     R = int(np.diff(pool.offsets).max())
     loader = torch.utils.data.DataLoader(
-        exp.train, batch_sampler=dist.shard_batches([int(i) for i in images], cfg.acquisition_batch_size),
-        num_workers=cfg.num_workers, collate_fn=collate_pad)
+        dataset, batch_sampler=dist.shard_batches([int(i) for i in images], batch_size),
+        num_workers=num_workers, collate_fn=collate_pad)
     correct = labeled = localized = expanded = 0
-    use_amp = cfg.amp and exp.device.type == "cuda"
-    for batch in tqdm(loader, desc=f"round {t} pseudo labels", leave=False, dynamic_ncols=True,
-                      disable=not dist.is_main()):
+    use_amp = amp and device.type == "cuda"
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not dist.is_main()):
         idx = batch["index"].tolist()
-        regions = batch["regions"].to(exp.device)
-        region_labels = torch.stack([pool.region_labels(i, R) for i in idx]).to(exp.device)
-        with torch.autocast(device_type=exp.device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits, feats = model(batch["image"].to(exp.device), return_features=True)
-        if cfg.pseudo == "prototype":
-            labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, expand=cfg.expand,
-                                                   temperature=cfg.temperature, return_info=True)
+        regions = batch["regions"].to(device)
+        region_labels = torch.stack([pool.region_labels(i, R) for i in idx]).to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits, feats = model(batch["image"].to(device), return_features=True)
+        if pseudo == "prototype":
+            labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, expand=expand,
+                                                   temperature=temperature, return_info=True)
             localized += int(info.num_localized.sum())
             expanded += int(info.num_expanded.sum())
         else:
-            labels = pseudo_labels_without_prototypes(logits, regions, region_labels, temperature=cfg.temperature)
+            labels = pseudo_labels_without_prototypes(logits, regions, region_labels, temperature=temperature)
             localized += int((labels != 255).sum())
         labels = labels.cpu()
         gt = batch["label"]
@@ -88,10 +102,11 @@ def generate_pseudo_labels(exp, t: int, pool, images, pseudo_dir: str) -> dict:
     return info
 
 
-def stage2_step(exp, model, batch):
-    logits = model(batch["image"].to(exp.device, non_blocking=True))
-    target = batch["label"].to(exp.device)
+def stage2_step(model, batch, *, device, temperature: float):
+    """Cross-entropy of one batch against its pseudo labels (255 = no label)."""
+    logits = model(batch["image"].to(device, non_blocking=True))
+    target = batch["label"].to(device)
     if not (target != 255).any():
         return logits.sum() * 0.0, {"ce": torch.zeros(())}
-    loss = F.cross_entropy(logits.float() / exp.cfg.temperature, target, ignore_index=255)
+    loss = F.cross_entropy(logits.float() / temperature, target, ignore_index=255)
     return loss, {"ce": loss.detach()}
