@@ -164,7 +164,10 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run resumed on a machine with fewer GPUs (another torchrun size) restores what it can;
+        # every step re-seeds torch's generators from (seed, iteration) anyway.
+        for i, st in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(st, i)
 
 
 def train_model(
