@@ -12,7 +12,7 @@ from _tiny_run import TINY, cli, env_for
 
 # The tiny run of the other pipeline tests, 2 rounds (round 2 is a PixBal acquisition over the
 # sharded pool scan), stage 2 on (sharded pseudo labels).
-ARGS = [*TINY, "--rounds", "2", "--iterations", "6"]
+ARGS = [*TINY, "--rounds", "2", "--iterations", "4", "--stage2-iterations", "2"]
 
 
 def _torchrun(run, cache, nproc=2):
