@@ -128,8 +128,13 @@ def run(args) -> dict:
     from mulact.engine.losses import stage1_loss
     from mulact.engine.train import make_optimizer
     from mulact.model import build_model
-    from mulact.ops import (class_prior, prototype_pseudo_labels, region_labels_from_mask, region_scores,
-                            region_uncertainty_stats)
+    from mulact.ops import (
+        class_prior,
+        prototype_pseudo_labels,
+        region_labels_from_mask,
+        region_scores,
+        region_uncertainty_stats,
+    )
 
     device = torch.device(args.device)
     cfg = apply_overrides(TrainConfig(), PRESETS["cityscapes"], "preset 'cityscapes'")

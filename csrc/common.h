@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "simd.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -163,7 +165,7 @@ inline void report_status(int32_t* status, bool nonfinite, int64_t bad_id) {
 // Scales n loaded logits by 1/tau in place; true if any of them was NaN or +-Inf (x - x is
 // NaN exactly for those). Always inlined so that it vectorises inside the callers' ISA clones.
 template <typename A>
-inline __attribute__((always_inline)) bool scale_check_finite(A* z, int64_t n, A inv_t) {
+MULACT_INLINE bool scale_check_finite(A* z, int64_t n, A inv_t) {
   int bad = 0;
 #pragma omp simd reduction(| : bad)
   for (int64_t j = 0; j < n; ++j) {

@@ -23,9 +23,9 @@
 // fast_exp, maxima) and vectorise them; no kernel here reads the FP exception flags.
 // On x86-64 the per-chunk work is also compiled for AVX2+FMA and picked at run time (the
 // extension itself is built for the baseline ISA); results are deterministic on one machine.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
+#define MULACT_NO_TRAPPING_MATH
+#include "simd.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -37,15 +37,6 @@
 #include "fast_exp.h"
 #include "registry.h"
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define MULACT_PLL_AVX2 1
-#include <immintrin.h>
-#define MULACT_PLL_INLINE inline __attribute__((always_inline))
-#else
-#define MULACT_PLL_AVX2 0
-#define MULACT_PLL_INLINE inline
-#endif
-
 namespace mulact {
 namespace {
 
@@ -56,8 +47,8 @@ constexpr int64_t kChunk = 2048;
 constexpr int64_t kStreamBytes = int64_t(8) << 20;
 
 // memcpy whose aligned middle bypasses the caches (x86-64: SSE2 streaming stores).
-MULACT_PLL_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
-#if MULACT_PLL_AVX2
+MULACT_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
+#if MULACT_X86_SIMD
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
   const int64_t head = std::min<int64_t>(bytes, (16 - (reinterpret_cast<std::uintptr_t>(d) & 15)) & 15);
@@ -72,12 +63,12 @@ MULACT_PLL_INLINE void stream_copy(void* dst, const void* src, int64_t bytes) {
 }
 
 // Store an accumulator value; float64 keeps full precision (from_float<double> takes a float).
-template <typename T, typename A> MULACT_PLL_INLINE T store(A v) { return from_float<T>(static_cast<float>(v)); }
-template <> MULACT_PLL_INLINE double store<double, double>(double v) { return v; }
+template <typename T, typename A> MULACT_INLINE T store(A v) { return from_float<T>(static_cast<float>(v)); }
+template <> MULACT_INLINE double store<double, double>(double v) { return v; }
 
 bool use_avx2() {
-#if MULACT_PLL_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#if MULACT_X86_SIMD
+  static const bool ok = cpu_has_avx2_fma();
   return ok;
 #else
   return false;
@@ -116,10 +107,10 @@ struct Tile {
       : z(C * kTile), e(C * kTile), mx(kTile), s(kTile), ly(kTile), tmp(kTile), p0(kTile), slot(kTile), j0(kTile),
         len(kTile), val(kTile), term(kTile), rowbuf(kChunk) {}
 
-  MULACT_PLL_INLINE void clear() { n = runs = 0; }
+  MULACT_INLINE void clear() { n = runs = 0; }
 
   // Append pixel p of region slot `sl`; the caller keeps n < kTile.
-  MULACT_PLL_INLINE void add(int64_t p, int64_t sl, A v, int8_t t) {
+  MULACT_INLINE void add(int64_t p, int64_t sl, A v, int8_t t) {
     if (runs && slot[runs - 1] == sl && p0[runs - 1] + len[runs - 1] == p) {
       ++len[runs - 1];
     } else {
@@ -138,7 +129,7 @@ struct Tile {
   // class row are prefetched while this one is copied: each row is a new stream of short
   // pieces that the hardware prefetcher would only pick up after a few misses.
   template <typename T>
-  MULACT_PLL_INLINE bool load(const T* img, int64_t C, int64_t HW, A inv_t) {
+  MULACT_INLINE bool load(const T* img, int64_t C, int64_t HW, A inv_t) {
     constexpr int64_t kLine = 64 / sizeof(T);
     int bad = 0;
     for (int64_t c = 0; c < C; ++c) {
@@ -159,7 +150,7 @@ struct Tile {
   }
 
   template <bool kKeepExp>
-  MULACT_PLL_INLINE void stats(int64_t C) {
+  MULACT_INLINE void stats(int64_t C) {
     const A lowest = -std::numeric_limits<A>::max();
     A* m = mx.data();
     A* sum = s.data();
@@ -184,7 +175,7 @@ struct Tile {
     }
   }
 
-  MULACT_PLL_INLINE void label_lse(const LabelLists& y) {
+  MULACT_INLINE void label_lse(const LabelLists& y) {
     for (int64_t k = 0; k < runs; ++k) {
       const int32_t* cls = y.cls.data() + y.first[slot[k]];
       const int64_t ny = y.first[slot[k] + 1] - y.first[slot[k]];
@@ -227,7 +218,7 @@ struct Args {
 
 // Forward of work item k: writes its per-term sums/counts.
 template <typename T, typename I>
-MULACT_PLL_INLINE void forward_chunk(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t k, double* sum,
+MULACT_INLINE void forward_chunk(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t k, double* sum,
                                      int64_t* cnt, int64_t& bad, int& nonfinite) {
   using A = typename Acc<T>::type;
   const int64_t b = k / a.per_img;
@@ -273,7 +264,7 @@ MULACT_PLL_INLINE void forward_chunk(const Args<T, I>& a, Tile<typename Acc<T>::
 // Backward: computes the gradient of the tile's pixels and writes pixels [w0, w1) of image b
 // (every class row once, in order: zeros between the runs, the tile's values on them).
 template <typename T, typename I>
-MULACT_PLL_INLINE void backward_flush(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t b, int64_t w0,
+MULACT_INLINE void backward_flush(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t b, int64_t w0,
                                       int64_t w1) {
   using A = typename Acc<T>::type;
   const int64_t C = a.C;
@@ -335,7 +326,7 @@ MULACT_PLL_INLINE void backward_flush(const Args<T, I>& a, Tile<typename Acc<T>:
 
 // Backward of work item k: writes every gradient value of its pixels.
 template <typename T, typename I>
-MULACT_PLL_INLINE void backward_chunk(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t k) {
+MULACT_INLINE void backward_chunk(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile, int64_t k) {
   using A = typename Acc<T>::type;
   const int64_t b = k / a.per_img;
   const int64_t c0 = (k % a.per_img) * kChunk;
@@ -357,21 +348,21 @@ MULACT_PLL_INLINE void backward_chunk(const Args<T, I>& a, Tile<typename Acc<T>:
     }
   }
   if (w0 < c1) backward_flush(a, tile, b, w0, c1);
-#if MULACT_PLL_AVX2
+#if MULACT_X86_SIMD
   if (a.stream) _mm_sfence();  // streaming stores are weakly ordered
 #endif
 }
 
-#if MULACT_PLL_AVX2
+#if MULACT_X86_SIMD
 template <typename T, typename I>
-__attribute__((target("avx2,fma"))) void forward_chunk_avx2(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile,
-                                                           int64_t k, double* sum, int64_t* cnt, int64_t& bad,
-                                                           int& nonfinite) {
+MULACT_TARGET_AVX2_FMA void forward_chunk_avx2(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile,
+                                              int64_t k, double* sum, int64_t* cnt, int64_t& bad,
+                                              int& nonfinite) {
   forward_chunk(a, tile, k, sum, cnt, bad, nonfinite);
 }
 template <typename T, typename I>
-__attribute__((target("avx2,fma"))) void backward_chunk_avx2(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile,
-                                                            int64_t k) {
+MULACT_TARGET_AVX2_FMA void backward_chunk_avx2(const Args<T, I>& a, Tile<typename Acc<T>::type>& tile,
+                                               int64_t k) {
   backward_chunk(a, tile, k);
 }
 #endif
@@ -399,7 +390,7 @@ void forward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintpt
     Tile<A> tile(C);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < nchunks; ++k) {
-#if MULACT_PLL_AVX2
+#if MULACT_X86_SIMD
       if (avx2) {
         forward_chunk_avx2(a, tile, k, &chunk_sum[2 * k], &chunk_cnt[2 * k], bad, nonfinite);
         continue;
@@ -442,7 +433,7 @@ void backward_impl(std::uintptr_t logits_p, std::uintptr_t regions_p, std::uintp
     Tile<A> tile(C);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < nchunks; ++k) {
-#if MULACT_PLL_AVX2
+#if MULACT_X86_SIMD
       if (avx2) {
         backward_chunk_avx2(a, tile, k);
         continue;

@@ -7,9 +7,9 @@
 // any order gives the same answer: the result is independent of thread count and scheduling.
 // Without trapping math GCC may if-convert the float selects of the tile loops (clamps in
 // fast_exp, masked maxima) and vectorise them; no kernel here reads the FP exception flags.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
+#define MULACT_NO_TRAPPING_MATH
+#include "simd.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

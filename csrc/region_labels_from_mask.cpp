@@ -16,16 +16,12 @@
 #include <vector>
 
 #include "common.h"
+#include "simd.h"
 #include "registry.h"
 
 // The byte-wise row loops gain from 256-bit vectors (e.g. 64-bit id compares need SSE4.1+),
 // but the extension is built for the baseline ISA: let GCC emit an AVX2 clone as well and
 // pick one at load time.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define MULACT_ROW_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define MULACT_ROW_CLONES
-#endif
 
 namespace mulact {
 namespace {
@@ -34,7 +30,7 @@ namespace {
 // `dv_prev` holds row k-1's "differs from the row below" flags on entry (ignored for k == 0)
 // and row k's on exit, so every vertical comparison is made once.
 template <typename index_t>
-MULACT_ROW_CLONES void boundary_row(const index_t* reg, int64_t H, int64_t W, int64_t k, uint8_t* out, uint8_t* dh,
+MULACT_CLONES_AVX2 void boundary_row(const index_t* reg, int64_t H, int64_t W, int64_t k, uint8_t* out, uint8_t* dh,
                                     uint8_t* dv_prev) {
   const index_t* r = reg + k * W;
   for (int64_t x = 0; x + 1 < W; ++x) dh[x] = r[x] != r[x + 1];
@@ -51,7 +47,7 @@ MULACT_ROW_CLONES void boundary_row(const index_t* reg, int64_t H, int64_t W, in
 }
 
 // Horizontal window OR: out[x] = any(in[x - lo .. x + hi]) (clipped to the row).
-MULACT_ROW_CLONES void hdilate_row(const uint8_t* in, int64_t W, int64_t lo, int64_t hi, uint8_t* out) {
+MULACT_CLONES_AVX2 void hdilate_row(const uint8_t* in, int64_t W, int64_t lo, int64_t hi, uint8_t* out) {
   std::memcpy(out, in, static_cast<size_t>(W));
   for (int64_t e = 1; e <= hi && e < W; ++e)
     for (int64_t x = 0; x + e < W; ++x) out[x] |= in[x + e];

@@ -11,12 +11,9 @@
 // partial accumulators for the images that range touches; partials are summed in thread order.
 // Counts and top-1 assignment are exact; float sums are bitwise reproducible for a fixed
 // thread count.
-// FP exception flags are never inspected here; without this GCC refuses to if-convert (and so
-// to vectorise) loops whose selects guard arithmetic that might raise a flag. It comes before
-// the includes so that header inline functions share the setting and still inline.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
-#endif
+// Without trapping math (see simd.h) the selects of the block loops if-convert and vectorise.
+#define MULACT_NO_TRAPPING_MATH
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -47,14 +44,6 @@ struct Partial {
   bool nonfinite = false;
 };
 
-// x86-64 builds get AVX2 and AVX-512 clones of the hot block routine, picked at load time by
-// the CPU (ifunc); the baseline build only assumes SSE2.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define MULACT_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MULACT_SIMD_CLONES
-#endif
-
 template <typename A>
 struct Scratch {
   alignas(64) A m1[kBlock], m2[kBlock], s[kBlock], ent[kBlock], chk[kBlock], topf[kBlock], u[kBlock], w[kBlock];
@@ -64,7 +53,7 @@ struct Scratch {
 // leaves u(x) in S.u and the top-1 class in S.topf, adds the block's softmax sum over valid
 // pixels (valid[i] in {0, 1}) to prob, and returns whether a non-finite logit was seen.
 template <typename T, typename A>
-MULACT_SIMD_CLONES bool block_stats(const T* __restrict xb, int64_t N, int64_t n, int64_t C, A inv_t, int measure,
+MULACT_CLONES_AVX512 bool block_stats(const T* __restrict xb, int64_t N, int64_t n, int64_t C, A inv_t, int measure,
                                     const A* __restrict valid, A* __restrict z, Scratch<A>& S,
                                     A* __restrict prob) {
   A* __restrict m1 = S.m1;

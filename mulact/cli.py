@@ -4,6 +4,7 @@
     mulact-train --dataset cityscapes --data-root /data/cityscapes    # paper protocol (GPU)
     mulact-train --preset voc --data-root /data/VOCdevkit --rounds 3
     mulact-train --config my.yaml --budget 2000    # file values, then flag overrides
+    mulact-train --preset cityscapes --print-config > my.yaml         # resolved config, no run
 
 Rerunning the same command resumes the run in its run directory.
 """
@@ -14,58 +15,81 @@ import dataclasses
 import logging
 import os
 import sys
-import typing
 
-from mulact.config import PRESETS, TrainConfig, _base_type, resolve_config
+from mulact.config import (
+    NULL,
+    PRESETS,
+    TrainConfig,
+    field_type,
+    flag,
+    format_value,
+    implied_preset,
+    load_config_file,
+    resolve_config,
+    to_yaml,
+)
 
 __all__ = ["build_parser", "main"]
 
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+_OWN = ("preset", "config", "print_config", "verbose")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _base_values(argv: list[str] | None) -> tuple[TrainConfig, str]:
+    """What the preset (and config file) of this command line give, for ``--help``."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for name in ("--preset", "--config", "--dataset"):
+        pre.add_argument(name)
+    known, _ = pre.parse_known_args(argv)
+    try:
+        file_values = load_config_file(known.config) if known.config else {}
+        over = {"dataset": known.dataset} if known.dataset else {}
+        preset = implied_preset(known.preset, file_values, over)
+        cfg = resolve_config(preset, known.config, over, validate=False)
+    except ValueError:
+        return TrainConfig(), "built-in defaults"
+    origin = f"preset {preset}" if preset else "built-in defaults"
+    return cfg, origin + (f" + {known.config}" if known.config else "")
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``argv`` only selects the preset whose values ``--help`` shows."""
+    base, origin = _base_values(argv)
     p = argparse.ArgumentParser(
         prog="mulact-train",
+        # the full list of ~60 options would bury every error message under it
+        usage="%(prog)s [--preset NAME] [--config FILE] [--print-config] [-v] [OPTION VALUE ...]",
+        allow_abbrev=False,
         description=("Region-based active learning for semantic segmentation with multi-class label "
                      "queries (Hwang et al., NeurIPS 2023). Without options: a multi-round demo on a "
                      "built-in synthetic dataset that finishes in minutes on a laptop CPU."),
         epilog=("Precedence: preset < --config file < flags. Without --preset, the preset named like "
-                "--dataset applies (demo by default). Rerun the same command to resume an interrupted run."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                "--dataset applies (demo by default). 'null' sets an option to no value "
+                "(e.g. --encoder-weights null). Rerun the same command to resume an interrupted run."),
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="paper settings: cityscapes, voc, or the CPU demo")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="paper settings: cityscapes, voc, or the CPU demo (default: named like --dataset)")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or JSON file of option: value pairs (names as in this help, '-' or '_')")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration in the --config format and exit without running")
     p.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
-    hints = typing.get_type_hints(TrainConfig)
-    group = p.add_argument_group("experiment options (default: preset value)")
+    group = p.add_argument_group(f"experiment options ([value]: from {origin})")
     for f in dataclasses.fields(TrainConfig):
-        tp, optional = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        tp, optional = field_type(f.name)
+        help_text = f"{f.metadata.get('help', '')} [{format_value(getattr(base, f.name))}]"
         if tp is bool:
-            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
+            group.add_argument(flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+            continue
+        if "choices" in f.metadata:
+            metavar = "{" + ",".join(f.metadata["choices"]) + "}"
         else:
-            metavar = {int: "INT", float: "FLOAT"}.get(tp, "STR")
-            group.add_argument(_flag(f.name), dest=f.name, default=None, metavar=metavar,
-                               type=_typed(f.name, tp, optional), help=help_text)
+            metavar = {int: "INT", float: "FLOAT"}.get(tp, "STR") + (f"|{NULL}" if optional else "")
+        # Values stay text here: mulact.config.convert turns flags, file and preset values
+        # into typed values the same way.
+        group.add_argument(flag(f.name), dest=f.name, default=argparse.SUPPRESS, metavar=metavar,
+                           help=help_text)
     return p
-
-
-def _typed(name, tp, optional):
-    def convert(text: str):
-        if optional and text.lower() in ("none", "null"):
-            return None
-        try:
-            return tp(text) if tp is not int else int(float(text)) if "e" in text.lower() else int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {tp.__name__}, got {text!r}") from None
-
-    convert.__name__ = tp.__name__
-    return convert
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,20 +97,30 @@ def main(argv: list[str] | None = None) -> int:
     # process competes for the cores (shared laptops, CI); passive waiting costs little when the
     # machine is idle. Must be set before torch loads libgomp; an explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items()
-                 if k not in ("preset", "config", "verbose") and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k not in _OWN}
     try:
         cfg = resolve_config(args.preset, args.config, overrides)
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         parser.error(str(err))
+    if args.print_config:
+        sys.stdout.write(to_yaml(cfg))
+        return 0
+    from mulact.weights import WeightsUnavailableError, prepare_encoder_weights
+
+    try:
+        # Before any data work: a download that cannot happen should not wait for the oracle.
+        prepare_encoder_weights(cfg.encoder, cfg.encoder_weights)
+    except WeightsUnavailableError as err:
+        print(f"mulact-train: error: {err}", file=sys.stderr)
+        return 2
+    from mulact import distributed
     from mulact.al.loop import AnswersPending, run_experiment
     from mulact.data import DatasetNotFoundError
-
-    from mulact import distributed
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     if main_rank:

@@ -1,24 +1,47 @@
-"""Experiment configuration for ``mulact-train``: one dataclass, presets, file loading.
+"""Experiment configuration for ``mulact-train``: one dataclass, presets, files, one converter.
 
 Precedence (later wins): dataclass defaults < preset < ``--config FILE`` (YAML or JSON) <
-command-line flags. Without ``--preset`` the preset named like the dataset applies
-(``demo`` when nothing is given, so ``mulact-train`` alone runs the CPU demo). The resolved configuration is written to the run directory
-(``config.yaml``) so a run can be inspected and resumed with the same command.
+command-line flags. Without ``--preset`` the preset named like the dataset applies (``demo``
+when nothing is given, so ``mulact-train`` alone runs the CPU demo). The resolved
+configuration is written to the run directory (``config.yaml``) so a run can be inspected and
+resumed with the same command; ``mulact-train --print-config`` prints it without running.
+
+Every value -- a flag's text, a file's YAML/JSON value, a preset's Python value -- goes through
+one converter, :func:`convert`, and every option's range is checked by
+:meth:`TrainConfig.validate` before any work starts. ``null`` is the one spelling of "no value"
+(``--encoder-weights null``, ``encoder_weights: null``); ``none`` is accepted as a synonym.
+Why this is argparse and not jsonargparse or tyro: README, "Configuration".
+
+Adding an option: a field with ``help`` metadata, plus ``choices``, ``min`` (inclusive) or
+``gt`` (exclusive) bounds where they apply; float options must always be finite.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field, fields
 
-__all__ = ["TrainConfig", "PRESETS", "apply_overrides", "load_config_file", "resolve_config"]
+from mulact.data import DATASETS
+from mulact.data.superpixels import METHODS as SUPERPIXEL_METHODS
+from mulact.ops import ACQUISITION_METHODS
 
-ACQUISITIONS = ("random", "bvsb", "classbal", "pixbal", "margin", "entropy")
+__all__ = ["TrainConfig", "PRESETS", "NULL", "convert", "apply_overrides", "load_config_file",
+           "resolve_config", "format_value", "to_yaml"]
+
 LABELINGS = ("multi", "dominant")
+ORACLES = ("simulated", "human")
 LOSSES = ("mulact", "dominant", "infimum", "rc")
-DATASETS = ("demo", "cityscapes", "voc")
+PSEUDO_LABELINGS = ("prototype", "confident")
+NULL = "null"  # the documented spelling of None on the command line and in config files
+
+
+def opt(default, help: str, **rules):
+    """A :class:`TrainConfig` field: ``help`` for ``--help``; ``choices``/``min``/``gt`` for validation."""
+    return field(default=default, metadata={"help": help, **rules})
 
 
 @dataclass
@@ -26,117 +49,114 @@ class TrainConfig:
     """Every option of an AL experiment. ``help`` metadata feeds ``mulact-train --help``."""
 
     # -- run -----------------------------------------------------------------------------
-    name: str = field(default="demo", metadata={"help": "run name; the run directory defaults to runs/<name>"})
-    run_dir: str | None = field(default=None, metadata={"help": "directory holding config, selections, checkpoints, metrics (default runs/<name>)"})
-    seed: int = field(default=0, metadata={"help": "seed of selections, model initialisation and data order"})
-    device: str = field(default="auto", metadata={"help": "'auto' (cuda if available), 'cpu' or 'cuda[:i]'"})
-    amp: bool = field(default=True, metadata={"help": "bfloat16 autocast for encoder/decoder on CUDA (ignored on CPU)"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
-    dist_timeout: float = field(default=1800.0, metadata={"help": "under torchrun: seconds a collective waits for the other ranks before the run stops with an error (a dead or stalled rank)"})
+    name: str = opt("demo", "run name; the run directory defaults to runs/<name>")
+    run_dir: str | None = opt(None, "directory holding config, selections, checkpoints, metrics (null: runs/<name>)")
+    seed: int = opt(0, "seed of selections, model initialisation and data order", min=0)
+    device: str = opt("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:i]'")
+    amp: bool = opt(True, "bfloat16 autocast for encoder/decoder on CUDA (ignored on CPU)")
+    num_workers: int = opt(0, "DataLoader worker processes", min=0)
+    dist_timeout: float = opt(1800.0, "under torchrun: seconds a collective waits for the other ranks before the run stops with an error naming it (a dead or stalled rank)", gt=0)
     # -- data ----------------------------------------------------------------------------
-    dataset: str = field(default="demo", metadata={"help": f"one of {DATASETS}"})
-    data_root: str | None = field(default=None, metadata={"help": "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is kept (default: $MULACT_CACHE or ~/.cache/mulact)"})
-    superpixel_dir: str | None = field(default=None, metadata={"help": "where superpixel maps are read/cached (default: dataset's own cache location)"})
-    superpixel_method: str = field(default="seeds", metadata={"help": "'seeds' or 'slic'"})
-    region_size: int = field(default=32, metadata={"help": "superpixel size in pixels (32: ~32x32 regions, ~2048 per Cityscapes image)"})
-    demo_train_images: int = field(default=200, metadata={"help": "demo dataset: number of generated training images (128x256)"})
-    demo_val_images: int = field(default=50, metadata={"help": "demo dataset: number of generated validation images"})
-    demo_height: int = field(default=128, metadata={"help": "demo dataset: image height"})
-    demo_width: int = field(default=256, metadata={"help": "demo dataset: image width"})
-    max_train_images: int | None = field(default=None, metadata={"help": "use only the first N training images (debugging)"})
-    max_val_images: int | None = field(default=None, metadata={"help": "evaluate on the first N validation images only (debugging)"})
-    crop_size: int = field(default=769, metadata={"help": "square training crop after random scaling"})
-    scale_min: float = field(default=0.5, metadata={"help": "random scale lower bound"})
-    scale_max: float = field(default=2.0, metadata={"help": "random scale upper bound"})
-    hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
-    trim: int = field(default=5, metadata={"help": "oracle boundary trim (dilation kernel) in pixels, Appendix B"})
+    dataset: str = opt("demo", "dataset to run on; also selects the preset when --preset is not given", choices=DATASETS)
+    data_root: str | None = opt(None, "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is kept (null: $MULACT_CACHE or ~/.cache/mulact)")
+    superpixel_dir: str | None = opt(None, "where superpixel maps are read/cached (null: the dataset's own cache location)")
+    superpixel_method: str = opt("seeds", "superpixel algorithm", choices=SUPERPIXEL_METHODS)
+    region_size: int = opt(32, "superpixel size in pixels (32: ~32x32 regions, ~2048 per Cityscapes image)", min=2)
+    demo_train_images: int = opt(200, "demo dataset: number of generated training images", min=1)
+    demo_val_images: int = opt(50, "demo dataset: number of generated validation images", min=1)
+    demo_height: int = opt(128, "demo dataset: image height", min=16)
+    demo_width: int = opt(256, "demo dataset: image width", min=16)
+    max_train_images: int | None = opt(None, "use only the first N training images (null: all)", min=1)
+    max_val_images: int | None = opt(None, "evaluate on the first N validation images only (null: all)", min=1)
+    crop_size: int = opt(769, "square training crop after random scaling", min=16)
+    scale_min: float = opt(0.5, "random scale lower bound", gt=0)
+    scale_max: float = opt(2.0, "random scale upper bound (>= scale_min)", gt=0)
+    hflip: bool = opt(True, "random horizontal flips")
+    trim: int = opt(5, "oracle boundary trim (dilation kernel) in pixels, Appendix B; 0: no trim", min=0)
     # -- model ---------------------------------------------------------------------------
-    encoder: str = field(default="resnet50", metadata={"help": "smp encoder name (resnet50/resnet101 for the paper; resnet18, mobilenet_v2 for small runs)"})
-    encoder_weights: str | None = field(default=None, metadata={"help": "None (random init), 'imagenet' (smp download, needs network) or a path to a local encoder state_dict"})
-    decoder_channels: int = field(default=256, metadata={"help": "DeepLabV3+ decoder/ASPP width (feature dim of the cosine head)"})
-    temperature: float = field(default=0.1, metadata={"help": "softmax temperature τ applied to the cosine logits everywhere"})
+    encoder: str = opt("resnet50", "smp encoder name (resnet50/resnet101 for the paper; resnet18, mobilenet_v2 for small runs; tu-<timm model>)")
+    encoder_weights: str | None = opt(None, "null (random init), 'imagenet' (Hugging Face download or cache; see README, 'Encoder weights') or a path to a local encoder state_dict (.pt/.pth/.safetensors)")
+    decoder_channels: int = opt(256, "DeepLabV3+ decoder/ASPP width (feature dim of the cosine head)", min=1)
+    temperature: float = opt(0.1, "softmax temperature τ applied to the cosine logits everywhere", gt=0)
     # -- active learning -----------------------------------------------------------------
-    rounds: int = field(default=5, metadata={"help": "number of AL rounds (round 1 selects at random)"})
-    budget: int = field(default=100_000, metadata={"help": "clicks per round"})
-    acquisition: str = field(default="pixbal", metadata={"help": f"one of {ACQUISITIONS}"})
-    labeling: str = field(default="multi", metadata={"help": "'multi' (multi-class query, cost = classes in region) or 'dominant' (cost 1)"})
-    nu: float = field(default=6.0, metadata={"help": "PixBal class-balance strength ν (Eq. 4)"})
-    acquisition_batch_size: int = field(default=4, metadata={"help": "images per forward pass when scoring the pool"})
-    oracle: str = field(default="simulated", metadata={"help": "who answers the queries: 'simulated' (ground-truth masks) or 'human' (the run stops after each acquisition until the answers exist; label with mulact-label RUN_DIR, then rerun)"})
-    expected_classes_prior: float = field(default=1.5, metadata={"help": "human oracle: expected classes per multi-class query in round 1, before any answer is known (the budget cut takes regions until the expected clicks reach --budget)"})
+    rounds: int = opt(5, "number of AL rounds (round 1 selects at random)", min=1)
+    budget: int = opt(100_000, "clicks per round", min=1)
+    acquisition: str = opt("pixbal", "acquisition function of rounds 2+", choices=ACQUISITION_METHODS)
+    labeling: str = opt("multi", "'multi' (multi-class query, cost = classes in region) or 'dominant' (cost 1)", choices=LABELINGS)
+    nu: float = opt(6.0, "PixBal class-balance strength ν (Eq. 4); 0: no balancing", min=0)
+    acquisition_batch_size: int = opt(4, "images per forward pass when scoring the pool", min=1)
+    oracle: str = opt("simulated", "who answers the queries: 'simulated' (ground-truth masks) or 'human' (the run stops after each acquisition until the answers exist; label with mulact-label RUN_DIR, then rerun)", choices=ORACLES)
+    expected_classes_prior: float = opt(1.5, "human oracle: expected classes per multi-class query in round 1, before any answer is known (the budget cut takes regions until the expected clicks reach --budget)", gt=0)
     # -- stage 1 -------------------------------------------------------------------------
-    loss: str = field(default="mulact", metadata={"help": f"stage-1 loss, one of {LOSSES}: mulact = λ_CE·L_CE + λ_MP·L_MP + λ_PP·L_PP; dominant = CE with each region's dominant label; infimum/rc = partial-label baselines (Appendix C.2)"})
-    lambda_ce: float = field(default=16.0, metadata={"help": "λ_CE (Eq. 10)"})
-    lambda_mp: float = field(default=8.0, metadata={"help": "λ_MP (Eq. 10); 0 = ablation 'w/o MP'"})
-    lambda_pp: float = field(default=1.0, metadata={"help": "weight of L_PP (1 in the paper); 0 = ablation 'w/o PP'"})
-    iterations: int = field(default=80_000, metadata={"help": "stage-1 iterations per round"})
-    batch_size: int = field(default=4, metadata={"help": "training batch size"})
-    lr: float = field(default=2e-3, metadata={"help": "stage-1 learning rate of decoder+head; the encoder uses lr × encoder_lr_mult"})
-    encoder_lr_mult: float = field(default=0.1, metadata={"help": "encoder learning rate relative to the head's (paper: 10x lower)"})
-    weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay"})
-    poly_power: float = field(default=0.9, metadata={"help": "poly learning-rate schedule power"})
-    eval_interval: int = field(default=5000, metadata={"help": "validate every N iterations and keep the best checkpoint (0: only at the end)"})
-    checkpoint_interval: int = field(default=1000, metadata={"help": "save a resumable training checkpoint every N iterations"})
-    eval_batch_size: int = field(default=1, metadata={"help": "validation batch size (full-resolution images)"})
+    loss: str = opt("mulact", "stage-1 loss: mulact = λ_CE·L_CE + λ_MP·L_MP + λ_PP·L_PP; dominant = CE with each region's dominant label (needs labeling dominant); infimum/rc = partial-label baselines (Appendix C.2)", choices=LOSSES)
+    lambda_ce: float = opt(16.0, "λ_CE (Eq. 10)", min=0)
+    lambda_mp: float = opt(8.0, "λ_MP (Eq. 10); 0 = ablation 'w/o MP'", min=0)
+    lambda_pp: float = opt(1.0, "weight of L_PP (1 in the paper); 0 = ablation 'w/o PP'", min=0)
+    iterations: int = opt(80_000, "stage-1 iterations per round", min=1)
+    batch_size: int = opt(4, "training batch size (>= 2: BatchNorm over ASPP's pooled features)", min=2)
+    lr: float = opt(2e-3, "stage-1 learning rate of decoder+head; the encoder uses lr × encoder_lr_mult", gt=0)
+    encoder_lr_mult: float = opt(0.1, "encoder learning rate relative to the head's (paper: 10x lower); 0: frozen encoder", min=0)
+    weight_decay: float = opt(1e-5, "AdamW weight decay", min=0)
+    poly_power: float = opt(0.9, "poly learning-rate schedule power", min=0)
+    eval_interval: int = opt(5000, "validate every N iterations and keep the best checkpoint (0: only at the end)", min=0)
+    checkpoint_interval: int = opt(1000, "save a resumable training checkpoint every N iterations", min=1)
+    eval_batch_size: int = opt(1, "validation batch size (full-resolution images)", min=1)
     # -- stage 2 -------------------------------------------------------------------------
-    stage2: bool = field(default=False, metadata={"help": "after stage 1, train on prototype pseudo labels (§3.3) and report both mIoUs"})
-    stage2_iterations: int | None = field(default=None, metadata={"help": "stage-2 iterations (default: same as stage 1)"})
-    lr_stage2: float = field(default=4e-3, metadata={"help": "stage-2 learning rate of decoder+head"})
-    expand: bool = field(default=True, metadata={"help": "stage 2: label expansion into adjacent unlabeled regions (Eq. 13)"})
-    pseudo: str = field(default="prototype", metadata={"help": "stage-2 intra-region labelling: 'prototype' (Eq. 11) or 'confident' (w/o prototypes baseline)"})
+    stage2: bool = opt(False, "after stage 1, train on prototype pseudo labels (§3.3) and report both mIoUs")
+    stage2_iterations: int | None = opt(None, "stage-2 iterations (null: same as stage 1)", min=1)
+    lr_stage2: float = opt(4e-3, "stage-2 learning rate of decoder+head", gt=0)
+    expand: bool = opt(True, "stage 2: label expansion into adjacent unlabeled regions (Eq. 13)")
+    pseudo: str = opt("prototype", "stage-2 intra-region labelling: 'prototype' (Eq. 11) or 'confident' (w/o prototypes baseline)", choices=PSEUDO_LABELINGS)
 
     def resolved_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", self.name)
 
     def validate(self) -> None:
-        def one_of(name, choices):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
+        """Check every value (types, ranges, paths, the encoder name) without doing any work.
 
-        one_of("dataset", DATASETS)
-        one_of("acquisition", ACQUISITIONS)
-        one_of("labeling", LABELINGS)
-        one_of("loss", LOSSES)
-        one_of("pseudo", ("prototype", "confident"))
-        one_of("superpixel_method", ("seeds", "slic"))
-        for name in ("rounds", "budget", "iterations", "batch_size", "acquisition_batch_size",
-                     "eval_batch_size", "region_size", "crop_size", "demo_train_images", "demo_val_images",
-                     "demo_height", "demo_width"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            # BatchNorm in ASPP's image-pooling branch needs >1 sample per batch in training.
-            raise ValueError("batch_size: expected >= 2 (BatchNorm over pooled ASPP features)")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature: expected > 0, got {self.temperature}")
-        if not 0 < self.scale_min <= self.scale_max:
-            raise ValueError(f"scale_min/scale_max: expected 0 < min <= max, got {self.scale_min}, {self.scale_max}")
+        Raises :class:`ValueError` with one line naming the option, the value and what is allowed.
+        """
+        for f in fields(self):
+            _check_field(f, convert(f.name, getattr(self, f.name)))
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"--scale-min {self.scale_min}: expected <= --scale-max {self.scale_max}")
+        if self.loss == "dominant" and self.labeling != "dominant":
+            raise ValueError("--loss dominant: needs --labeling dominant (single-class region labels)")
+        if not self.name.strip():
+            raise ValueError(f"--name {self.name!r}: expected a non-empty name")
+        if self.device != "auto":
+            _check_device(self.device)
         if self.dataset != "demo" and not self.data_root:
-            raise ValueError(f"data_root: required for dataset {self.dataset!r} (pass --data-root PATH)")
+            raise ValueError(f"--data-root null: required for dataset {self.dataset!r} (pass --data-root PATH)")
+        if self.data_root and os.path.exists(self.data_root) and not os.path.isdir(self.data_root):
+            raise ValueError(f"--data-root {self.data_root}: is a file; expected a directory")
+        if self.dataset == "demo" and self.data_root:
+            _check_writable_dir("--data-root", self.data_root)
+        if self.superpixel_dir:
+            _check_writable_dir("--superpixel-dir", self.superpixel_dir)
+        _check_writable_dir("--run-dir" if self.run_dir else "--name", self.resolved_run_dir())
+        _check_encoder(self.encoder, self.encoder_weights)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-# Paper settings (SPEC §4, paper §4.1, Appendix B). Cityscapes evaluates on the full-resolution
+# Paper settings (paper §4.1, Appendix B). Cityscapes evaluates on the full-resolution
 # 1024×2048 validation images; the paper's 769 crops are kept (the model pads to a multiple
 # of the output stride internally).
+_PAPER = dict(
+    encoder="resnet50", encoder_weights="imagenet", decoder_channels=256, rounds=5, acquisition="pixbal",
+    labeling="multi", scale_min=0.5, scale_max=2.0, weight_decay=1e-5, region_size=32, superpixel_method="seeds",
+    eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4, eval_batch_size=1,
+)
 PRESETS: dict[str, dict] = {
     "cityscapes": dict(
-        name="cityscapes", dataset="cityscapes", encoder="resnet50", encoder_weights="imagenet",
-        decoder_channels=256, rounds=5, budget=100_000, acquisition="pixbal", labeling="multi",
-        nu=6.0, iterations=80_000, batch_size=4, crop_size=769, scale_min=0.5, scale_max=2.0,
-        lr=2e-3, lr_stage2=4e-3, weight_decay=1e-5, region_size=32, superpixel_method="seeds",
-        eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4,
-        acquisition_batch_size=4, eval_batch_size=1,
+        _PAPER, name="cityscapes", dataset="cityscapes", budget=100_000, nu=6.0, iterations=80_000, batch_size=4,
+        crop_size=769, lr=2e-3, lr_stage2=4e-3, acquisition_batch_size=4,
     ),
     "voc": dict(
-        name="voc", dataset="voc", encoder="resnet50", encoder_weights="imagenet",
-        decoder_channels=256, rounds=5, budget=10_000, acquisition="pixbal", labeling="multi",
-        nu=12.0, iterations=30_000, batch_size=12, crop_size=513, scale_min=0.5, scale_max=2.0,
-        lr=1e-3, lr_stage2=1e-3, weight_decay=1e-5, region_size=32, superpixel_method="seeds",
-        eval_interval=5000, checkpoint_interval=1000, stage2=True, num_workers=4,
-        acquisition_batch_size=8, eval_batch_size=1,
+        _PAPER, name="voc", dataset="voc", budget=10_000, nu=12.0, iterations=30_000, batch_size=12,
+        crop_size=513, lr=1e-3, lr_stage2=1e-3, acquisition_batch_size=8,
     ),
     # Laptop-CPU demo on the built-in synthetic dataset: tiny encoder, few iterations. Stage 2 is
     # on, as in the paper: the whole run takes ~6 minutes on 2 idle cores (~3 without it), and
@@ -152,95 +172,225 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def _field_types() -> dict[str, typing.Any]:
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+# -- the converter ---------------------------------------------------------------------------
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
-def _base_type(tp):
-    """``int | None`` → (int, True); ``bool`` → (bool, False)."""
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_type(name: str) -> tuple[type, bool]:
+    """``int | None`` → ``(int, True)``; ``bool`` → ``(bool, False)``."""
+    tp = _HINTS[name]
     args = typing.get_args(tp)
     if args and type(None) in args:
-        inner = [a for a in args if a is not type(None)]
-        return inner[0], True
+        return next(a for a in args if a is not type(None)), True
     return tp, False
 
 
-def coerce(name: str, value):
-    """Convert ``value`` (from a file or the command line) to the type of field ``name``."""
-    types = _field_types()
-    if name not in types:
-        raise KeyError(name)
-    tp, optional = _base_type(types[name])
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
-        if not optional:
-            raise ValueError(f"{name}: may not be None")
+def convert(name: str, value):
+    """The one converter: ``value`` (flag text, YAML/JSON value or Python value) → the type of
+    option ``name``. Raises :class:`ValueError` naming the option, the value and the type."""
+    if name not in _FIELDS:
+        raise ValueError(f"unknown option {name!r}; see mulact-train --help")
+    tp, optional = field_type(name)
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in (NULL, "none"))):
         return None
+    kinds = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if tp not in kinds:
+        raise TypeError(f"option {name}: type {tp} is not supported by mulact.config.convert")
+    what = kinds[tp]
+    if optional:
+        what += f" or {NULL}"
+    bad = ValueError(f"{flag(name)} {format_value(value)}: expected {what}")
+    if value is None:
+        raise bad
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise bad
     if tp is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
         try:
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            number = float(value)  # "2e3" and 2000.0 are integers too
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+            raise bad from None
+        if not number.is_integer():
+            raise bad
+        return int(number)
     if tp is float:
+        if isinstance(value, bool):
+            raise bad
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+            raise bad from None
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise bad
+
+
+def format_value(value) -> str:
+    """A value as the config file (and the command line) spells it: ``null``, ``true``, ``0.001``."""
+    if value is None:
+        return NULL
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(value)
 
 
-def apply_overrides(cfg: TrainConfig, overrides: dict, source: str) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(overrides) - known)
+def _check_field(f: dataclasses.Field, value) -> None:
+    if value is None:
+        return
+    rules = f.metadata
+    if "choices" in rules and value not in rules["choices"]:
+        raise ValueError(f"{flag(f.name)} {format_value(value)}: expected one of {', '.join(rules['choices'])}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{flag(f.name)} {format_value(value)}: expected a finite number")
+    if "min" in rules and value < rules["min"]:
+        raise ValueError(f"{flag(f.name)} {format_value(value)}: expected a value >= {rules['min']}")
+    if "gt" in rules and not value > rules["gt"]:
+        raise ValueError(f"{flag(f.name)} {format_value(value)}: expected a value > {rules['gt']}")
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device}: expected auto, cpu, cuda or cuda:<index>") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: expected auto, cpu, cuda or cuda:<index>")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use auto or cpu)")
+
+
+def _check_writable_dir(option: str, path: str) -> None:
+    """``path`` is a writable directory, or can be created as one."""
+    probe = os.path.abspath(path)
+    if os.path.exists(probe) and not os.path.isdir(probe):
+        raise ValueError(f"{option} {path}: exists and is not a directory")
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{option} {path}: cannot be created, {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {probe} is not writable")
+
+
+def _check_encoder(encoder: str, weights: str | None) -> None:
+    """The encoder exists in smp (or timm for ``tu-``) and ``weights`` fit it; nothing is built."""
+    if encoder.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(encoder[3:].split(".")[0]):
+            raise ValueError(f"--encoder {encoder}: {encoder[3:]!r} is not a timm model (see timm.list_models())")
+    else:
+        from segmentation_models_pytorch.encoders import encoders
+
+        if encoder not in encoders:
+            near = difflib.get_close_matches(encoder, list(encoders), n=3)
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise ValueError(f"--encoder {encoder}: not an smp encoder; {hint}"
+                             "see segmentation_models_pytorch.encoders.get_encoder_names()")
+        if weights == "imagenet" and "imagenet" not in encoders[encoder]["pretrained_settings"]:
+            have = ", ".join(encoders[encoder]["pretrained_settings"]) or "none"
+            raise ValueError(f"--encoder-weights imagenet: smp has no ImageNet weights for {encoder} "
+                             f"(it has: {have}); pass a local state_dict path or null")
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise ValueError(f"--encoder-weights {weights}: no such file; expected null, imagenet "
+                         "or the path of an encoder state_dict")
+
+
+# -- sources: presets, files, flags ----------------------------------------------------------
+def apply_overrides(cfg: TrainConfig, overrides: dict, source: str | None = None) -> TrainConfig:
+    """``cfg`` with ``overrides`` (option name, ``-`` or ``_``, → value) converted and applied;
+    errors start with ``source`` (a file, a preset) when given."""
+    values = {str(k).replace("-", "_"): v for k, v in overrides.items()}
+    unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
-        raise ValueError(f"{source}: unknown option(s) {unknown}; see mulact-train --help")
-    return dataclasses.replace(cfg, **{k: coerce(k, v) for k, v in overrides.items()})
+        where = f"{source}: " if source else ""
+        raise ValueError(f"{where}unknown option(s) {', '.join(unknown)}; see mulact-train --help")
+    try:
+        return dataclasses.replace(cfg, **{k: convert(k, v) for k, v in values.items()})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}" if source else str(err)) from None
 
 
 def load_config_file(path: str) -> dict:
+    """Option → value mapping of a YAML or JSON file (``.json``: JSON, anything else: YAML)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config: no such file {path!r}")
+        raise ValueError(f"--config {path}: no such file")
     with open(path) as fh:
         text = fh.read()
     if path.endswith(".json"):
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {path}: invalid JSON ({err})") from None
     else:
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ValueError(f"--config {path}: invalid YAML{at}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"config: {path!r} must hold a mapping of option: value")
-    # Accept both spellings used on the command line and in Python.
+        raise ValueError(f"--config {path}: expected a mapping of option: value, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def resolve_config(preset: str | None = None, config_file: str | None = None,
-                   overrides: dict | None = None) -> TrainConfig:
-    cfg = TrainConfig()
-    file_values = load_config_file(config_file) if config_file is not None else {}
-    if preset is None:
-        # The dataset implies its preset: `--dataset cityscapes` runs the paper's protocol.
-        preset = (overrides or {}).get("dataset") or file_values.get("dataset") or "demo"
-        preset = preset if preset in PRESETS else None
+def implied_preset(preset: str | None, file_values: dict, overrides: dict) -> str | None:
+    """The preset that applies: the one asked for, else the one named like the dataset."""
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
-        cfg = apply_overrides(cfg, PRESETS[preset], f"preset {preset!r}")
+            raise ValueError(f"--preset {preset}: expected one of {', '.join(PRESETS)}")
+        return preset
+    dataset = overrides.get("dataset") or file_values.get("dataset") or "demo"
+    return dataset if dataset in PRESETS else None
+
+
+def resolve_config(preset: str | None = None, config_file: str | None = None,
+                   overrides: dict | None = None, validate: bool = True) -> TrainConfig:
+    """Defaults < ``preset`` < ``config_file`` < ``overrides``, converted and (by default) validated.
+
+    ``preset`` None: the preset named like the dataset, if any. ``overrides`` maps option names
+    (``-`` or ``_``) to values of any source (flag text, YAML value, Python value); a value of
+    None sets the option to null, it does not mean "not given". Raises :class:`ValueError` with
+    one line naming the source, the option, the value and what is allowed.
+    """
+    overrides = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items()}
+    file_values = load_config_file(config_file) if config_file is not None else {}
+    cfg = TrainConfig()
+    preset = implied_preset(preset, file_values, overrides)
+    if preset is not None:
+        cfg = apply_overrides(cfg, PRESETS[preset], f"preset {preset}")
     if config_file is not None:
-        cfg = apply_overrides(cfg, file_values, f"config {config_file!r}")
-    if overrides:
-        cfg = apply_overrides(cfg, overrides, "command line")
-    cfg.validate()
+        cfg = apply_overrides(cfg, file_values, f"--config {config_file}")
+    cfg = apply_overrides(cfg, overrides)
+    if validate:
+        cfg.validate()
     return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """``cfg`` in the format ``--config`` reads (field order, ``null`` for None)."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)

@@ -18,14 +18,14 @@ the input is zero-padded on the bottom/right to a multiple of 16 and the logits 
 back, so every output pixel corresponds to an input pixel.
 
 Encoder weights: ``None`` (random init; tests and the offline demo), ``"imagenet"`` (smp's
-standard download, only when the user asks for it) or a path to a local ``state_dict`` file
-for the encoder. Building a model never touches the network otherwise.
+weights from the Hugging Face cache, downloaded only when the user asks for them; see
+:mod:`mulact.weights`) or a path to a local ``state_dict`` file for the encoder. Building a
+model never touches the network otherwise.
 """
 from __future__ import annotations
 
 import inspect
 import logging
-import os
 
 import torch
 import torch.nn as nn
@@ -60,9 +60,8 @@ class CosineDeepLabV3Plus(nn.Module):
 
     ``forward(x)`` → cosine logits ``(B, num_classes + 1, H, W)`` in ``[-1, 1]`` (float32),
     bilinearly upsampled from stride 4 to the input size.
-    ``features(x)`` → L2-normalised decoder features ``(B, D, ceil(H/4), ceil(W/4))``
-    (stride 4, for stage-2 prototypes). ``forward(x, return_features=True)`` returns both
-    from one pass.
+    ``forward(x, return_features=True)`` also returns the L2-normalised decoder features
+    ``(B, D, ceil(H/4), ceil(W/4))`` (stride 4, for stage-2 prototypes) from the same pass.
     """
 
     def __init__(
@@ -76,10 +75,12 @@ class CosineDeepLabV3Plus(nn.Module):
         super().__init__()
         import segmentation_models_pytorch as smp
 
-        smp_weights = encoder_weights if encoder_weights == "imagenet" else None
+        # smp downloads only timm (tu-) weights here; smp's own ImageNet weights come from the
+        # Hugging Face cache through mulact.weights, which fails fast without network.
+        timm_pretrained = encoder.startswith("tu-") and encoder_weights == "imagenet"
         self.net = smp.DeepLabV3Plus(
             encoder_name=encoder,
-            encoder_weights=smp_weights,
+            encoder_weights="imagenet" if timm_pretrained else None,
             encoder_output_stride=output_stride,
             decoder_channels=decoder_channels,
             classes=num_classes + 1,
@@ -87,33 +88,23 @@ class CosineDeepLabV3Plus(nn.Module):
         # Only the decoder output feeds the cosine head; smp's conv head is dropped.
         self.net.segmentation_head = nn.Identity()
         self.classifier = CosineClassifier(decoder_channels, num_classes + 1)
+        self.encoder_name = encoder
         self.num_classes = num_classes
         self.num_outputs = num_classes + 1
         self.output_stride = output_stride
         self.feature_dim = decoder_channels
         params = inspect.signature(self.net.decoder.forward).parameters.values()
         self._decoder_varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
-        if encoder_weights not in (None, "imagenet"):
+        if encoder_weights is not None and not timm_pretrained:
             self.load_encoder_weights(encoder_weights)
 
-    def load_encoder_weights(self, path: str) -> None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"encoder_weights: no such file {path!r}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        # torchvision/timm classification checkpoints carry an ``fc`` the encoder lacks.
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        own = set(self.net.encoder.state_dict())
-        missing = sorted(own - set(state))
-        unexpected = sorted(set(state) - own)
-        if missing:
-            raise ValueError(
-                f"encoder_weights: {path!r} lacks {len(missing)} encoder tensors "
-                f"(first: {missing[0]!r}); expected a state_dict of the {type(self.net.encoder).__name__} encoder"
-            )
-        self.net.encoder.load_state_dict({k: v for k, v in state.items() if k in own})
-        log.info("loaded encoder weights from %s (%d unused keys)", path, len(unexpected))
+    def load_encoder_weights(self, weights: str) -> None:
+        """``'imagenet'`` (cached or downloaded smp weights) or the path of an encoder state_dict."""
+        from mulact.weights import imagenet_weights_file, load_encoder_state_dict, read_state_dict
+
+        path = imagenet_weights_file(self.encoder_name) if weights == "imagenet" else weights
+        load_encoder_state_dict(self.net.encoder, read_state_dict(path), repr(path))
+        log.info("loaded encoder weights from %s", path)
 
     def encoder_parameters(self):
         return self.net.encoder.parameters()
@@ -147,10 +138,6 @@ class CosineDeepLabV3Plus(nn.Module):
         fh, fw = -(-h // 4), -(-w // 4)
         feats = F.normalize(dec[:, :, :fh, :fw].float(), dim=1)
         return logits, feats
-
-    @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x, return_features=True)[1]
 
 
 def build_model(

@@ -4,11 +4,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from _dist_workers import TinyNet, dying_worker, evaluate_worker, local, spawn, train_worker
 
 from mulact import distributed
 from mulact.engine.train import ResumableBatchSampler
-
-from _dist_workers import TinyNet, dying_worker, evaluate_worker, local, spawn, train_worker
 
 
 def _load(path):

@@ -3,12 +3,12 @@ import json
 
 import numpy as np
 import pytest
-
 from _human_run import HUMAN, break_train_labels, copy_run, start_human_run
 
 from mulact.al.answers import QueryStore
 from mulact.label.app import create_app
-from mulact.label.cli import export_round, import_answers, main as label_main
+from mulact.label.cli import export_round, import_answers
+from mulact.label.cli import main as label_main
 from mulact.label.service import LabelService
 
 

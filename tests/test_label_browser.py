@@ -11,15 +11,14 @@ import time
 import urllib.request
 
 import pytest
+from _human_run import break_train_labels, copy_run, start_human_run
+from _tiny_run import env_for
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
-
-from _human_run import break_train_labels, copy_run, start_human_run
-from _tiny_run import env_for
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 

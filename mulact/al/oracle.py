@@ -30,13 +30,14 @@ import os
 import numpy as np
 from tqdm.auto import tqdm
 
+from mulact.config import ORACLES
+
 from .answers import QueryStore
 from .pool import OracleTable, RegionPool, atomic_save_npz, popcount
 
 __all__ = ["AnswersPending", "HumanOracle", "Oracle", "SimulatedOracle", "expected_classes_per_region",
            "make_oracle", "without_ground_truth"]
 
-ORACLES = ("simulated", "human")
 
 
 class AnswersPending(Exception):

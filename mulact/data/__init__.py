@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 
-from .base import DatasetNotFoundError, Sample, SegmentationDataset
+from .base import IGNORE_INDEX, DatasetNotFoundError, Sample, SegmentationDataset
 from .cache import cache_dir, default_superpixel_dir
 from .cityscapes import CityscapesDataset
 from .demo import ensure_demo_dataset, render_scene
@@ -72,6 +72,7 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str, *, demo
 
 __all__ = [
     "DATASETS",
+    "IGNORE_INDEX",
     "METHODS",
     "CacheMismatchError",
     "CityscapesDataset",

@@ -37,7 +37,7 @@ import torch
 
 from .cache import default_superpixel_dir
 from .superpixels import SuperpixelCache
-from .transforms import EvalTransform, normalize, to_float_image
+from .transforms import IGNORE_INDEX, EvalTransform, normalize, to_float_image
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -63,7 +63,7 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
 
     name = "segmentation"
     class_names: tuple[str, ...] = ()
-    ignore_index = 255
+    ignore_index = IGNORE_INDEX
 
     def __init__(self, root: str | os.PathLike, split: str, *, superpixels: str = "seeds", region_size: int = 32,
                  superpixel_dir: str | os.PathLike | None = None, superpixel_params: dict | None = None,

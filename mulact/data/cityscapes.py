@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import DatasetNotFoundError, Sample, SegmentationDataset, require_dir
+from .base import IGNORE_INDEX, DatasetNotFoundError, Sample, SegmentationDataset, require_dir
 
 
 def _label_tables() -> tuple[np.ndarray, tuple[str, ...]]:
     from cityscapesscripts.helpers.labels import labels
 
-    lut = np.full(256, 255, dtype=np.int64)
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
     names: dict[int, str] = {}
     for lab in labels:
         if 0 <= lab.id < 256 and 0 <= lab.trainId < 255:

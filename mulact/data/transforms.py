@@ -27,6 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Label value of void pixels in every dataset, and so in the oracle's input and in the
+# loss and metric targets (SegmentationDataset.ignore_index).
+IGNORE_INDEX = 255
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -81,7 +85,7 @@ def rescale(image, label, regions, scale: float):
     return image, ids[0].to(label.dtype), ids[1].to(regions.dtype)
 
 
-def pad_to(image, label, regions, height: int, width: int, ignore_index: int = 255):
+def pad_to(image, label, regions, height: int, width: int, ignore_index: int = IGNORE_INDEX):
     """Pad bottom/right to at least ``height x width`` (image 0, label ignore, regions -1)."""
     h, w = image.shape[1:]
     ph, pw = max(height - h, 0), max(width - w, 0)
@@ -97,7 +101,7 @@ class TrainTransform:
     """Random scale, pad + random crop, horizontal flip (see module docstring)."""
 
     def __init__(self, crop_size: int | tuple[int, int], scale_range: tuple[float, float] = (0.5, 2.0),
-                 flip: bool = True, ignore_index: int = 255):
+                 flip: bool = True, ignore_index: int = IGNORE_INDEX):
         if isinstance(crop_size, int):
             crop_size = (crop_size, crop_size)
         if len(crop_size) != 2 or min(crop_size) < 1:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import DatasetNotFoundError, Sample, SegmentationDataset, require_dir
+from .base import IGNORE_INDEX, DatasetNotFoundError, Sample, SegmentationDataset, require_dir
 
 CLASS_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -61,8 +61,8 @@ class VOCDataset(SegmentationDataset):
 
     def convert_label(self, raw: np.ndarray) -> np.ndarray:
         lab = raw.astype(np.int64)
-        bad = (lab >= len(CLASS_NAMES)) & (lab != 255)
+        bad = (lab >= len(CLASS_NAMES)) & (lab != IGNORE_INDEX)
         if bad.any():
             raise ValueError(f"{self.name}: label values {sorted(np.unique(lab[bad]).tolist())} are neither classes "
-                             f"0..{len(CLASS_NAMES) - 1} nor 255")
+                             f"0..{len(CLASS_NAMES) - 1} nor {IGNORE_INDEX}")
         return lab

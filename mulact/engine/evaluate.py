@@ -22,11 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mulact.data import IGNORE_INDEX
+
 __all__ = ["confusion_matrix", "iou_from_confusion", "evaluate", "evaluate_dataset"]
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """``(num_classes, num_classes)`` int64 counts, rows = ground truth, columns = prediction."""
     if pred.shape != target.shape:
         raise ValueError(f"pred: shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
@@ -55,7 +57,7 @@ def iou_from_confusion(conf) -> tuple[float, list[float]]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, num_classes: int, device, ignore_index: int = 255,
+def evaluate(model, loader, num_classes: int, device, ignore_index: int = IGNORE_INDEX,
              amp: bool = False, desc: str = "evaluate", sharded: bool = False) -> dict:
     """mIoU of ``model`` over ``loader`` (items with ``image`` and ``label``).
 
@@ -83,7 +85,8 @@ def evaluate(model, loader, num_classes: int, device, ignore_index: int = 255,
 
 
 def evaluate_dataset(model, dataset, num_classes: int, device, *, batch_size: int = 1, num_workers: int = 0,
-                     ignore_index: int = 255, amp: bool = False, desc: str = "evaluate", collate_fn=None) -> dict:
+                     ignore_index: int = IGNORE_INDEX, amp: bool = False, desc: str = "evaluate",
+                     collate_fn=None) -> dict:
     """mIoU of ``model`` over ``dataset``, sharded over the ranks of a multi-process run.
 
     With one process this is :func:`evaluate` over a plain sequential loader. With N ranks,

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from mulact import distributed as dist
 from mulact.al.pool import atomic_torch_save
+from mulact.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,12 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
 
 
 def collate_pad(items: list[dict], extra_keys=()) -> dict:
-    """Stack items, padding to the largest size (image 0, label 255, regions -1)."""
+    """Stack items, padding to the largest size (image 0, label ``IGNORE_INDEX``, regions -1)."""
     H = max(it["image"].shape[-2] for it in items)
     W = max(it["image"].shape[-1] for it in items)
     B = len(items)
     image = items[0]["image"].new_zeros(B, 3, H, W)
-    label = torch.full((B, H, W), 255, dtype=torch.int64)
+    label = torch.full((B, H, W), IGNORE_INDEX, dtype=torch.int64)
     regions = torch.full((B, H, W), -1, dtype=torch.int64)
     for b, it in enumerate(items):
         h, w = it["image"].shape[-2:]
