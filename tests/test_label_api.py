@@ -202,7 +202,6 @@ def test_unknown_oracle_is_a_clear_error(tmp_path):
     assert r.returncode != 0 and "oracle" in r.stderr and "crowd" in r.stderr
 
 
-@pytest.mark.slow
 def test_dominant_labeling_one_click_per_query_round_trip(template_run, tmp_path, monkeypatch):
     _, cache = template_run
     monkeypatch.setenv("MULACT_CACHE", str(cache))

@@ -177,7 +177,6 @@ def test_killed_server_loses_and_duplicates_nothing(template_run, tmp_path):
     assert not list((run / "answers" / "round_01").glob(".tmp-*"))
 
 
-@pytest.mark.slow
 def test_full_round_in_the_browser_then_rerun_trains_on_the_answers(template_run, tmp_path, browser):
     src, cache = template_run
     run = copy_run(src, tmp_path / "run")
