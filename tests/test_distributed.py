@@ -106,4 +106,5 @@ def test_a_dying_rank_does_not_hang_the_others(tmp_path):
     spawn(dying_worker, 2, str(tmp_path), 8.0)
     elapsed, msg = (tmp_path / "rank0.txt").read_text().split("\n", 1)
     assert "collective 'test barrier' failed" in msg and "rank 0/2" in msg and "rerun the same command" in msg
-    assert float(elapsed) < 60 and time.time() - t0 < 120
+    # the collective fails within its 8 s timeout (the spawn itself may be slow on a loaded machine)
+    assert float(elapsed) < 60 and time.time() - t0 < 600
