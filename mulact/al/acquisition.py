@@ -53,7 +53,7 @@ def scan_pool(model, dataset, pool: RegionPool, images, *, measure: str, tempera
               device, batch_size: int = 4, amp: bool = False, num_workers: int = 0,
               collate=None) -> PoolStats:
     """One forward pass per image of ``images`` over the *untransformed* ``dataset``."""
-    from mulact.ops import region_uncertainty_stats
+    from mulact.ops import PoolStatistics, region_uncertainty_stats
 
     from mulact.engine.train import collate_pad
     from mulact.runstore import worker_init_fn
@@ -63,8 +63,7 @@ def scan_pool(model, dataset, pool: RegionPool, images, *, measure: str, tempera
     N = int(pool.offsets[-1])
     u_sum = torch.zeros(N, K, dtype=torch.float32)
     count = torch.zeros(N, K, dtype=torch.int32)
-    prob_sum = torch.zeros(K, dtype=torch.float64)
-    num_pixels = 0
+    acc = PoolStatistics()  # the one accumulator of pool-wide statistics (mulact.ops)
     forwards = 0
     images = [int(i) for i in images]
     loader = torch.utils.data.DataLoader(
@@ -84,15 +83,14 @@ def scan_pool(model, dataset, pool: RegionPool, images, *, measure: str, tempera
             raise ValueError(f"model: expected {K} output channels (C + undefined), got {logits.shape[1]}")
         stats = region_uncertainty_stats(logits, batch["regions"].to(device), R,
                                          temperature=temperature, measure=measure)
-        us, cs = stats.u_sum.cpu(), stats.count.cpu()
+        us, cs = acc.update(stats, keep=False)
         for b, i in enumerate(idx):
             lo, hi = int(pool.offsets[i]), int(pool.offsets[i + 1])
             u_sum[lo:hi] = us[b, : hi - lo]
             count[lo:hi] = cs[b, : hi - lo]
-        prob_sum += stats.prob_sum.double().cpu()
-        num_pixels += int(stats.num_pixels)
     model.train(was_training)
-    return PoolStats(u_sum, count, prob_sum.float(), num_pixels, forwards)
+    prob_sum = acc.prob_sum if acc.prob_sum is not None else torch.zeros(K, dtype=torch.float64)
+    return PoolStats(u_sum, count, prob_sum.float(), acc.num_pixels, forwards)
 
 
 def score_pool(method: str, pool: RegionPool, stats: PoolStats | None, *, nu: float,

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mulact.data import IGNORE_INDEX
 from mulact.runstore import DamagedFileError, atomic_write, digest, worker_init_fn
 
 from .pool import atomic_write_json, load_json
@@ -82,10 +83,10 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
             expanded += int(info.num_expanded.sum())
         else:
             labels = pseudo_labels_without_prototypes(logits, regions, region_labels, temperature=temperature)
-            localized += int((labels != 255).sum())
+            localized += int((labels != IGNORE_INDEX).sum())
         labels = labels.cpu()
         gt = batch["label"]
-        valid = (labels < C) & (gt != 255)
+        valid = (labels < C) & (gt != IGNORE_INDEX)
         correct += int((valid & (labels == gt)).sum())
         labeled += int(valid.sum())
         for b, i in enumerate(idx):
@@ -125,7 +126,7 @@ def stage2_step(model, batch, *, device, temperature: float):
     """Cross-entropy of one batch against its pseudo labels (255 = no label)."""
     logits = model(batch["image"].to(device, non_blocking=True))
     target = batch["label"].to(device)
-    if not (target != 255).any():
+    if not (target != IGNORE_INDEX).any():
         return logits.sum() * 0.0, {"ce": torch.zeros(())}
-    loss = F.cross_entropy(logits.float() / temperature, target, ignore_index=255)
+    loss = F.cross_entropy(logits.float() / temperature, target, ignore_index=IGNORE_INDEX)
     return loss, {"ce": loss.detach()}

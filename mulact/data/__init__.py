@@ -6,7 +6,7 @@ Usage::
     from mulact.ops import region_labels_from_mask, region_adjacency
 
     # the built-in demo (generated on first use under $MULACT_CACHE or ~/.cache/mulact)
-    train = build_dataset("demo", None, "train", transform=TrainTransform((96, 192)), seed=0)
+    train = build_dataset("demo", None, "train", transform=TrainTransform((96, 192)))
     val = build_dataset("demo", None, "val")
     # real data: build_dataset("cityscapes", "/data/cityscapes", "train", region_size=32)
     #            build_dataset("voc", "/data/VOCdevkit", "train")
@@ -54,7 +54,7 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str, *, demo
     ``demo_options`` go to :func:`ensure_demo_dataset` (seed, num_train, num_val, height,
     width); the result is a :class:`CityscapesDataset` over the generated files. ``kwargs``
     go to the dataset class (``superpixels``, ``region_size``, ``superpixel_dir``,
-    ``superpixel_params``, ``transform``, ``seed``).
+    ``superpixel_params``, ``transform``, ``require_labels``).
     """
     if name == "cityscapes":
         if root is None:

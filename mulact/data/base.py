@@ -20,9 +20,9 @@ first access and cached as 16-bit PNGs (precompute a whole split in parallel wit
 :func:`~mulact.data.cache.default_superpixel_dir` (under ``$MULACT_CACHE``), so dataset
 directories may be read-only.
 
-Augmentations are reproducible: with ``seed`` set, item ``i`` in epoch ``e`` (see
-:meth:`SegmentationDataset.set_epoch`) draws from ``torch.Generator().manual_seed(hash(seed,
-e, i))``; without a seed the transform uses torch's global RNG (seeded per DataLoader worker).
+A ``transform`` given here draws from torch's global RNG. Training in the loop does not use it:
+:class:`mulact.al.data.AugmentedView` augments with an explicit per-item seed, the one
+mechanism for reproducible augmentation.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
 
     def __init__(self, root: str | os.PathLike, split: str, *, superpixels: str = "seeds", region_size: int = 32,
                  superpixel_dir: str | os.PathLike | None = None, superpixel_params: dict | None = None,
-                 transform=None, seed: int | None = None, require_labels: bool = True):
+                 transform=None, require_labels: bool = True):
         self.root = Path(root).expanduser()
         self.split = split
         # False for images that nobody has labeled yet (the human oracle's train split): a
@@ -82,8 +82,6 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
             self.root, split, superpixels, region_size)
         self.superpixels = SuperpixelCache(sp_dir, superpixels, region_size, **(superpixel_params or {}))
         self.transform = transform if transform is not None else EvalTransform()
-        self.seed = seed
-        self.epoch = 0
         self._num_regions: dict[int, int] = {}
 
     # -- subclass interface ---------------------------------------------------------------
@@ -117,10 +115,6 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
 
     def names(self) -> list[str]:
         return [s.name for s in self.samples]
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation stream of a seeded dataset (call once per epoch)."""
-        self.epoch = int(epoch)
 
     # -- loading ---------------------------------------------------------------------------
     def _index(self, i: int) -> int:
@@ -184,12 +178,6 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
             raise ValueError(f"{self.name}: cached superpixel map {self.superpixels.path(s.name)} has size "
                              f"{regions.shape} but image {s.image} has {image.shape[:2]}; delete the stale cache")
 
-    def generator(self, i: int) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        mixed = np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(2, np.uint32)
-        return torch.Generator().manual_seed(int(mixed[0]) << 32 | int(mixed[1]))
-
     def __getitem__(self, i: int) -> dict:
         i = self._index(i)
         image, label, regions = self.load_image(i), self.load_label(i), self.load_regions(i)
@@ -197,7 +185,7 @@ class SegmentationDataset(torch.utils.data.Dataset, abc.ABC):
         image_t = normalize(to_float_image(image))
         label_t = torch.from_numpy(label)
         regions_t = torch.from_numpy(regions.astype(np.int64))
-        image_t, label_t, regions_t = self.transform(image_t, label_t, regions_t, generator=self.generator(i))
+        image_t, label_t, regions_t = self.transform(image_t, label_t, regions_t)
         return {"image": image_t, "label": label_t, "regions": regions_t, "index": i, "name": self.samples[i].name}
 
 

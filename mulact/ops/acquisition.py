@@ -146,7 +146,6 @@ def mean_uncertainty(u_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return torch.where(n > 0, total / n.clamp(min=1).to(torch.float32), torch.zeros_like(total))
 
 
-bvsb_scores = mean_uncertainty
 
 
 def pixbal_scores(u_sum: torch.Tensor, count: torch.Tensor, prior: torch.Tensor, nu: float = 6.0) -> torch.Tensor:
@@ -243,17 +242,24 @@ class PoolStatistics:
         self._n: list[torch.Tensor] = []
         self.prob_sum: torch.Tensor | None = None
         self.num_pixels = 0
+        self.classes: int | None = None
 
-    def update(self, stats) -> None:
+    def update(self, stats, keep: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one batch; returns its ``(u_sum, count)`` on the CPU. ``keep=False`` adds only
+        the pool-wide sums (P(c)) and leaves the per-image tables to the caller (the AL loop
+        keeps them in its flat pool layout)."""
         u, n = stats.u_sum.detach().cpu(), stats.count.detach().cpu()
-        if self._u and u.shape[-1] != self._u[0].shape[-1]:
+        if self.classes is not None and u.shape[-1] != self.classes:
             raise ValueError(f"PoolStatistics.update: batches disagree on the number of classes "
-                             f"({u.shape[-1]} vs {self._u[0].shape[-1]})")
-        self._u.append(u)
-        self._n.append(n)
+                             f"({u.shape[-1]} vs {self.classes})")
+        self.classes = u.shape[-1]
+        if keep:
+            self._u.append(u)
+            self._n.append(n)
         p = stats.prob_sum.detach().cpu().to(torch.float64)
         self.prob_sum = p if self.prob_sum is None else self.prob_sum + p
         self.num_pixels += int(stats.num_pixels)
+        return u, n
 
     def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u_sum, count)`` of shape ``(num_images, R_max, C)``."""
