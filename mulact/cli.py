@@ -118,13 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsUnavailableError as err:
         print(f"mulact-train: error: {err}", file=sys.stderr)
         return 2
+    from mulact import distributed
     from mulact.al.loop import AnswersPending, run_experiment
     from mulact.data import DatasetNotFoundError
 
-    print(f"mulact-train: {cfg.name} ({cfg.dataset}, {cfg.rounds} rounds x {cfg.budget} clicks, "
-          f"{cfg.acquisition}, {cfg.labeling}-class labels, encoder {cfg.encoder}) -> {cfg.resolved_run_dir()}")
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    if main_rank:
+        world = distributed.env_world_size()
+        print(f"mulact-train: {cfg.name} ({cfg.dataset}, {cfg.rounds} rounds x {cfg.budget} clicks, "
+              f"{cfg.acquisition}, {cfg.labeling}-class labels, encoder {cfg.encoder}) -> {cfg.resolved_run_dir()}"
+              + (f" [{world} processes]" if world > 1 else ""))
     try:
-        run_experiment(cfg)
+        run_experiment(cfg, echo=print if main_rank else (lambda *a, **k: None))
     except AnswersPending as err:
         # Not a failure: the run waits for people. A distinct status lets scripts tell the two apart.
         print(f"mulact-train: {err}", file=sys.stderr)
@@ -140,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nmulact-train: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -55,6 +55,7 @@ class TrainConfig:
     device: str = opt("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:i]'")
     amp: bool = opt(True, "bfloat16 autocast for encoder/decoder on CUDA (ignored on CPU)")
     num_workers: int = opt(0, "DataLoader worker processes", min=0)
+    dist_timeout: float = opt(1800.0, "under torchrun: seconds a collective waits for the other ranks before the run stops with an error naming it (a dead or stalled rank)", gt=0)
     # -- data ----------------------------------------------------------------------------
     dataset: str = opt("demo", "dataset to run on; also selects the preset when --preset is not given", choices=DATASETS)
     data_root: str | None = opt(None, "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is kept (null: $MULACT_CACHE or ~/.cache/mulact)")

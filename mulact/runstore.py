@@ -227,9 +227,13 @@ class Manifest:
     recorded; :meth:`close` unregisters. A directory that has files but no manifest (written
     by an older mulact) is *adopted*: its unrecorded files are hashed and trusted as they are,
     once, with a warning. A damaged manifest raises :class:`RunStateError`.
+
+    ``readonly`` (the ranks other than 0 of a torchrun job): verify reads only; nothing is
+    registered or saved, and a file that another process recorded after this one opened the
+    manifest is found by reading ``manifest.json`` again.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, readonly: bool = False):
         self.root = os.path.abspath(os.fspath(root))
         self.path = os.path.join(self.root, MANIFEST_NAME)
         self._pid = os.getpid()
@@ -237,26 +241,39 @@ class Manifest:
         self.entries: dict[str, dict] = {}
         self.meta: dict = {}
         self.adopting = False
+        self.readonly = readonly
         if os.path.exists(self.path):
-            try:
-                with open(self.path, "rb") as fh:
-                    doc = json.loads(fh.read())
-                body = json.dumps({"entries": doc["entries"], "meta": doc["meta"]}, sort_keys=True).encode()
-                if doc.get("checksum") != digest(body):
-                    raise ValueError("its checksum does not match its content")
-                self.entries, self.meta = doc["entries"], doc["meta"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise RunStateError(
-                    f"{self.path}: the manifest of this directory is damaged ({exc}); without it no file "
-                    f"here can be verified. Restore it from a backup, or delete it to trust the current "
-                    f"files as they are (they are then recorded anew).") from None
+            self._load()
         else:
             self.adopting = any(not f.startswith(".") for f in os.listdir(self.root)) if os.path.isdir(self.root) else False
             if self.adopting:
                 log.warning("%s has no %s (written by an older mulact?): its files are trusted as they are "
                             "and recorded now", self.root, MANIFEST_NAME)
-        with _registry_lock:
-            _open_manifests[self.root] = self
+        if not readonly:
+            with _registry_lock:
+                _open_manifests[self.root] = self
+
+    def _load(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                doc = json.loads(fh.read())
+            body = json.dumps({"entries": doc["entries"], "meta": doc["meta"]}, sort_keys=True).encode()
+            if doc.get("checksum") != digest(body):
+                raise ValueError("its checksum does not match its content")
+            self.entries, self.meta = doc["entries"], doc["meta"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunStateError(
+                f"{self.path}: the manifest of this directory is damaged ({exc}); without it no file "
+                f"here can be verified. Restore it from a backup, or delete it to trust the current "
+                f"files as they are (they are then recorded anew).") from None
+
+    def _reloaded(self, rel: str) -> dict | None:
+        """A read-only manifest's entry for ``rel`` after reading ``manifest.json`` again."""
+        if not self.readonly or not os.path.exists(self.path):
+            return self.entries.get(rel)
+        self._load()
+        self.adopting = False
+        return self.entries.get(rel)
 
     def close(self) -> None:
         with _registry_lock:
@@ -274,6 +291,8 @@ class Manifest:
         return os.path.relpath(os.path.abspath(os.fspath(path)), self.root)
 
     def _save(self) -> None:
+        if self.readonly:
+            return
         body = {"entries": self.entries, "meta": self.meta}
         doc = {"format": MANIFEST_FORMAT, "hash": HASH,
                "checksum": digest(json.dumps(body, sort_keys=True).encode()), **body}
@@ -303,10 +322,11 @@ class Manifest:
         self._save()
 
     def forget(self, path) -> None:
-        """Delete ``path`` (if present) and its record."""
+        """Delete ``path`` (if present) and its record (a read-only manifest only forgets it)."""
         rel = self.rel(path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.root, rel))
+        if not self.readonly:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.root, rel))
         self._verified.pop(rel, None)
         if self.entries.pop(rel, None) is not None:
             self._save()
@@ -335,6 +355,8 @@ class Manifest:
         except OSError as exc:
             raise DamagedFileError(full, f"cannot be read ({exc.strerror})") from None
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self.readonly and (entry is None or digest(data) != entry["sha256"]):
+            entry = self._reloaded(rel)  # written (again) by the process that writes this directory
         cached = self._verified.get(rel)
         if entry is not None and cached is not None and cached[:3] == key and cached[3] == entry["sha256"]:
             return data

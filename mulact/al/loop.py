@@ -30,6 +30,11 @@ when it is written, and every read checks it. A damaged file that can be derived
 (oracle, selection records, checkpoints, pseudo labels, metrics) is recomputed with a warning
 naming it; a damaged pool stops the run with an error naming the file and what to do. The
 directory is locked (``.lock``) while a process works in it. See the README's *Resume*.
+
+Under ``torchrun`` (:mod:`mulact.distributed`) every rank runs this same loop: the per-image
+passes (superpixels + oracle, the pool scan, pseudo labels, evaluation) are sharded
+(:mod:`mulact.al.sharding`), training is data-parallel, the selection is made once on rank 0
+and broadcast, and only rank 0 writes files; the others wait at barriers.
 """
 from __future__ import annotations
 
@@ -44,8 +49,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mulact import distributed as dist
 from mulact.config import TrainConfig
-from mulact.engine.evaluate import evaluate
+from mulact.engine.evaluate import evaluate_dataset
 from mulact.engine.losses import stage1_loss
 from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
 from mulact.model import build_model
@@ -60,17 +66,18 @@ from mulact.runstore import (
     worker_init_fn,
 )
 
-from .acquisition import acquire, scan_pool, score_pool
-from .data import AugmentedView, build_oracle
+from .acquisition import acquire, score_pool
+from .data import AugmentedView
 from .oracle import AnswersPending, Oracle, make_oracle, without_ground_truth
 from .pool import OracleTable, RegionPool, atomic_torch_save, atomic_write_json, load_json, load_torch
+from .sharding import build_oracle_sharded, scan_pool_sharded
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AnswersPending", "Experiment", "run_experiment"]
 
 # Options that may differ between the original command and a rerun of the same run.
-RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size"}
+RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size", "dist_timeout"}
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -88,20 +95,35 @@ class Experiment:
     def __init__(self, cfg: TrainConfig, echo=print):
         cfg.validate()
         self.cfg = cfg
-        self.echo = echo
         self.dir = cfg.resolved_run_dir()
-        self.device = _resolve_device(cfg.device)
-        self._build_data()  # before the run directory exists: a missing dataset leaves nothing behind
+        if cfg.oracle == "human" and dist.env_world_size() > 1:
+            raise ValueError("oracle: 'human' runs in one process; start it without torchrun "
+                             "(the rounds wait for people, not for GPUs)")
+        # One process: the device as asked. Under torchrun: join the group, cuda:<LOCAL_RANK> or CPU.
+        self.device = _resolve_device(cfg.device) if dist.env_world_size() == 1 else dist.init(cfg.device, cfg.dist_timeout)
+        self.echo = echo if dist.is_main() else (lambda *a, **k: None)
+        dist.local_batch_size(cfg.batch_size)
+        # before the run directory exists (a missing dataset leaves nothing behind); rank 0
+        # first: it may generate the demo data set
+        if dist.is_main():
+            self._build_data()
+        dist.barrier("dataset preparation")
+        if not dist.is_main():
+            self._build_data()
         if cfg.oracle == "human":
             self.train = without_ground_truth(self.train)  # the loop must never read train ground truth
-        os.makedirs(self.dir, exist_ok=True)
-        # one process per run directory (rank 0 of a multi-process job); flock frees it on death
-        self.lock = DirLock.for_job(self.dir, "run directory")
-        if self.lock is not None:
-            self.lock.acquire()
-            remove_temp_files(self.dir)
+        # one process per run directory: rank 0 of a job holds the lock and writes; flock frees
+        # it on death. The other ranks verify what they read against rank 0's manifest.
+        self.lock = None
+        if dist.is_main():
+            os.makedirs(self.dir, exist_ok=True)
+            self.lock = DirLock.for_job(self.dir, "run directory")
+            if self.lock is not None:
+                self.lock.acquire()
+                remove_temp_files(self.dir)
+        dist.barrier("run directory")
         try:
-            self.store = Manifest(self.dir)
+            self.store = Manifest(self.dir, readonly=not dist.is_main())
             self._check_config()
         except BaseException:
             self.close()
@@ -162,7 +184,9 @@ class Experiment:
         if recorded_key != key:
             self.store.set_meta(config_key=key)
         text = yaml.safe_dump(current, sort_keys=False)
-        atomic_write(path, lambda fh: fh.write(text.encode()))
+        dist.barrier("configuration check")  # every rank read the saved file before rank 0 rewrites it
+        if dist.is_main():
+            atomic_write(path, lambda fh: fh.write(text.encode()))
 
     def _build_data(self) -> None:
         from mulact.data import TrainTransform
@@ -187,15 +211,22 @@ class Experiment:
 
     def _oracle(self) -> OracleTable:
         path = os.path.join(self.dir, "oracle.npz")
-        if os.path.isfile(path) or self.store.recorded(path):
+        oracle = None
+        if dist.is_main() and (os.path.isfile(path) or self.store.recorded(path)):
             try:
-                return OracleTable.load(path, self.store)
+                oracle = OracleTable.load(path, self.store)
             except DamagedFileError as err:
                 # simulated answers are a function of the dataset and its superpixels
                 self._damaged(err, "recomputing the oracle answers from the ground truth")
+        # rank 0 decides (it verified the file); the other ranks follow, so the collective
+        # recomputation below runs on every rank or on none
+        if dist.broadcast_object(oracle is not None, what="oracle lookup"):
+            return oracle if dist.is_main() else OracleTable.load(path, self.store)
         self.echo(f"computing superpixels and oracle labels for {len(self.train_indices)} training images")
-        oracle = build_oracle(self.train, self.train_indices, trim=self.cfg.trim)
-        oracle.save(path)
+        oracle = build_oracle_sharded(self.train, self.train_indices, trim=self.cfg.trim)
+        if dist.is_main():
+            oracle.save(path)
+        dist.barrier("oracle saved")
         return oracle
 
     # -- helpers ----------------------------------------------------------------------------
@@ -226,8 +257,9 @@ class Experiment:
         return self.load_model(self.final_weights(t))
 
     def evaluate(self, model, desc="evaluate") -> dict:
-        return evaluate(model, self.val_loader, self.num_classes, self.device, self.train.ignore_index,
-                        amp=self.cfg.amp, desc=desc)
+        return evaluate_dataset(model, self.val_loader.dataset, self.num_classes, self.device,
+                                batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers,
+                                ignore_index=self.train.ignore_index, amp=self.cfg.amp, desc=desc)
 
     def _loader(self, view, indices, iterations, seed, start, extra_keys):
         sampler = ResumableBatchSampler(indices, self.cfg.batch_size, iterations, seed, start)
@@ -269,7 +301,8 @@ class Experiment:
         c = self.cfg
         rd = self.round_dir(t)
         final = os.path.join(rd, f"{stage}.pt")
-        done = self._verified_stage(t, stage)
+        done = dist.broadcast_object(self._verified_stage(t, stage) if dist.is_main() else None,
+                                     what=f"round {t} {stage}: lookup")
         if done is not None:
             return done
         model = self.new_model()
@@ -286,8 +319,10 @@ class Experiment:
                               step_loss, settings, last, eval_fn=eval_fn,
                               best_path=os.path.join(rd, f"{stage}_best.pt"))
         summary["seconds"] = time.time() - t0
-        atomic_torch_save(final, {"model": model.state_dict(), "summary": summary})
-        self.store.forget(last)
+        if dist.is_main():
+            atomic_torch_save(final, {"model": model.state_dict(), "summary": summary})
+            self.store.forget(last)
+        dist.barrier(f"round {t} {stage}: saved")
         return summary
 
     # -- steps ------------------------------------------------------------------------------
@@ -309,9 +344,11 @@ class Experiment:
             scores = np.full(int(pool.offsets[-1]), math.nan)
             scores[chosen] = pending[1]
         bits, cost = oracle.answer(t, chosen, scores, c.labeling)
-        pool.add_round(chosen, bits, cost, scores=scores[chosen])
-        pool.save(os.path.join(self.dir, "pool.npz"))
-        self._write_selection(t, pool)
+        pool.add_round(chosen, bits, cost, scores=None if scores is None else scores[chosen])
+        if dist.is_main():
+            pool.save(os.path.join(self.dir, "pool.npz"))
+            self._write_selection(t, pool)
+        dist.barrier(f"round {t}: selection saved")
         log.info("round %d: %s selected %d regions (%d clicks) in %.1fs", t, method, len(chosen),
                  pool.clicks(t), time.time() - t0)
         return True
@@ -321,13 +358,17 @@ class Experiment:
         stats = None
         if method != "random":
             model = self.round_model(t - 1, pool)
-            stats = scan_pool(model, self.train, pool, pool.images_with_unlabeled(), measure=measure_for(method),
-                              temperature=c.temperature, device=self.device, batch_size=c.acquisition_batch_size,
-                              amp=c.amp, num_workers=c.num_workers)
+            stats = scan_pool_sharded(model, self.train, pool, pool.images_with_unlabeled(),
+                                      measure=measure_for(method), temperature=c.temperature, device=self.device,
+                                      batch_size=c.acquisition_batch_size, amp=c.amp, num_workers=c.num_workers)
             del model
-        scores, banned = score_pool(method, pool, stats, nu=c.nu, seed=c.seed, round_index=t)
-        costs = oracle.planned_costs(pool, c.labeling)
-        return acquire(pool, scores, banned, costs, c.budget), scores
+        chosen = scores = None
+        if dist.is_main():  # the selection is made once; the other ranks receive it
+            scores, banned = score_pool(method, pool, stats, nu=c.nu, seed=c.seed, round_index=t)
+            costs = oracle.planned_costs(pool, c.labeling)
+            chosen = acquire(pool, scores, banned, costs, c.budget)
+        del stats
+        return dist.broadcast_object(chosen, what=f"round {t}: selection"), scores
 
     def _write_selection(self, t, pool) -> None:
         names = self.train.names()
@@ -359,12 +400,15 @@ class Experiment:
         rd = self.round_dir(t)
         images = pool.labeled_images()
         pseudo_dir = os.path.join(rd, "pseudo")
-        try:
-            info = pseudo_summary(pseudo_dir, images, self.store)
-        except DamagedFileError as err:
-            self._damaged(err, f"generating the pseudo labels of round {t} again")
-            self.store.forget(os.path.join(pseudo_dir, "summary.json"))
-            info = None
+        info = None
+        if dist.is_main():
+            try:
+                info = pseudo_summary(pseudo_dir, images, self.store)
+            except DamagedFileError as err:
+                self._damaged(err, f"generating the pseudo labels of round {t} again")
+                self.store.forget(os.path.join(pseudo_dir, "summary.json"))
+        # generation is collective: every rank follows rank 0's verdict
+        info = dist.broadcast_object(info, what=f"round {t} pseudo labels: lookup")
         if info is None:
             model = self.load_model(os.path.join(rd, "stage1.pt"))
             info = generate_pseudo_labels(
@@ -390,7 +434,8 @@ class Experiment:
         oracle = make_oracle(c.oracle, self)
         pool = self._load_pool(oracle)
         full_cost = oracle.full_annotation_cost()
-        metrics = self.load_metrics()
+        # rank 0 decides what is finished (a damaged metrics file means: evaluate again)
+        metrics = dist.broadcast_object(self.load_metrics() if dist.is_main() else None, what="metrics lookup")
         done_rounds = {m["round"] for m in metrics}
         skipped = []
         for t in range(1, c.rounds + 1):
@@ -398,7 +443,7 @@ class Experiment:
                 if not self.select(t, pool, oracle):
                     self.echo(f"round {t}: the pool is exhausted (every selectable region is labeled); stopping")
                     break
-            else:
+            elif dist.is_main():
                 self._check_selection(t, pool)
             if t in done_rounds:
                 skipped.append(t)
@@ -421,7 +466,9 @@ class Experiment:
                            pseudo_expanded_pixels=s2["pseudo"]["expanded"],
                            stage2_seconds=s2.get("seconds"))
             metrics.append(rec)
-            self.save_metrics(metrics)
+            if dist.is_main():
+                self.save_metrics(metrics)
+            dist.barrier(f"round {t}: metrics saved")
             self.echo(f"round {t}: mIoU {100 * rec['miou']:.2f}  clicks {rec['clicks']} "
                       f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
         self._check_finished(skipped, pool, metrics)
@@ -436,7 +483,7 @@ class Experiment:
             self.stage1(t, pool.until(t))
             if self.cfg.stage2:
                 self.stage2(t, pool.until(t))
-        if not metrics:
+        if not metrics or not dist.is_main():
             return
         for name in ("metrics.csv", "miou_vs_clicks.png"):
             try:

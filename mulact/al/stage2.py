@@ -13,6 +13,10 @@ truth are left out.
 Integrity: ``pseudo/summary.json`` (recorded in the run's manifest) lists the SHA-256 of every
 map; all maps are checked against it before stage 2 trains on them, and a missing, torn or
 swapped map makes the whole round's set be generated again (deterministically) with a warning.
+
+Under ``torchrun`` the labeled images are dealt to the ranks in whole batches
+(:func:`mulact.distributed.shard_batches`); each rank writes its own maps (atomically) and the
+counts are summed over ranks; rank 0 writes ``summary.json``, which marks the step done.
 """
 from __future__ import annotations
 
@@ -54,7 +58,9 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
     """Pseudo labels of ``images`` with the stage-1 ``model``; returns (and writes) the summary.
 
     Always generates: the caller checks for a finished pass first (:func:`pseudo_summary`).
+    Under torchrun a collective: every rank must call it (see the module docstring).
     """
+    from mulact import distributed as dist
     from mulact.engine.train import collate_pad
     from mulact.ops.prototype_pseudo_labels import prototype_pseudo_labels, pseudo_labels_without_prototypes
 
@@ -65,12 +71,12 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
     C = pool.num_classes
     R = int(np.diff(pool.offsets).max())
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, [int(i) for i in images]), batch_size=batch_size,
-        shuffle=False, num_workers=num_workers, collate_fn=collate_pad,
+        dataset, batch_sampler=dist.shard_batches([int(i) for i in images], batch_size),
+        num_workers=num_workers, collate_fn=collate_pad,
         worker_init_fn=worker_init_fn() if num_workers else None)
     correct = labeled = localized = expanded = 0
     use_amp = amp and device.type == "cuda"
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not dist.is_main()):
         idx = batch["index"].tolist()
         regions = batch["regions"].to(device)
         region_labels = torch.stack([pool.region_labels(i, R) for i in idx]).to(device)
@@ -95,9 +101,15 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
             path = pseudo_label_path(pseudo_dir, i)
             # recorded in summary.json below rather than in the run manifest, one entry per map
             hashes[os.path.basename(path)] = atomic_write(path, lambda fh, a=arr: np.save(fh, a), record=False)
+    counts = dist.all_reduce_sum(torch.tensor([correct, labeled, localized, expanded], dtype=torch.int64),
+                                 what="pseudo labels: counts")
+    correct, labeled, localized, expanded = (int(v) for v in counts)
     info = {"accuracy": correct / labeled if labeled else float("nan"), "localized": localized,
             "expanded": expanded, "images": len(images)}
-    atomic_write_json(done, {**info, "files": hashes})
+    shards = dist.all_gather_objects(hashes, what="pseudo labels: hashes")
+    if dist.is_main():
+        atomic_write_json(done, {**info, "files": {k: v for shard in shards for k, v in shard.items()}})
+    dist.barrier("pseudo labels: written")
     return info
 
 

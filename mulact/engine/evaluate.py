@@ -8,6 +8,11 @@ Conventions (SPEC §4, step 5):
   all images, not a mean of per-image IoUs). A class absent from both the ground truth and
   the predictions has 0/0: its IoU is NaN and it is excluded from the mean (``np.nanmean``),
   as in the Cityscapes and VOC evaluation scripts; the per-class list keeps the NaN.
+
+Multi-process runs (:mod:`mulact.distributed`): :func:`evaluate_dataset` deals whole batches of
+the split to the ranks (:func:`mulact.distributed.shard_batches`) and sums the integer
+confusion matrices over ranks, so every rank gets the matrix — and the mIoU — of a
+one-process run, exactly.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from tqdm.auto import tqdm
 
 from mulact.data import IGNORE_INDEX
 
-__all__ = ["confusion_matrix", "iou_from_confusion", "evaluate"]
+__all__ = ["confusion_matrix", "iou_from_confusion", "evaluate", "evaluate_dataset"]
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -53,13 +58,19 @@ def iou_from_confusion(conf) -> tuple[float, list[float]]:
 
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, device, ignore_index: int = IGNORE_INDEX,
-             amp: bool = False, desc: str = "evaluate") -> dict:
-    """mIoU of ``model`` over ``loader`` (items with ``image`` and ``label``)."""
+             amp: bool = False, desc: str = "evaluate", sharded: bool = False) -> dict:
+    """mIoU of ``model`` over ``loader`` (items with ``image`` and ``label``).
+
+    ``sharded=True``: ``loader`` yields only this rank's share of the split; the confusion
+    matrices of all ranks are summed (a collective: every rank must call it).
+    """
+    from mulact import distributed as dist
+
     was_training = model.training
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     use_amp = amp and torch.device(device).type == "cuda"
-    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=dist.rank() != 0):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use_amp):
@@ -67,5 +78,26 @@ def evaluate(model, loader, num_classes: int, device, ignore_index: int = IGNORE
         pred = logits[:, :num_classes].argmax(dim=1)
         conf += confusion_matrix(pred, labels, num_classes, ignore_index)
     model.train(was_training)
+    if sharded:
+        dist.all_reduce_sum(conf, what=f"{desc}: confusion matrix")
     miou, iou = iou_from_confusion(conf)
     return {"miou": miou, "iou": iou, "confusion": conf.tolist()}
+
+
+def evaluate_dataset(model, dataset, num_classes: int, device, *, batch_size: int = 1, num_workers: int = 0,
+                     ignore_index: int = IGNORE_INDEX, amp: bool = False, desc: str = "evaluate",
+                     collate_fn=None) -> dict:
+    """mIoU of ``model`` over ``dataset``, sharded over the ranks of a multi-process run.
+
+    With one process this is :func:`evaluate` over a plain sequential loader. With N ranks,
+    rank r evaluates batches r, r + N, ... of the batches one process would form, and the
+    confusion matrices are summed; the result is identical on every rank and to N = 1.
+    """
+    from mulact import distributed as dist
+    from mulact.engine.train import collate_pad
+
+    batches = dist.shard_batches(range(len(dataset)), batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                         collate_fn=collate_fn or collate_pad)
+    return evaluate(model, loader, num_classes, device, ignore_index, amp=amp, desc=desc,
+                    sharded=dist.world_size() > 1)

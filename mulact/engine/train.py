@@ -7,6 +7,17 @@ killed at any point and restarted from its last checkpoint (model, optimizer, sc
 RNG states, iteration) therefore replays exactly the same updates as an uninterrupted run
 on the same device (bit-exact on CPU; on CUDA up to the non-determinism of cuDNN/atomics).
 
+Multi-process runs (``torchrun``, :mod:`mulact.distributed`): the batch size is the *global*
+batch. Every rank computes the same global batch of iteration ``k`` and takes its own
+contiguous slice (rank ``r`` of ``N`` gets items ``r*B/N .. (r+1)*B/N - 1``), so the data, the
+augmentations and the optimiser steps do not depend on ``N``; the model is wrapped in
+:class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged over ranks, i.e. the
+gradient of the mean of the per-rank losses) and BatchNorm computed over the global batch:
+:class:`~torch.nn.SyncBatchNorm` on CUDA, :class:`mulact.engine.sync_batchnorm.CPUSyncBatchNorm`
+on CPU (torch's has no CPU kernel).
+Only rank 0 writes checkpoints; the others wait at a barrier and every rank resumes from the
+same file, so a run may be resumed with another number of ranks.
+
 Optimisation (paper §4.1, Appendix B): AdamW, weight decay 1e-5, the decoder + classifier at
 ``lr`` and the encoder at ``lr * encoder_lr_mult`` (0.1: "backbone ten times lower"), poly
 schedule ``(1 - k / iterations) ** power``, bfloat16 autocast on CUDA for the encoder and
@@ -25,6 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mulact import distributed as dist
 from mulact.data import IGNORE_INDEX
 from mulact.ops import check_status
 from mulact.runstore import atomic_torch_save
@@ -46,9 +58,15 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
     Images are drawn epoch by epoch without replacement from ``indices`` (a fresh seeded
     permutation per epoch); the stream continues across epochs, so every batch is full even
     when fewer images than ``batch_size`` hold labels.
+
+    ``batch_size`` is the global batch. With ``world_size`` ranks (default: the current
+    process group) rank ``rank`` yields only its contiguous slice of ``batch_size /
+    world_size`` items of each global batch; the global batch itself does not depend on the
+    number of ranks.
     """
 
-    def __init__(self, indices, batch_size: int, iterations: int, seed: int, start: int = 0):
+    def __init__(self, indices, batch_size: int, iterations: int, seed: int, start: int = 0,
+                 rank: int | None = None, world_size: int | None = None):
         self.indices = np.asarray(indices, dtype=np.int64)
         if len(self.indices) == 0:
             raise ValueError("indices: no training images")
@@ -56,6 +74,11 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
         self.iterations = int(iterations)
         self.seed = int(seed)
         self.start = int(start)
+        self.world_size = dist.world_size() if world_size is None else int(world_size)
+        self.rank = dist.rank() if rank is None else int(rank)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank: expected 0 <= rank < world_size={self.world_size}, got {self.rank}")
+        self.per_rank = dist.local_batch_size(self.batch_size, self.world_size)
 
     def __len__(self) -> int:
         return max(self.iterations - self.start, 0)
@@ -73,9 +96,14 @@ class ResumableBatchSampler(torch.utils.data.Sampler):
             out.append((int(self._perm(epoch)[pos]), derive_seed(self.seed, 1_000_003, j)))
         return out
 
+    def local_batch(self, k: int) -> list[tuple[int, int]]:
+        """This rank's slice of :meth:`batch` ``(k)``."""
+        lo = self.rank * self.per_rank
+        return self.batch(k)[lo:lo + self.per_rank]
+
     def __iter__(self):
         for k in range(self.start, self.iterations):
-            yield self.batch(k)
+            yield self.local_batch(k)
 
 
 def collate_pad(items: list[dict], extra_keys=()) -> dict:
@@ -138,7 +166,10 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run resumed on a machine with fewer GPUs (another torchrun size) restores what it can;
+        # every step re-seeds torch's generators from (seed, iteration) anyway.
+        for i, st in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(st, i)
 
 
 def train_model(
@@ -161,11 +192,21 @@ def train_model(
     s = settings
     device = torch.device(s.device)
     model.to(device)
+    world, rank = dist.world_size(), dist.rank()
+    if world > 1:
+        # Same Parameter objects, so the optimizer below and the caller's state_dict see them.
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            from .sync_batchnorm import convert_sync_batchnorm_cpu
+
+            model = convert_sync_batchnorm_cpu(model)
     opt = make_optimizer(model, s.lr, s.encoder_lr_mult, s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: max(1.0 - k / s.iterations, 0.0) ** s.poly_power)
     start, best, best_it, last_loss, last_val = 0, -math.inf, -1, math.nan, -1
-    if os.path.isfile(ckpt_path):
+    # Rank 0 decides, so all ranks resume from the same state even on a lagging shared filesystem.
+    if dist.broadcast_object(os.path.isfile(ckpt_path), what=f"{s.desc}: checkpoint lookup"):
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -174,13 +215,20 @@ def train_model(
         start, best, best_it = ck["iteration"], ck["best_score"], ck["best_iteration"]
         last_loss, last_val = ck["last_loss"], ck["last_val"]
         log.info("%s: resumed from %s at iteration %d", s.desc, ckpt_path, start)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        net = model
 
     def save(k):
-        atomic_torch_save(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": _rng_state(), "iteration": k, "best_score": best, "best_iteration": best_it,
-            "last_loss": last_loss, "last_val": last_val,
-        })
+        if rank == 0:
+            atomic_torch_save(ckpt_path, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": _rng_state(), "iteration": k, "best_score": best, "best_iteration": best_it,
+                "last_loss": last_loss, "last_val": last_val,
+            })
+        dist.barrier(f"{s.desc}: checkpoint at iteration {k}")
 
     def validate(k):
         nonlocal best, best_it, last_val
@@ -190,27 +238,33 @@ def train_model(
         if score > best or best_it < 0:
             best, best_it = score, k
             if best_path is not None:
-                atomic_torch_save(best_path, {"model": model.state_dict(), "iteration": k, "score": score})
+                if rank == 0:
+                    atomic_torch_save(best_path, {"model": model.state_dict(), "iteration": k, "score": score})
+                dist.barrier(f"{s.desc}: best checkpoint at iteration {k}")
         return score
 
     use_amp = s.amp and device.type == "cuda"
     model.train()
-    bar = tqdm(total=s.iterations, initial=start, desc=s.desc, dynamic_ncols=True, leave=False)
+    bar = tqdm(total=s.iterations, initial=start, desc=s.desc, dynamic_ncols=True, leave=False, disable=rank != 0)
     if start < s.iterations:
         for k, batch in enumerate(loader_fn(start), start=start):
-            torch.manual_seed(derive_seed(s.seed, 7, k))
+            # Dropout masks: a function of (seed, iteration[, rank]); one process keeps its old stream.
+            torch.manual_seed(derive_seed(s.seed, 7, k) if world == 1 else derive_seed(s.seed, 7, k, rank))
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, parts = step_loss(model, batch, k / s.iterations)
+                loss, parts = step_loss(net, batch, k / s.iterations)
+            # The mean over ranks: every rank sees the same value, so a non-finite loss stops
+            # all of them together instead of leaving the others waiting in the gradient sync.
             # The finiteness check below syncs anyway: first surface bad region ids / NaN logits
             # that the fused ops' CUDA kernels reported without syncing (docs/design.md).
             check_status()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{s.desc}: non-finite loss {loss.item()} at iteration {k}")
+            value = dist.all_reduce_sum(loss.detach().clone(), what=f"{s.desc}: loss") / world
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"{s.desc}: non-finite loss {value.item()} at iteration {k}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            last_loss = float(loss.detach())
+            last_loss = float(value)
             bar.update(1)
             bar.set_postfix({"loss": f"{last_loss:.3f}", **{n: f"{float(v):.3f}" for n, v in parts.items()}})
             done = k + 1
