@@ -180,8 +180,10 @@ def test_report_statistics_of_the_tiny_sweep(swept):
 
 
 def test_a_failing_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
-    # Valid options that fail at run time: the dominant-label loss with multi-class labels.
-    spec = {"preset": "demo", "base": BASE, "seeds": [0], "variants": {"bad": {"loss": "dominant", "labeling": "multi"}}}
+    # Valid options that fail at run time: a Cityscapes root that exists but holds no dataset.
+    (tmp_path / "empty").mkdir()
+    spec = {"preset": "demo", "base": BASE, "seeds": [0],
+            "variants": {"bad": {"dataset": "cityscapes", "data_root": str(tmp_path / "empty")}}}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec))
     r = subprocess.run(_sweep_cmd(path, tmp_path / "out"), env=env_for(tmp_path), capture_output=True, text=True,
@@ -189,7 +191,7 @@ def test_a_failing_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):
     assert r.returncode == 1
     assert "FAILED  bad seed 0" in r.stdout and "bad seed 0" in r.stderr
     log = (tmp_path / "out" / "logs" / "bad-seed_0.log").read_text()
-    assert "needs single-class labels" in log
+    assert "leftImg8bit" in log
     assert "Runs complete: 0/1" in (tmp_path / "out" / "report" / "report.md").read_text()
 
 

@@ -58,7 +58,7 @@ def test_oracle_only_and_fresh_directories_only(tmp_path):
     _donor(donor)
     run = tmp_path / "r"
     assert sharing.seed_run_dir(str(run), str(donor), None) == {"oracle": str(donor)}
-    assert sorted(p.name for p in run.iterdir()) == ["oracle.npz"]
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json", "oracle.npz"]  # recorded in the run's manifest
     with pytest.raises(FileExistsError, match="only a fresh run directory"):
         sharing.seed_run_dir(str(run), str(donor), None)
 
@@ -68,7 +68,7 @@ def test_interrupted_seeding_leaves_no_run_directory(tmp_path, monkeypatch):
     donor.mkdir()
     _donor(donor)
 
-    def boom(src, dst):
+    def boom(*args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sharing, "_round1_pool", boom)

@@ -127,13 +127,11 @@ def seed_run_dir(run_dir: str, oracle_from: str | None, round1_from: str | None)
         # loop then verifies the shared files like any file it wrote, rather than adopting them.
         with Manifest(tmp):
             if oracle_from is not None:
-                donor = Manifest(oracle_from)
-                donor.close()  # read only: it must not record this process's writes
+                donor = Manifest(oracle_from, readonly=True)  # verify only: never record or save there
                 _copy_verified(donor, os.path.join(oracle_from, ORACLE), os.path.join(tmp, ORACLE))
                 shared["oracle"] = oracle_from
             if round1_from is not None:
-                donor = Manifest(round1_from)
-                donor.close()
+                donor = Manifest(round1_from, readonly=True)
                 _copy_verified(donor, os.path.join(round1_from, STAGE1_1), os.path.join(tmp, STAGE1_1))
                 _copy_verified(donor, os.path.join(round1_from, SELECTION_1), os.path.join(tmp, SELECTION_1))
                 _round1_pool(donor, os.path.join(round1_from, POOL), os.path.join(tmp, POOL))
