@@ -1,4 +1,4 @@
-"""Pool scanning, scoring and selection over several rounds (SPEC §4 step 1)."""
+"""Pool scanning, scoring and selection over several rounds (README, "Active learning: `mulact-train`")."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The active-learning experiment (SPEC §4): acquisition → oracle → stage 1 → (stage 2) →
+"""The active-learning experiment (README, "Active learning: `mulact-train`"): acquisition → oracle → stage 1 → (stage 2) →
 evaluation, round after round, resumable at every step.
 
 Run directory layout (``cfg.resolved_run_dir()``)::

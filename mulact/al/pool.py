@@ -7,7 +7,7 @@ Regions are addressed by a *flat index*: image ``i`` owns the flat indices
 (``C + 1 <= 63``).
 
 :class:`OracleTable` holds the ground-truth answers for every region of the train split
-(SPEC §3.6), computed once and cached. :class:`RegionPool` holds what has been *asked and
+(docs/design.md, "The ops": `region_labels_from_mask`), computed once and cached. :class:`RegionPool` holds what has been *asked and
 answered*: per region the label received (0 = unlabeled), its click cost and the round it was
 labeled in, and per round the selection in order. Everything is saved with atomic writes
 (:func:`atomic_save_npz`, :func:`atomic_write_json`) so a killed run never leaves a torn file.

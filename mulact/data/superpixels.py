@@ -21,7 +21,7 @@ Decisions (SPEC is silent):
   (:func:`relabel_contiguous`, order of first appearance in sorted id order).
 * **SEEDS input**: the RGB image is converted to HSV and each channel is histogram-equalised
   (``cv2.equalizeHist``) before SEEDS runs, with ``num_levels=5, prior=3, histogram_bins=10,
-  double_step=True`` and 10 iterations (paper / SPEC §4). OpenCV's SEEDS is deterministic.
+  double_step=True`` and 10 iterations (the paper's settings, README "Presets"). OpenCV's SEEDS is deterministic.
 * **SLIC** runs through ``skimage.segmentation.slic`` on the RGB image (``compactness=10``,
   ``start_label=0``, ``enforce_connectivity=True``), deterministic for a given input.
 * **Grid** ("patch" baseline): ``ceil(H/s) x ceil(W/s)`` blocks of ``s = region_size`` px

@@ -1,6 +1,6 @@
 """Semantic-segmentation evaluation: dataset-level confusion matrix and mIoU.
 
-Conventions (SPEC §4, step 5):
+Conventions (README, "Active learning: `mulact-train`"):
 - The model's extra *undefined* channel (index ``num_classes``) is dropped before the argmax,
   so every evaluated pixel is predicted as one of the dataset's classes.
 - Ground-truth pixels equal to ``ignore_index`` (255) are not counted.
