@@ -24,6 +24,7 @@ real clicks are then counted from the answers; the metrics report both (``planne
 """
 from __future__ import annotations
 
+import abc
 import copy
 import os
 
@@ -48,7 +49,7 @@ class AnswersPending(Exception):
         self.round, self.missing, self.total = round, missing, total
 
 
-class Oracle:
+class Oracle(abc.ABC):
     """Interface of the loop's source of labels (see the module docstring)."""
 
     name = "oracle"
@@ -59,11 +60,13 @@ class Oracle:
         """Clicks to label the whole split, or None when unknown."""
         return None
 
+    @abc.abstractmethod
     def planned_costs(self, pool: RegionPool, labeling: str) -> np.ndarray:
-        raise NotImplementedError
+        """``(N,)`` clicks each pool region is expected to cost (the budget cut uses them)."""
 
+    @abc.abstractmethod
     def answer(self, t: int, chosen: np.ndarray, scores: np.ndarray, labeling: str):
-        raise NotImplementedError
+        """``(bits, costs)`` of the ``chosen`` regions of round ``t``."""
 
     def pending(self, t: int):
         """``(flat regions, their scores)`` already chosen for round ``t`` and waiting for
