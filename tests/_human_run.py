@@ -36,6 +36,17 @@ def start_human_run(run_dir, cache_dir, *extra):
     return cli(["--run-dir", str(run_dir), *HUMAN, *extra], cache_dir)
 
 
+def template_human_run(cache):
+    """A human-mode run in ``cache`` stopped after writing round 1's 20 queries (train labels
+    unreadable); returns ``(run_dir, cache)``."""
+    break_train_labels(cache)
+    run = cache / "run"
+    r = start_human_run(run, cache)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "wrote 20 queries" in r.stderr and "mulact-label" in r.stderr, r.stderr
+    return run, cache
+
+
 def copy_run(src, dst):
     shutil.copytree(src, dst)
     return dst

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from _human_run import HUMAN, break_train_labels, copy_run, start_human_run
+from _human_run import HUMAN, copy_run, start_human_run, template_human_run
 
 from mulact.al.answers import QueryStore
 from mulact.label.app import create_app
@@ -14,13 +14,7 @@ from mulact.label.service import LabelService
 
 @pytest.fixture(scope="module")
 def template_run(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    break_train_labels(cache)
-    run = cache / "run"
-    r = start_human_run(run, cache)
-    assert r.returncode == 3, r.stderr[-3000:]
-    assert "wrote 20 queries" in r.stderr and "mulact-label" in r.stderr, r.stderr
-    return run, cache
+    return template_human_run(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture

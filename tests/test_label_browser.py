@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from _human_run import break_train_labels, copy_run, start_human_run
+from _human_run import copy_run, start_human_run, template_human_run
 from _tiny_run import env_for
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -25,12 +25,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 @pytest.fixture(scope="module")
 def template_run(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    break_train_labels(cache)
-    run = cache / "run"
-    r = start_human_run(run, cache)
-    assert r.returncode == 3, r.stderr[-3000:]
-    return run, cache
+    return template_human_run(tmp_path_factory.mktemp("cache"))
 
 
 class Server:
