@@ -137,7 +137,10 @@ def run(args) -> dict:
     )
 
     device = torch.device(args.device)
+    oracle_device = torch.device(args.oracle_device)
     cfg = apply_overrides(TrainConfig(), PRESETS["cityscapes"], "preset 'cityscapes'")
+    if args.crop_size is not None:
+        cfg.crop_size = args.crop_size
     C, tau = 19, cfg.temperature
     H, W = args.height, args.width
     stages = {k: Stage(k, device) for k in
@@ -148,12 +151,13 @@ def run(args) -> dict:
         with stages["render"]:
             img, label = make_image(i, H, W)
         with stages["seeds"]:
-            regions = compute_superpixels(img, "seeds", cfg.region_size)
+            regions = compute_superpixels(img, args.superpixels, cfg.region_size)
         R = int(regions.max()) + 1
         with stages["oracle"]:
-            out = region_labels_from_mask(torch.from_numpy(label)[None], torch.from_numpy(regions.astype(np.int64))[None],
+            out = region_labels_from_mask(torch.from_numpy(label)[None].to(oracle_device),
+                                          torch.from_numpy(regions.astype(np.int64))[None].to(oracle_device),
                                           R, C, ignore_index=255, trim=cfg.trim)
-        images.append((img, label, regions, R, out.multi_hot[0]))
+        images.append((img, label, regions, R, out.multi_hot[0].cpu()))
     region_counts = [im[3] for im in images]
 
     model = build_model(C, cfg.encoder, None, cfg.decoder_channels, seed=0).to(device)
@@ -219,6 +223,8 @@ def run(args) -> dict:
         "torch": torch.__version__,
         "note": args.note,
         "image_size": [H, W],
+        "superpixels": args.superpixels,
+        "oracle_device": str(oracle_device),
         "regions_per_image": region_counts,
         "model": f"DeepLabV3+ {cfg.encoder}, decoder {cfg.decoder_channels}, {C + 1} outputs",
         "amp_bf16": use_amp,
@@ -226,7 +232,7 @@ def run(args) -> dict:
         "crop_size": cfg.crop_size,
         "stages": {
             "render (synthetic data, not a pipeline stage)": stages["render"].record("per image"),
-            "seeds": stages["seeds"].record("per image"),
+            "seeds": stages["seeds"].record(f"per image ({args.superpixels})"),
             "oracle": stages["oracle"].record("per image"),
             "acquisition": stages["acquisition"].record("per image"),
             "train_iteration": stages["train_iteration"].record("per iteration (batch 4)"),
@@ -324,7 +330,8 @@ def to_markdown(res: dict) -> str:
     lines = [f"# Cityscapes-scale rehearsal, {res['device']} ({res['device_name']})", "",
              f"{res['date']}; torch {res['torch']}, {res['cpu_threads']} CPU threads; {res['note']}", "",
              f"{res['image_size'][0]}x{res['image_size'][1]} synthetic images, regions per image: "
-             f"{res['regions_per_image']}; {res['model']}; bf16 autocast: {res['amp_bf16']}", "",
+             f"{res['regions_per_image']} ({res.get('superpixels', 'seeds')}); {res['model']}; bf16 autocast: "
+             f"{res['amp_bf16']}; oracle on {res.get('oracle_device', 'cpu')}", "",
              "| stage | unit | median wall | min wall | median CPU time | runs | peak memory |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for name, s in res["stages"].items():
@@ -341,6 +348,12 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=2, help="training iterations timed")
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--width", type=int, default=2048)
+    p.add_argument("--superpixels", default="seeds", choices=["seeds", "slic", "grid"],
+                   help="superpixel method of the `seeds` stage (the pipeline's is SEEDS; `grid` keeps R = 2048 "
+                        "where opencv-contrib's ximgproc is missing, e.g. on a bare GPU machine)")
+    p.add_argument("--oracle-device", default="cpu",
+                   help="device of the oracle's region_labels_from_mask (the pipeline runs it on the CPU)")
+    p.add_argument("--crop-size", type=int, default=None, help="training crop (default: the preset's 769)")
     p.add_argument("--note", default="", help="conditions of the run (load, machine) recorded with the result")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--project", metavar="JSON", help="print the protocol projection from a CPU result file and exit")

@@ -14,19 +14,27 @@ value, each recorded as done / failed / skipped with the reason:
    ``reference``, ``composite`` (plain torch, from the benchmark suites) and ``compiled``
    (that composite under ``torch.compile``, compiled once before the timing; compile time
    recorded). Per provider: median time, GB/s over the bytes the op must move, % of peak,
-   and for the losses the peak extra memory of one fwd+bwd;
-3. the CUDA tests (the ``triton`` cases of the op tests, the dispatch and status tests);
-4. a training smoke: the demo preset's model (DeepLabV3+ ResNet-18, 64 decoder channels) on
-   synthetic 4×3×128×256 batches, bfloat16 autocast, AdamW, the paper's loss, a few iterations.
+   and for the losses the peak extra memory of one fwd+bwd.
+   Before timing, the fused op's outputs (and gradients) are compared with the reference's
+   (``rel_err_vs_reference``, a norm ratio). The benchmarks leave ``--reserve`` seconds of the
+   budget to the sections after them;
+3. a training smoke: the demo preset's model (DeepLabV3+ ResNet-18, 64 decoder channels) on
+   synthetic 4×3×128×256 batches, bfloat16 autocast, AdamW, the paper's loss, a few iterations;
+4. the Cityscapes-scale rehearsal (``cityscapes_rehearsal.py``): per-step time and peak memory
+   of acquisition, one training iteration (R50, batch 4, crop 769), pseudo labels and
+   evaluation at 1024×2048, written as ``cityscapes_rehearsal_cuda.md`` / ``.json``. SEEDS needs
+   opencv-contrib; where ``cv2.ximgproc`` is missing the 32-px grid stands in (same region count);
+5. the CUDA tests (the ``triton`` cases of the op tests, the dispatch and status tests), with
+   what is left of the budget.
 
 Bare machine. Only torch and triton are needed for sections 1–2 (the C++ extension is not
 used on CUDA, and ``kernels/`` is loaded as ``mulact.kernels`` from the checkout when mulact
-is not installed). Section 2's composites and section 3 need pytest; section 4 needs
-segmentation-models-pytorch. Carry them as a target directory, which this script puts on
-``sys.path``::
+is not installed). Section 2's composites and section 5 need pytest; sections 3–4 need
+segmentation-models-pytorch, and ``mulact.data`` needs cityscapesscripts (its label table).
+Carry them as a target directory, which this script puts on ``sys.path``::
 
     pip install --no-deps --target benchmarks/.carry pytest pluggy iniconfig packaging \
-        segmentation-models-pytorch timm huggingface_hub safetensors   # carry "benchmarks/.carry"
+        segmentation-models-pytorch timm huggingface_hub safetensors cityscapesscripts   # carry "benchmarks/.carry"
 
 A missing one turns its section into "skipped" with the import error, never a crash.
 """
@@ -216,6 +224,13 @@ def _cases(device: str, shape, compile_backend: str):
     def compiled(fn):
         return torch.compile(fn, backend=compile_backend, dynamic=False)
 
+    def loss_pair(loss_fn):
+        def both():
+            value = loss_fn()
+            (grad,) = torch.autograd.grad(value, logits)
+            return value.detach(), grad
+        return both
+
     def loss_step(loss_fn):
         def step():
             (grad,) = torch.autograd.grad(loss_fn(), logits)
@@ -252,7 +267,14 @@ def _cases(device: str, shape, compile_backend: str):
         "compiled": lambda: red_c(plain, regions, R, "mean"),
     }
     n = plain.numel() * esize
-    return {
+    checks = {
+        # outputs compared with the reference before anything is timed
+        "region_uncertainty_stats": (lambda: tuple(stats["mulact"]()), lambda: tuple(stats["reference"]())),
+        "partial_label_loss": (loss_pair(pll["mulact"]), loss_pair(pll["reference"])),
+        "prototypical_pixel_loss": (loss_pair(ppl["mulact"]), loss_pair(ppl["reference"])),
+        "region_reduce_mean": (lambda: (reduce["mulact"](),), lambda: (reduce["reference"](),)),
+    }
+    return checks, {
         # logits once, u/count/prob outputs
         "region_uncertainty_stats": ({p: f for p, f in stats.items()}, n + rbytes + B * R * C * 8, False),
         # forward reads the logits, backward reads them again and writes the gradient
@@ -263,8 +285,25 @@ def _cases(device: str, shape, compile_backend: str):
     }
 
 
+def max_relative_error(fused, reference) -> float:
+    """Largest ``|a - b| / max(|b|, 1e-6)`` norm ratio over the outputs of two providers
+    (float64 on the host), NaN/Inf counted as an infinite error."""
+    import torch
+
+    worst = 0.0
+    for a, b in zip(fused(), reference()):
+        a, b = a.detach().double().cpu(), b.detach().double().cpu()
+        if not bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all()):
+            return math.inf
+        num = float(torch.linalg.vector_norm((a - b).nan_to_num()))
+        den = max(float(torch.linalg.vector_norm(b.nan_to_num())), 1e-6)
+        worst = max(worst, num / den)
+    return _sig(worst)
+
+
 def section_benchmarks(report: dict, device: str, shapes, budget: Budget, compile_backend: str, reps: int,
-                       save) -> None:
+                       save, reserve: float = 0.0) -> None:
+    """Times every provider; ``reserve`` seconds of the budget are left to the later sections."""
     import torch
 
     peak = None
@@ -275,13 +314,21 @@ def section_benchmarks(report: dict, device: str, shapes, budget: Budget, compil
         peak = dev["copy_GBps"] * 1e9
     rows = report.setdefault("benchmarks", [])
     for shape in shapes:
-        cases = _cases(device, shape, compile_backend)
+        checks, cases = _cases(device, shape, compile_backend)
         for op, (providers, moved, is_loss) in cases.items():
+            error = None
+            if budget.left() >= reserve + 30:
+                try:
+                    error = max_relative_error(*checks[op])
+                except Exception as exc:
+                    error = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
             for provider, fn in providers.items():
                 row = {"op": op, "shape": "x".join(map(str, shape[:4])), "R": shape[4], "provider": provider,
                        "bytes": moved}
+                if provider == "mulact":
+                    row["rel_err_vs_reference"] = error
                 rows.append(row)
-                if budget.left() < 30:
+                if budget.left() < reserve + 30:
                     row["status"] = "skipped: time budget"
                     continue
                 try:
@@ -310,13 +357,16 @@ TEST_FILES = ["test_dispatch.py", "test_status.py", "test_region_reduce.py", "te
               "test_prototype_pseudo_labels.py", "test_region_adjacency.py", "test_region_labels_from_mask.py"]
 
 
-def section_tests(report: dict, device: str, budget: Budget, select: str, files, cap: float) -> None:
+def section_tests(report: dict, device: str, budget: Budget, select: str, files, cap: float,
+                  log: Path | None = None) -> None:
+    """The CUDA cases of the op tests; the whole pytest output goes to ``log``."""
     why = _missing("pytest")
     if why:
         report["tests"] = {"status": f"skipped: {why}"}
         return
-    timeout = max(30, int(min(cap, budget.left() - 60)))
-    args = ["-q", "-x", "-p", "no:cacheprovider", "-k", select] + [str(ROOT / "tests" / f) for f in files]
+    timeout = max(30, int(min(cap, budget.left() - 10)))
+    # every failure, not just the first: a device session is too short to rerun for the next one
+    args = ["-q", "-rf", "--tb=short", "-p", "no:cacheprovider", "-k", select] + [str(ROOT / "tests" / f) for f in files]
     code = ("import sys; sys.argv[0] = %r; import runpy; g = runpy.run_path(%r, run_name='gpu_check');"
             "g['_prepare_imports'](); import pytest; sys.exit(pytest.main(%r))") % (__file__, __file__, args)
     env = dict(os.environ)
@@ -325,9 +375,13 @@ def section_tests(report: dict, device: str, budget: Budget, select: str, files,
     try:
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+        if log is not None:
+            log.write_text(proc.stdout + proc.stderr)
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        tail = lines[-15:]
         report["tests"] = {"status": "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})",
-                           "summary": tail[-1] if tail else "", "tail": tail}
+                           "summary": tail[-1] if tail else "", "tail": tail,
+                           "failed": [ln for ln in lines if ln.startswith(("FAILED ", "ERROR "))][:200]}
     except subprocess.TimeoutExpired:
         report["tests"] = {"status": f"failed: timed out after {timeout} s"}
 
@@ -375,6 +429,35 @@ def section_smoke(report: dict, device: str, iterations: int, tiny: bool) -> Non
     }
 
 
+def section_rehearsal(report: dict, device: str, out: Path, images: int, iterations: int, tiny: bool) -> None:
+    """Per-step times of the pipeline at Cityscapes shapes (benchmarks/cityscapes_rehearsal.py)."""
+    why = _missing("segmentation_models_pytorch", "cv2", "skimage")
+    if why:
+        report["rehearsal"] = {"status": f"skipped: {why}"}
+        return
+    import cityscapes_rehearsal
+    import cv2
+
+    from mulact.ops._backend import cpp_available
+
+    # SEEDS needs opencv-contrib (ximgproc), which a bare GPU image may lack (its wheel is over
+    # the carry limit): the grid keeps the region count (2,048 of 32 px) and so every op's shape.
+    method = "seeds" if hasattr(cv2, "ximgproc") else "grid"
+    oracle_device = "cpu" if cpp_available() else device
+    argv = ["--device", device, "--images", str(images), "--iterations", str(iterations),
+            "--superpixels", method, "--oracle-device", oracle_device, "--out", str(out),
+            "--note", f"gpu_check; superpixels {method}, oracle on {oracle_device}"]
+    if tiny:
+        argv += ["--height", "64", "--width", "128", "--crop-size", "48"]
+    cityscapes_rehearsal.main(argv)
+    tag = "cuda" if device == "cuda" else "cpu"
+    res = json.loads((out / f"cityscapes_rehearsal_{tag}.json").read_text())
+    report["rehearsal"] = {"status": "ok", "superpixels": method, "oracle_device": oracle_device,
+                           "files": [f"cityscapes_rehearsal_{tag}.md", f"cityscapes_rehearsal_{tag}.json"],
+                           "stages": {k: {"median_s": round(v["median_s"], 4), "peak_memory_gib": v["peak_memory_gib"],
+                                          "runs": v["runs"]} for k, v in res["stages"].items()}}
+
+
 # ------------------------------------------------------------------------------ output
 def render_markdown(report: dict) -> str:
     dev = report.get("device", {})
@@ -385,21 +468,31 @@ def render_markdown(report: dict) -> str:
     rows = report.get("benchmarks", [])
     if rows:
         lines += ["## Benchmarks (median)", "",
-                  "| op | shape | R | provider | ms | GB/s | % peak | peak extra MiB | compile s | status |",
-                  "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+                  "| op | shape | R | provider | ms | GB/s | % peak | peak extra MiB | compile s | rel. err vs reference | status |",
+                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in rows:
             extra = r.get("peak_extra_bytes")
-            lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            err = r.get("rel_err_vs_reference")
+            lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 r["op"], r["shape"], r["R"], r["provider"], r.get("ms", ""), r.get("GBps", ""),
                 r.get("pct_of_peak", ""), "" if extra is None else round(extra / 2**20, 1), r.get("compile_s", ""),
-                r.get("status", "")))
+                "" if err is None else err, r.get("status", "")))
         lines.append("")
     tests = report.get("tests")
     if tests:
         lines += ["## Tests", "", f"{tests['status']}: {tests.get('summary', '')}", ""]
+        lines += [f"- {ln}" for ln in tests.get("failed", [])] + ([""] if tests.get("failed") else [])
     smoke = report.get("training_smoke")
     if smoke:
         lines += ["## Training smoke", "", ", ".join(f"{k}: {v}" for k, v in smoke.items()), ""]
+    rehearsal = report.get("rehearsal")
+    if rehearsal:
+        lines += ["## Rehearsal (per step, Cityscapes shapes)", "", f"{rehearsal['status']}"
+                  + (f"; superpixels {rehearsal['superpixels']}, oracle on {rehearsal['oracle_device']}"
+                     if "superpixels" in rehearsal else ""), ""]
+        for k, v in rehearsal.get("stages", {}).items():
+            lines.append(f"- {k}: {v['median_s']} s (median of {v['runs']}), peak {v['peak_memory_gib']} GiB")
+        lines.append("")
     for name, err in report.get("errors", {}).items():
         lines += [f"## {name}: error", "", "```", err.strip(), "```", ""]
     return "\n".join(lines)
@@ -414,7 +507,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--tests-k", default="triton or cuda", help="pytest -k selection of the CUDA tests")
     parser.add_argument("--tests", nargs="*", default=TEST_FILES, help="test files (in tests/) of section 3")
     parser.add_argument("--tests-timeout", type=float, default=240.0, help="seconds for section 3 at most")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["benchmarks", "tests", "smoke"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["benchmarks", "tests", "smoke", "rehearsal"])
+    parser.add_argument("--reserve", type=float, default=150.0,
+                        help="seconds of the budget the benchmarks leave to the tests, smoke and rehearsal")
+    parser.add_argument("--rehearsal-images", type=int, default=3)
+    parser.add_argument("--rehearsal-iterations", type=int, default=8)
     args = parser.parse_args(argv)
     _prepare_imports()
     import torch
@@ -443,12 +540,17 @@ def main(argv=None) -> dict:
     if "benchmarks" not in args.skip:
         sections.append(("benchmarks", lambda: section_benchmarks(
             report, device, CPU_SHAPES if args.cpu else GPU_SHAPES, budget, args.compile_backend,
-            reps=2 if args.cpu else 10, save=save)))
-    if "tests" not in args.skip:
-        sections.append(("tests", lambda: section_tests(report, device, budget, args.tests_k, args.tests, args.tests_timeout)))
+            reps=2 if args.cpu else 10, save=save, reserve=0.0 if args.cpu else args.reserve)))
     if "smoke" not in args.skip:
         sections.append(("smoke", lambda: section_smoke(report, device, iterations=2 if args.cpu else 10,
                                                         tiny=args.cpu)))
+    if "rehearsal" not in args.skip:
+        sections.append(("rehearsal", lambda: section_rehearsal(
+            report, device, args.out, 1 if args.cpu else args.rehearsal_images,
+            1 if args.cpu else args.rehearsal_iterations, tiny=args.cpu)))
+    if "tests" not in args.skip:  # last: it takes what the budget has left, up to --tests-timeout
+        sections.append(("tests", lambda: section_tests(report, device, budget, args.tests_k, args.tests, args.tests_timeout,
+                                                        log=args.out / "tests_log.txt")))
     for name, run in sections:
         try:
             if name != "device" and budget.left() < 20:

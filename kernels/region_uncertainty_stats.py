@@ -39,8 +39,11 @@ def _region_uncertainty_stats_kernel(
     else:
         z = x.to(tl.float32) * inv_t
 
-    # (z - z) is NaN exactly when z is NaN or +-Inf.
-    nonfinite = tl.sum(tl.sum((tile_mask & ((z - z) != 0)).to(tl.int32), axis=1), axis=0)
+    # Tested on the loaded x, with comparisons only: an arithmetic test such as (z - z) != 0 on
+    # z = x * inv_t is contracted by the GPU compiler into fma(x, inv_t, -z), whose result is the
+    # product's rounding error, not 0 (seen on an H200: finite logits reported as NaN at tau = 0.1).
+    bad = (x != x) | (tl.abs(x) == float("inf"))
+    nonfinite = tl.sum(tl.sum((tile_mask & bad).to(tl.int32), axis=1), axis=0)
     if nonfinite > 0:
         tl.atomic_max(status_ptr, 1)
 
@@ -53,14 +56,18 @@ def _region_uncertainty_stats_kernel(
     e = tl.where(cmask[:, None], tl.exp(d), 0.0)
     s = tl.sum(e, axis=0)
     inv_s = 1.0 / s
+    # s = 1 + rest, where rest sums the classes other than the top one: margin and least
+    # confidence are written with rest so that they never subtract two numbers close to 1 (the
+    # GPU's approximate division makes 1 - 1/s nonzero for s = 1, e.g. for a single class).
+    rest = tl.sum(tl.where(cls[:, None] == top[None, :], 0.0, e), axis=0)
     if MEASURE == 0:  # bvsb: p_sb / p_b; 0 for C == 1 (m2 = -inf)
         u = tl.exp(m2 - m1)
-    elif MEASURE == 1:  # margin: 1 - (p_b - p_sb)
-        u = 1.0 - (1.0 - tl.exp(m2 - m1)) * inv_s
+    elif MEASURE == 1:  # margin: 1 - (p_b - p_sb) = (rest + e_sb) / s
+        u = (rest + tl.exp(m2 - m1)) * inv_s
     elif MEASURE == 2:  # entropy: log s - sum_c e_c d_c / s
         u = tl.log(s) - tl.sum(e * d, axis=0) * inv_s
-    else:  # least confidence: 1 - p_b
-        u = 1.0 - inv_s
+    else:  # least confidence: 1 - p_b = rest / s
+        u = rest * inv_s
 
     ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1)
     report_bad_ids(ids, pmask, R, status_ptr)

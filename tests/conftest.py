@@ -16,3 +16,14 @@ BACKEND_PARAMS = ["reference", "cpp", "triton"]
 @pytest.fixture(params=BACKEND_PARAMS)
 def backend(request):
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_status_leaks_between_tests():
+    """A CUDA kernel's status is checked later (at the next launch or ``check_status``): a test
+    that leaves one queued would make the *next* test raise its error. Drop them after each
+    test; tests that expect an error check it themselves (``_util.raises_status``)."""
+    yield
+    from mulact.ops import _status
+
+    _status._pending.clear()

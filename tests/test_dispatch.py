@@ -4,6 +4,7 @@ each dtype it accepts, on the C++ kernel and on the Triton kernel (interpreter).
 import pytest
 import torch
 from _partial_labels import make_case
+from _util import backend_device
 
 from mulact import ops
 
@@ -32,8 +33,10 @@ def test_every_public_op_is_registered():
         assert hasattr(ops, name)
 
 
-def _case(dtype, grad=False):
-    logits, regions, labels = make_case(2, 4, 5, 6, 5, seed=3, label_sizes=(0, 1, 2, 3))
+def _case(dtype, backend, grad=False):
+    """Inputs on the backend's device: Triton on CUDA when present, else the interpreter."""
+    dev = backend_device(backend)
+    logits, regions, labels = make_case(2, 4, 5, 6, 5, seed=3, label_sizes=(0, 1, 2, 3), device=dev)
     logits = logits.to(dtype)
     if grad:
         logits.requires_grad_(True)
@@ -43,58 +46,58 @@ def _case(dtype, grad=False):
 @pytest.mark.parametrize("backend,dtype", CASES)
 @pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min", "count", "argmax"])
 def test_opcheck_region_reduce(backend, dtype, reduce):
-    logits, regions, _ = _case(dtype, grad=reduce in ("sum", "mean", "max", "min"))
+    logits, regions, _ = _case(dtype, backend, grad=reduce in ("sum", "mean", "max", "min"))
     _opcheck(torch.ops.mulact.region_reduce.default, (logits, regions, 5, reduce, backend))
 
 
 @pytest.mark.parametrize("backend,dtype", CASES)
 def test_opcheck_region_reduce_backward(backend, dtype):
-    _, regions, _ = _case(dtype)
-    grad = torch.randn(2, 5, 3, dtype=dtype)
-    count = ops.region_reduce(torch.zeros(2, 5, 6), regions, 5, "count")
+    _, regions, _ = _case(dtype, backend)
+    grad = torch.randn(2, 5, 3, dtype=dtype, device=regions.device)
+    count = ops.region_reduce(torch.zeros(2, 5, 6, device=regions.device), regions, 5, "count", backend=backend)
     _opcheck(torch.ops.mulact.region_reduce_backward.default, (grad, regions, count, "mean", backend))
 
 
 @pytest.mark.parametrize("backend,dtype", CASES)
 @pytest.mark.parametrize("measure", ["bvsb", "entropy"])
 def test_opcheck_region_uncertainty_stats(backend, dtype, measure):
-    logits, regions, _ = _case(dtype)
+    logits, regions, _ = _case(dtype, backend)
     _opcheck(torch.ops.mulact.region_uncertainty_stats.default, (logits, regions, 5, 0.5, measure, backend))
 
 
 @pytest.mark.parametrize("backend,dtype", CASES)
 @pytest.mark.parametrize("normalize", ["pixel", "region"])
 def test_opcheck_partial_label_loss(backend, dtype, normalize):
-    logits, regions, labels = _case(dtype, grad=True)
+    logits, regions, labels = _case(dtype, backend, grad=True)
     _opcheck(torch.ops.mulact.partial_label_loss.default, (logits, regions, labels, 0.5, normalize, backend), True)
 
 
 @pytest.mark.parametrize("backend,dtype", CASES)
 def test_opcheck_partial_label_loss_backward(backend, dtype):
-    logits, regions, labels = _case(dtype)
-    scale = torch.rand(2, 5, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    logits, regions, labels = _case(dtype, backend)
+    scale = torch.rand(2, 5, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=logits.device)
     scale = scale * labels.any(-1)  # as the forward's autograd makes it: unlabeled regions get 0
     _opcheck(torch.ops.mulact.partial_label_loss_backward.default, (logits, regions, labels, scale, 0.5, backend))
 
 
 @pytest.mark.parametrize("backend,dtype", CASES)
 def test_opcheck_region_class_argmax(backend, dtype):
-    logits, regions, labels = _case(dtype)
+    logits, regions, labels = _case(dtype, backend)
     _opcheck(torch.ops.mulact.region_class_argmax.default, (logits, regions, labels, 0.5, 1, backend))
 
 
 @pytest.mark.parametrize("backend,dtype", CASES)
 @pytest.mark.parametrize("normalize", ["pair", "region"])
 def test_opcheck_prototypical_pixel_loss(backend, dtype, normalize):
-    logits, regions, labels = _case(dtype, grad=True)
+    logits, regions, labels = _case(dtype, backend, grad=True)
     _opcheck(torch.ops.mulact.prototypical_pixel_loss.default, (logits, regions, labels, 0.5, normalize, backend),
              True)
 
 
 @pytest.mark.parametrize("backend,dtype", CASES)
 def test_opcheck_prototype_pseudo_labels(backend, dtype):
-    logits, regions, labels = _case(dtype)
-    features = torch.randn(2, 3, 3, 3, dtype=dtype)
+    logits, regions, labels = _case(dtype, backend)
+    features = torch.randn(2, 3, 3, 3, dtype=dtype, device=logits.device)
     args = (features, logits, regions, labels, True, 0.5, backend)
     # The thresholds are NaN where there is no prototype (the contract), and the AOT check
     # compares with NaN != NaN: run it on the outputs without NaN instead.
@@ -109,14 +112,14 @@ def test_opcheck_prototype_pseudo_labels(backend, dtype):
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 def test_opcheck_region_adjacency(backend, dtype):
-    _, regions, _ = _case(torch.float32)
+    _, regions, _ = _case(torch.float32, backend)
     _opcheck(torch.ops.mulact.region_adjacency.default, (regions.to(dtype), 5, backend))
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])
 def test_opcheck_region_labels_from_mask(backend, dtype):
-    _, regions, _ = _case(torch.float32)
-    gt = torch.randint(0, 4, regions.shape)
+    _, regions, _ = _case(torch.float32, backend)
+    gt = torch.randint(0, 4, regions.shape, device=regions.device)
     gt[0, 0, :3] = 255
     _opcheck(torch.ops.mulact.region_labels_from_mask.default, (gt.to(dtype), regions, 5, 4, 255, 1, backend))

@@ -36,14 +36,21 @@ def test_cpu_run_writes_every_section(gpu_check, tmp_path):
         assert r["status"] == "ok", r
         assert r["ms"] > 0 and r["GBps"] > 0 and r["bytes"] > 0
     assert all("compile_s" in r for r in rows if r["provider"] == "compiled")
+    # correctness before timing: the fused op against the reference, outputs and gradients
+    errors = [r["rel_err_vs_reference"] for r in rows if r["provider"] == "mulact"]
+    assert len(errors) == 4 and all(isinstance(e, float) and e < 1e-5 for e in errors), errors
     assert {r["provider"] for r in rows} == {"mulact", "reference", "composite", "compiled"}
     assert report["tests"]["status"] == "ok", report["tests"]
     assert "passed" in report["tests"]["summary"]
     smoke = report["training_smoke"]
     assert smoke["status"] == "ok" and smoke["iterations"] == 2
-    md = list(tmp_path.glob("*.md"))
-    js = list(tmp_path.glob("*.json"))
+    rehearsal = report["rehearsal"]
+    assert rehearsal["status"] == "ok", rehearsal
+    assert {"acquisition", "train_iteration", "pseudo_labels", "evaluation"} <= set(rehearsal["stages"])
+    assert all((tmp_path / f).is_file() for f in rehearsal["files"])
+    md = [f for f in tmp_path.glob("*.md") if not f.name.startswith("cityscapes_rehearsal")]
+    js = [f for f in tmp_path.glob("*.json") if not f.name.startswith("cityscapes_rehearsal")]
     assert len(md) == 1 and len(js) == 1 and md[0].stem == js[0].stem
     assert json.loads(js[0].read_text())["benchmarks"] == rows
     text = md[0].read_text()
-    assert "| partial_label_loss |" in text and "## Training smoke" in text
+    assert "| partial_label_loss |" in text and "## Training smoke" in text and "## Rehearsal" in text

@@ -6,6 +6,7 @@ With a GPU, the same calls run under ``torch.cuda.set_sync_debug_mode("error")``
 import pytest
 import torch
 from _partial_labels import make_case
+from _util import backend_device, raises_status
 
 from mulact import ops
 from mulact.ops import _status
@@ -31,14 +32,15 @@ def deferred():
     _status._pending.clear()
 
 
-def _bad_id_case():
-    logits, regions, labels = make_case(1, 3, 4, 5, 4, seed=1, label_sizes=(1, 2))
+def _bad_id_case(backend):
+    logits, regions, labels = make_case(1, 3, 4, 5, 4, seed=1, label_sizes=(1, 2), device=backend_device(backend))
     regions[0, 1, 2] = 7  # >= R = 4
     return logits, regions, labels
 
 
-def _nan_case():
-    logits, regions, labels = make_case(1, 3, 4, 5, 4, seed=1, label_sizes=(1, 2), negative=False)
+def _nan_case(backend):
+    logits, regions, labels = make_case(1, 3, 4, 5, 4, seed=1, label_sizes=(1, 2), negative=False,
+                                        device=backend_device(backend))
     logits[0, 1, 2, 3] = float("nan")
     return logits.float(), regions, labels
 
@@ -46,16 +48,20 @@ def _nan_case():
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_cpu_status_raises_at_the_call(backend, name):
-    logits, regions, labels = _bad_id_case()
-    with pytest.raises(ValueError, match=r"`regions` holds id 7 but num_regions=4"):
+    """On the CPU the call itself raises (with a GPU, Triton runs on CUDA: the error comes at
+    the next check, as in the deferred tests below)."""
+    logits, regions, labels = _bad_id_case(backend)
+    with raises_status(r"`regions` holds id 7 but num_regions=4"):
         CALLS[name](logits.float(), regions, labels, backend)
+        if logits.device.type == "cpu":
+            assert _status.pending() == 0  # nothing queued: raised before this line
     assert _status.pending() == 0
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_deferred_bad_id_surfaces_at_check_status(deferred, backend, name):
-    logits, regions, labels = _bad_id_case()
+    logits, regions, labels = _bad_id_case(backend)
     CALLS[name](logits.float(), regions, labels, backend)  # no error, no read-back yet
     assert _status.pending() >= 1
     with pytest.raises(ValueError, match=rf"{REPORTER.get(name, name)}: `regions` holds id 7 but num_regions=4"):
@@ -67,9 +73,11 @@ def test_deferred_bad_id_surfaces_at_check_status(deferred, backend, name):
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("name", ["partial_label_loss", "region_class_argmax", "region_uncertainty_stats"])
 def test_deferred_nan_surfaces_at_the_next_launch(deferred, backend, name):
-    logits, regions, labels = _nan_case()
+    logits, regions, labels = _nan_case(backend)
     CALLS[name](logits, regions, labels, backend)
-    good, regions2, labels2 = make_case(1, 3, 4, 5, 4, seed=2)
+    good, regions2, labels2 = make_case(1, 3, 4, 5, 4, seed=2, device=logits.device)
+    if logits.device.type == "cuda":
+        torch.cuda.synchronize()  # the earlier kernel has finished by the next launch
     # the next fused call finds the earlier kernel finished and raises its error
     with pytest.raises(ValueError, match=rf"{name}: `logits` contains NaN or Inf"):
         CALLS["region_uncertainty_stats"](good.float(), regions2, labels2, backend)

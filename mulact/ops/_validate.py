@@ -106,7 +106,9 @@ def check_finite(op: str, name: str, t: torch.Tensor) -> None:
 
 def new_status(device: torch.device) -> torch.Tensor:
     """Fresh status buffer for a fused kernel (see module docstring)."""
-    return torch.tensor([0, -1], dtype=torch.int32, device=device)
+    # [0, -1] written by one kernel on the device: torch.tensor([0, -1], device="cuda") would
+    # copy from pageable host memory, and that copy synchronises with the host on every call.
+    return torch.arange(0, -2, -1, dtype=torch.int32, device=device)
 
 
 def raise_on_status(op: str, status: torch.Tensor, num_regions: int, name: str = "logits",
