@@ -123,3 +123,15 @@ def test_opcheck_region_labels_from_mask(backend, dtype):
     gt = torch.randint(0, 4, regions.shape, device=regions.device)
     gt[0, 0, :3] = 255
     _opcheck(torch.ops.mulact.region_labels_from_mask.default, (gt.to(dtype), regions, 5, 4, 255, 1, backend))
+
+
+def test_registered_op_refuses_a_backend_that_cannot_run(monkeypatch):
+    """``torch.ops.mulact.*`` called directly (no resolve_backend): a clear error naming the op
+    and the reason, not a kernel's pointer error."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    logits, regions, _ = _case(torch.float32, "cpp")
+    with pytest.raises(RuntimeError, match=r"region_reduce: backend 'triton' cannot run: .*CUDA tensor"):
+        torch.ops.mulact.region_reduce(logits, regions, 5, "sum", "triton")
+    if torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match=r"region_uncertainty_stats: backend 'cpp' cannot run: .*CPU tensors only"):
+            torch.ops.mulact.region_uncertainty_stats(logits.cuda(), regions.cuda(), 5, 0.5, "bvsb", "cpp")

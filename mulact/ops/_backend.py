@@ -85,6 +85,15 @@ def resolve_backend(op: str, device: torch.device, backend: str | None = None) -
     return backend
 
 
+def check_launch(op: str, backend: str, tensor: torch.Tensor) -> None:
+    """Inside a registered op (``torch.ops.mulact.*`` can be called directly, bypassing
+    :func:`resolve_backend`): refuse a backend that cannot run on the tensor's device with the
+    reason, instead of a kernel's low-level error."""
+    reason = _why_not(backend, tensor.device)
+    if reason is not None:
+        raise RuntimeError(f"{op}: backend {backend!r} cannot run: {reason}")
+
+
 def last_backend(op: str) -> str | None:
     """The backend used by the most recent call of ``op`` in this process (None if never)."""
     return _last.get(op)

@@ -57,7 +57,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import resolve_backend
+from ._backend import check_launch, resolve_backend
 from ._labels import device_guard
 from ._validate import (
     check_float,
@@ -326,6 +326,7 @@ def _op(features: torch.Tensor, logits: torch.Tensor, regions: torch.Tensor, reg
         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(labels, thresholds, num_localized, num_expanded, prototype_index)`` from the fused
     backend (docs/design.md, "Dispatch")."""
+    check_launch(OP, backend, logits)
     launch = {"cpp": _forward_cpp, "triton": _forward_triton}[backend]
     return launch(features, logits, regions, region_labels, expand, temperature)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V
-from ._backend import resolve_backend
+from ._backend import check_launch, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 
 OP = "region_adjacency"
@@ -103,6 +103,7 @@ def region_adjacency(regions: torch.Tensor, num_regions: int, *, backend: str | 
 def _op(regions: torch.Tensor, num_regions: int, backend: str) -> list[torch.Tensor]:
     """Edge lists of the fused backend (docs/design.md, "Dispatch"). The number of edges depends
     on the data, so a CUDA call syncs (``torch.unique``) and the status is read at once."""
+    check_launch(OP, backend, regions)
     return {"cpp": _cpp, "triton": _triton}[backend](regions, num_regions)
 
 

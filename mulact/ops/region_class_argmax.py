@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import resolve_backend
+from ._backend import check_launch, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype, triton_acc
 from ._labels import device_guard, labels_u8, num_labels
@@ -121,6 +121,7 @@ _LAUNCH = {"cpp": _argmax_cpp, "triton": _argmax_triton}
 def _op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor, temperature: float,
         min_classes: int, backend: str) -> torch.Tensor:
     """The fused kernel (docs/design.md, "Dispatch") on validated arguments."""
+    check_launch(OP, backend, logits)
     num_regions = region_labels.shape[1]
     active = (num_labels(region_labels) >= min_classes).to(torch.int8)
     status = new_status(logits.device)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _validate as V
-from ._backend import resolve_backend
+from ._backend import check_launch, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 
 OP = "region_labels_from_mask"
@@ -279,6 +279,7 @@ def _op(gt: torch.Tensor, regions: torch.Tensor, num_regions: int, num_classes: 
     """``(multi_hot, dominant, class_counts, cost)`` from the fused backend (docs/design.md,
     "Dispatch"). The oracle runs once per dataset, off the training path: its checks read the
     status at once on every device, so that a bad mask names the offending value."""
+    check_launch(OP, backend, regions)
     launch = {"cpp": _cpp, "triton": _triton}[backend]
     return tuple(launch(gt, regions, num_regions, num_classes, ignore_index, trim))
 

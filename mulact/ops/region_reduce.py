@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V
-from ._backend import resolve_backend
+from ._backend import check_launch, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype as _acc
 from ._labels import device_guard
@@ -105,6 +105,7 @@ def _op(values: torch.Tensor, regions: torch.Tensor, num_regions: int, reduce: s
     values' dtype (sum/mean/max/min), ``(B, R)`` int64 (count) or ``(B, R, K)`` int64 (argmax);
     ``aux`` is what the backward needs: the ``(B, R)`` pixel counts (sum/mean), the ``(B, R, K)``
     arg-extremum (max/min), or an empty tensor."""
+    check_launch(OP, backend, regions)
     B, K, H, W = values.shape
     N, R = H * W, num_regions
     reg = index_tensor(regions)
@@ -144,6 +145,7 @@ def _gather_op(grad: torch.Tensor, regions: torch.Tensor, count: torch.Tensor, r
                backend: str) -> torch.Tensor:
     """Gradient of sum/mean: ``(B, K, H, W)`` with every pixel getting its region's gradient
     (divided by the region's pixel count for mean); 0 for pixels outside every region."""
+    check_launch(OP, backend, regions)
     B, R, K = grad.shape
     H, W = regions.shape[1:]
     N = H * W

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from . import _validate as V
-from ._backend import resolve_backend
+from ._backend import check_launch, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype
 from ._labels import device_guard
@@ -138,6 +138,7 @@ def _op(logits: torch.Tensor, regions: torch.Tensor, num_regions: int, temperatu
         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused kernel (docs/design.md, "Dispatch"): C++ on CPU tensors, Triton on CUDA ones
     (and on CPU tensors when ``backend="triton"`` under the interpreter)."""
+    check_launch(OP, backend, logits)
     launch = {"cpp": _cpp, "triton": _triton}[backend]
     status = V.new_status(logits.device)
     out = launch(logits.contiguous(), index_tensor(regions), num_regions, _inv_t(temperature, logits.dtype),
