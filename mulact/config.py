@@ -100,6 +100,7 @@ class TrainConfig:
     poly_power: float = opt(0.9, "poly learning-rate schedule power", min=0)
     eval_interval: int = opt(5000, "validate every N iterations and keep the best checkpoint (0: only at the end)", min=0)
     checkpoint_interval: int = opt(1000, "save a resumable training checkpoint every N iterations", min=1)
+    compile: bool = opt(False, "torch.compile the training step's model (compile time is part of the stage's time); off by default: on the 2-core CPU demo it took 131 s to compile and no step got faster (README, 'Compiling the training step')")
     eval_batch_size: int = opt(1, "validation batch size (full-resolution images)", min=1)
     # -- stage 2 -------------------------------------------------------------------------
     stage2: bool = opt(False, "after stage 1, train on prototype pseudo labels (§3.3) and report both mIoUs")

@@ -311,7 +311,7 @@ class Experiment:
             iterations=iterations, lr=lr, encoder_lr_mult=c.encoder_lr_mult, weight_decay=c.weight_decay,
             poly_power=c.poly_power, seed=seed, device=str(self.device), amp=c.amp,
             checkpoint_interval=c.checkpoint_interval, eval_interval=c.eval_interval,
-            desc=f"round {t} {stage}")
+            desc=f"round {t} {stage}", compile=c.compile)
         eval_fn = (lambda m: self.evaluate(m, desc=f"round {t} {stage} val")["miou"]) if c.eval_interval > 0 else None
         last = os.path.join(rd, f"{stage}_last.pt")
         t0 = time.time()

@@ -152,6 +152,7 @@ class TrainSettings:
     checkpoint_interval: int = 1000
     eval_interval: int = 0
     desc: str = "train"
+    compile: bool = False  # torch.compile the forward/backward of the training step
 
 
 def _rng_state() -> dict:
@@ -220,6 +221,11 @@ def train_model(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         net = model
+    if s.compile:
+        # Only the training step: it is nearly all of a run's time and its shapes are fixed
+        # (crop x crop), so one compilation serves every iteration. The weights, optimizer and
+        # checkpoints stay those of `model` (no `_orig_mod.` prefixes in state dicts).
+        net = torch.compile(net, dynamic=False)
 
     def save(k):
         if rank == 0:
@@ -279,4 +285,5 @@ def train_model(
             save(s.iterations)
         if best_path is not None and best_it != s.iterations:
             model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
-    return {"iterations": s.iterations, "best_score": best, "best_iteration": best_it, "last_loss": last_loss}
+    return {"iterations": s.iterations, "best_score": best, "best_iteration": best_it, "last_loss": last_loss,
+            "compiled": bool(s.compile)}
