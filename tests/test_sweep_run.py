@@ -177,6 +177,18 @@ def test_report_statistics_of_the_tiny_sweep(swept):
                        text=True, timeout=300, env=env_for(swept["tmp"]))
     assert r.returncode == 0, r.stderr
     assert (rep / "rounds.csv").read_text() == before
+    # --baseline: the differences the other way round, in their own directory
+    r = subprocess.run([sys.executable, "-m", "mulact.sweep.cli", "report", str(swept["dir"]), "--baseline", "s2"],
+                       capture_output=True, text=True, timeout=300, env=env_for(swept["tmp"]))
+    assert r.returncode == 0, r.stderr
+    flipped = {(r["round"], r["metric"]): r for r in _read_csv(swept["dir"] / "report_vs_s2" / "paired.csv")}
+    for key, p in paired.items():
+        assert flipped[key]["variant"] == "s1" and flipped[key]["baseline"] == "s2"
+        assert float(flipped[key]["mean_difference"]) == pytest.approx(-float(p["mean_difference"]), abs=1e-4)
+    assert (rep / "rounds.csv").read_text() == before  # the main report is untouched
+    r = subprocess.run([sys.executable, "-m", "mulact.sweep.cli", "report", str(swept["dir"]), "--baseline", "s9"],
+                       capture_output=True, text=True, timeout=300, env=env_for(swept["tmp"]))
+    assert r.returncode == 2 and "--baseline 's9' is not a variant" in r.stderr
 
 
 def test_a_failing_run_is_reported_and_the_sweep_exits_nonzero(tmp_path):

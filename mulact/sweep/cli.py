@@ -43,6 +43,9 @@ def _report_parser() -> argparse.ArgumentParser:
                                             "miou_vs_clicks.png) from the runs of a sweep directory.")
     p.add_argument("dir", metavar="DIR", help="sweep directory")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the t-intervals")
+    p.add_argument("--baseline", default=None, metavar="VARIANT",
+                   help="paired differences against this variant instead of the sweep file's baseline "
+                        "(written to DIR/report_vs_VARIANT/)")
     return p
 
 
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         from .report import write_report
 
         try:
-            write_report(args.dir, confidence=args.confidence)
+            write_report(args.dir, confidence=args.confidence, baseline=args.baseline)
         except SweepFileError as err:
             print(f"mulact-sweep: error: {err}", file=sys.stderr)
             return 2

@@ -13,6 +13,7 @@ Files (in ``DIR/report/``): ``report.md``, ``rounds.csv`` (per variant and round
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -106,11 +107,21 @@ def _ci(lo, hi):
     return "–" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]"
 
 
-def write_report(sweep_dir: str, confidence: float = 0.95, echo=print) -> str:
-    """Write the report of ``sweep_dir`` into ``sweep_dir/report``; returns that directory."""
+def write_report(sweep_dir: str, confidence: float = 0.95, echo=print, baseline: str | None = None) -> str:
+    """Write the report of ``sweep_dir`` into ``sweep_dir/report``; returns that directory.
+
+    ``baseline`` takes the paired differences against another variant than the sweep file's
+    (e.g. stage 1 + 2 against stage 1 in the ``labels`` sweep); that report goes to
+    ``sweep_dir/report_vs_<baseline>``, leaving the main one as it is."""
     spec = load_spec(sweep_dir)
-    rows, done = collect(sweep_dir, spec)
     out = os.path.join(sweep_dir, "report")
+    if baseline is not None and baseline != spec.baseline:
+        if baseline not in spec.variants:
+            raise SweepFileError(f"report: --baseline {baseline!r} is not a variant of {sweep_dir}; expected one of "
+                                 f"{list(spec.variants)}")
+        spec = dataclasses.replace(spec, baseline=baseline)
+        out = os.path.join(sweep_dir, f"report_vs_{baseline}")
+    rows, done = collect(sweep_dir, spec)
     os.makedirs(out, exist_ok=True)
     stats, paired = _table(rows, spec, confidence)
     metric_cols = [f"{k}_{s}" for k, _ in METRICS for s in ("n", "mean", "std", "ci_low", "ci_high")]
