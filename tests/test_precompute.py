@@ -102,3 +102,24 @@ def test_missing_or_malformed_dataset(tmp_path, capsys):
     assert "JPEGImages" in capsys.readouterr().err
     assert main(["--dataset", "voc"]) == 2
     assert "--root is required" in capsys.readouterr().err
+
+
+def test_default_workers_fit_in_memory():
+    from mulact.data.precompute import default_workers
+
+    cityscapes = 1024 * 2048
+    # plenty of memory: one per core
+    assert default_workers(cityscapes, "seeds", 16, 128 * 2**30)[0] == 16
+    # 24 GiB: SEEDS at 1024x2048 needs ~3.3 GiB a worker, 80 % of 24 GiB holds 5
+    n, why = default_workers(cityscapes, "seeds", 16, 24 * 2**30)
+    assert n == 5 and "5 of 16 cores" in why and "GiB per worker" in why
+    assert default_workers(cityscapes, "slic", 16, 24 * 2**30)[0] == 16  # SLIC is light
+    assert default_workers(cityscapes, "seeds", 16, 2**30)[0] == 1  # never 0
+    assert default_workers(128 * 256, "seeds", 2, None) == (2, "2 cores (available memory unknown)")
+
+
+def test_workers_must_be_positive(capsys):
+    from mulact.data.precompute import main
+
+    assert main(["--workers", "0"]) == 2
+    assert "--workers 0: expected at least 1" in capsys.readouterr().err

@@ -40,6 +40,41 @@ from .base import DatasetNotFoundError, read_rgb
 from .superpixels import METHODS, CacheMismatchError, SuperpixelCache
 
 
+# Peak memory of one worker process (measured at 1024x2048 and 512x1024, 2026-11-30): the
+# interpreter with mulact and torch loaded, plus what the method allocates per pixel. OpenCV's
+# SEEDS keeps its per-level histograms: 2.63 GiB extra for a 2-Mpixel Cityscapes image, linear in
+# the pixel count. skimage's SLIC works on float64 Lab copies (~100 B/pixel).
+WORKER_BASE_BYTES = 0.7 * 2**30
+BYTES_PER_PIXEL = {"seeds": 1350, "slic": 100, "grid": 8}
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` of /proc/meminfo in bytes (None where unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def default_workers(pixels: int, method: str, cpus: int, memory: int | None) -> tuple[int, str]:
+    """Worker count for maps of ``pixels`` pixels: one per core, fewer when that many would not
+    fit in 80 % of ``memory`` (SEEDS at Cityscapes size needs ~3.3 GiB per worker: 16 at once
+    would take 53 GiB). Returns ``(workers, why)``."""
+    cpus = max(1, cpus)
+    if memory is None:
+        return cpus, f"{cpus} cores (available memory unknown)"
+    per_worker = WORKER_BASE_BYTES + BYTES_PER_PIXEL.get(method, BYTES_PER_PIXEL["seeds"]) * pixels
+    fit = max(1, int(0.8 * memory // per_worker))
+    if fit < cpus:
+        return fit, (f"{fit} of {cpus} cores: {method} needs ~{per_worker / 2**30:.1f} GiB per worker and "
+                     f"{memory / 2**30:.1f} GiB are available")
+    return cpus, f"{cpus} cores"
+
+
 def _work(job: tuple[str, str, str, int, dict, str]) -> tuple[str, int]:
     image_path, cache_root, method, region_size, params, name = job
     cache = SuperpixelCache(cache_root, method, region_size, **params)
@@ -67,8 +102,10 @@ def _remove_stale_temps(root: Path) -> None:
         remove_temp_files(root, wait_for_writers=True)
 
 
-def precompute_split(ds, workers: int, progress: bool = True) -> tuple[int, int]:
+def precompute_split(ds, workers: int | None = None, progress: bool = True) -> tuple[int, int]:
     """Compute the missing or damaged maps of one dataset; return ``(computed, skipped)``.
+
+    ``workers=None``: one per core, capped by memory (:func:`default_workers`).
 
     Holds the cache directory's lock (:class:`mulact.runstore.DirLock`) throughout;
     :class:`mulact.runstore.LockedError` if another live process holds it.
@@ -77,13 +114,23 @@ def precompute_split(ds, workers: int, progress: bool = True) -> tuple[int, int]
         return _precompute_locked(ds, workers, progress)
 
 
-def _precompute_locked(ds, workers: int, progress: bool) -> tuple[int, int]:
+def _precompute_locked(ds, workers: int | None, progress: bool) -> tuple[int, int]:
     cache = ds.superpixels
     cache.write_manifest()
     _remove_stale_temps(cache.root)
     todo = [s for s in ds.samples if not cache.check(s.name)]
     skipped = len(ds.samples) - len(todo)
     jobs = [(str(s.image), str(cache.root), cache.method, cache.region_size, cache.params, s.name) for s in todo]
+    if workers is None:
+        pixels = 0
+        if todo:
+            from PIL import Image
+
+            with Image.open(todo[0].image) as im:  # the header only
+                pixels = im.size[0] * im.size[1]
+        workers, why = default_workers(pixels, cache.method, os.cpu_count() or 1, available_memory())
+        if todo and progress:
+            print(f"superpixels {ds.split}: {workers} worker process(es): {why}", file=sys.stderr)
     bar = tqdm(total=len(ds.samples), initial=skipped, desc=f"superpixels {ds.split}", unit="img", disable=not progress)
     counts: dict[str, int] = {}
     try:
@@ -133,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", type=_parse_param, default=[], metavar="KEY=VALUE",
                    help="override a method parameter, e.g. iterations=4 or compactness=20")
     p.add_argument("--out", default=None, help="cache root; maps go to OUT/<split>/ (default: the datasets' cache)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (1: in-process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (1: in-process; default: one per core, fewer when their memory would not "
+                        "fit: SEEDS needs ~3.3 GiB per worker at 1024x2048)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -142,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.dataset != "demo" and args.root is None:
         print(f"mulact-superpixels: error: --root is required for --dataset {args.dataset}", file=sys.stderr)
+        return 2
+    if args.workers is not None and args.workers < 1:
+        print(f"mulact-superpixels: error: --workers {args.workers}: expected at least 1", file=sys.stderr)
         return 2
     splits = args.split or ["train", "val"]
     params = dict(args.param)
