@@ -39,7 +39,6 @@ from . import DATASETS, build_dataset
 from .base import DatasetNotFoundError, read_rgb
 from .superpixels import METHODS, CacheMismatchError, SuperpixelCache
 
-
 # Peak memory of one worker process (measured at 1024x2048 and 512x1024, 2026-11-30): the
 # interpreter with mulact and torch loaded, plus what the method allocates per pixel. OpenCV's
 # SEEDS keeps its per-level histograms: 2.63 GiB extra for a 2-Mpixel Cityscapes image, linear in
