@@ -59,15 +59,14 @@ def _region_uncertainty_stats_kernel(
     # s = 1 + rest, where rest sums the classes other than the top one: margin and least
     # confidence are written with rest so that they never subtract two numbers close to 1 (the
     # GPU's approximate division makes 1 - 1/s nonzero for s = 1, e.g. for a single class).
-    rest = tl.sum(tl.where(cls[:, None] == top[None, :], 0.0, e), axis=0)
     if MEASURE == 0:  # bvsb: p_sb / p_b; 0 for C == 1 (m2 = -inf)
         u = tl.exp(m2 - m1)
     elif MEASURE == 1:  # margin: 1 - (p_b - p_sb) = (rest + e_sb) / s
-        u = (rest + tl.exp(m2 - m1)) * inv_s
+        u = (tl.sum(tl.where(cls[:, None] == top[None, :], 0.0, e), axis=0) + tl.exp(m2 - m1)) * inv_s
     elif MEASURE == 2:  # entropy: log s - sum_c e_c d_c / s
         u = tl.log(s) - tl.sum(e * d, axis=0) * inv_s
     else:  # least confidence: 1 - p_b = rest / s
-        u = rest * inv_s
+        u = tl.sum(tl.where(cls[:, None] == top[None, :], 0.0, e), axis=0) * inv_s
 
     ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1)
     report_bad_ids(ids, pmask, R, status_ptr)

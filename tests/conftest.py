@@ -26,4 +26,4 @@ def _no_status_leaks_between_tests():
     yield
     from mulact.ops import _status
 
-    _status._pending.clear()
+    _status.discard()

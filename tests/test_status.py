@@ -29,7 +29,7 @@ def deferred():
     old = _status.defer_on_cpu(True)
     yield
     _status.defer_on_cpu(old)
-    _status._pending.clear()
+    _status.discard()
 
 
 def _bad_id_case(backend):

@@ -83,6 +83,12 @@ def check_status(wait: bool = True) -> None:
         raise_on_status(item.op, item.host, item.num_regions, item.name, regions=item.regions)
 
 
+def discard() -> None:
+    """Drop every queued status unchecked (tests: a status one test leaves must not fail the next)."""
+    with _lock:
+        _pending.clear()
+
+
 def pending() -> int:
     """Number of queued, not yet checked statuses."""
     return len(_pending)
