@@ -53,7 +53,7 @@ class TrainConfig:
     run_dir: str | None = opt(None, "directory holding config, selections, checkpoints, metrics (null: runs/<name>)")
     seed: int = opt(0, "seed of selections, model initialisation and data order", min=0)
     device: str = opt("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:i]'")
-    amp: bool = opt(True, "bfloat16 autocast for encoder/decoder on CUDA (ignored on CPU)")
+    amp: bool = opt(True, "bfloat16 autocast of encoder/decoder on CUDA, and on CPUs with native bfloat16 (AMX/AVX512-BF16; MULACT_CPU_AMP=0 keeps float32)")
     num_workers: int = opt(0, "DataLoader worker processes", min=0)
     dist_timeout: float = opt(1800.0, "under torchrun: seconds a collective waits for the other ranks before the run stops with an error naming it (a dead or stalled rank)", gt=0)
     # -- data ----------------------------------------------------------------------------

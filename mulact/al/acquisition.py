@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mulact.engine.precision import autocast
+
 from .pool import RegionPool, select_by_budget
 
 log = logging.getLogger(__name__)
@@ -72,11 +74,10 @@ def scan_pool(model, dataset, pool: RegionPool, images, *, measure: str, tempera
         worker_init_fn=worker_init_fn() if num_workers else None)
     was_training = model.training
     model.eval()
-    use_amp = amp and device.type == "cuda"
     for batch in tqdm(loader, desc="acquisition", leave=False, dynamic_ncols=True):
         idx = batch["index"].numpy()
         R = int(max(pool.offsets[i + 1] - pool.offsets[i] for i in idx))
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(amp, device):
             logits = model(batch["image"].to(device, non_blocking=True))
         forwards += logits.shape[0]
         if logits.shape[1] != K:

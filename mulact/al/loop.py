@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from mulact import distributed as dist
 from mulact.config import TrainConfig
 from mulact.engine.evaluate import evaluate_dataset
+from mulact.engine.precision import describe as describe_precision
 from mulact.engine.losses import stage1_loss
 from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
 from mulact.model import build_model
@@ -432,6 +433,7 @@ class Experiment:
         c = self.cfg
         t_start = time.time()
         oracle = make_oracle(c.oracle, self)
+        self.echo(describe_precision(c.amp, self.device))
         pool = self._load_pool(oracle)
         full_cost = oracle.full_annotation_cost()
         # rank 0 decides what is finished (a damaged metrics file means: evaluate again)

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mulact import distributed as dist
+from mulact.engine.precision import autocast
 
 from .acquisition import PoolStats, scan_pool
 from .data import build_oracle
@@ -75,12 +76,11 @@ def scan_pool_sharded(model, dataset, pool: RegionPool, images, *, measure: str,
                                          collate_fn=collate_pad)
     was_training = model.training
     model.eval()
-    use_amp = amp and device.type == "cuda"
     for j, batch in zip(batch_ids, tqdm(loader, desc="acquisition", leave=False, dynamic_ncols=True,
                                         disable=not dist.is_main())):
         idx = batch["index"].numpy()
         R = int(max(pool.offsets[i + 1] - pool.offsets[i] for i in idx))
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(amp, device):
             logits = model(batch["image"].to(device, non_blocking=True))
         if logits.shape[1] != K:
             raise ValueError(f"model: expected {K} output channels (C + undefined), got {logits.shape[1]}")

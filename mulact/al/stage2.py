@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mulact.data import IGNORE_INDEX
+from mulact.engine.precision import autocast
 from mulact.runstore import DamagedFileError, atomic_write, digest, worker_init_fn
 
 from .pool import atomic_write_json, load_json
@@ -75,12 +76,11 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
         num_workers=num_workers, collate_fn=collate_pad,
         worker_init_fn=worker_init_fn() if num_workers else None)
     correct = labeled = localized = expanded = 0
-    use_amp = amp and device.type == "cuda"
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not dist.is_main()):
         idx = batch["index"].tolist()
         regions = batch["regions"].to(device)
         region_labels = torch.stack([pool.region_labels(i, R) for i in idx]).to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(amp, device):
             logits, feats = model(batch["image"].to(device), return_features=True)
         if pseudo == "prototype":
             labels, info = prototype_pseudo_labels(feats, logits, regions, region_labels, expand=expand,

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mulact.data import IGNORE_INDEX
+from mulact.engine.precision import autocast
 
 __all__ = ["confusion_matrix", "iou_from_confusion", "evaluate", "evaluate_dataset"]
 
@@ -69,11 +70,10 @@ def evaluate(model, loader, num_classes: int, device, ignore_index: int = IGNORE
     was_training = model.training
     model.eval()
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    use_amp = amp and torch.device(device).type == "cuda"
     for batch in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=dist.rank() != 0):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast(amp, device):
             logits = model(images)
         pred = logits[:, :num_classes].argmax(dim=1)
         conf += confusion_matrix(pred, labels, num_classes, ignore_index)

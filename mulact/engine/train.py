@@ -20,8 +20,9 @@ same file, so a run may be resumed with another number of ranks.
 
 Optimisation (paper §4.1, Appendix B): AdamW, weight decay 1e-5, the decoder + classifier at
 ``lr`` and the encoder at ``lr * encoder_lr_mult`` (0.1: "backbone ten times lower"), poly
-schedule ``(1 - k / iterations) ** power``, bfloat16 autocast on CUDA for the encoder and
-decoder (the cosine head runs in float32, see :mod:`mulact.model`).
+schedule ``(1 - k / iterations) ** power``, bfloat16 autocast of the encoder and decoder on
+CUDA and on CPUs with native bfloat16 (:mod:`mulact.engine.precision`; the cosine head runs in
+float32, see :mod:`mulact.model`).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 from mulact import distributed as dist
 from mulact.data import IGNORE_INDEX
 from mulact.ops import check_status
+from mulact.engine.precision import autocast
 from mulact.runstore import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -249,14 +251,13 @@ def train_model(
                 dist.barrier(f"{s.desc}: best checkpoint at iteration {k}")
         return score
 
-    use_amp = s.amp and device.type == "cuda"
     model.train()
     bar = tqdm(total=s.iterations, initial=start, desc=s.desc, dynamic_ncols=True, leave=False, disable=rank != 0)
     if start < s.iterations:
         for k, batch in enumerate(loader_fn(start), start=start):
             # Dropout masks: a function of (seed, iteration[, rank]); one process keeps its old stream.
             torch.manual_seed(derive_seed(s.seed, 7, k) if world == 1 else derive_seed(s.seed, 7, k, rank))
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with autocast(s.amp, device):
                 loss, parts = step_loss(net, batch, k / s.iterations)
             # The mean over ranks: every rank sees the same value, so a non-finite loss stops
             # all of them together instead of leaving the others waiting in the gradient sync.
