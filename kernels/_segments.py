@@ -66,6 +66,20 @@ def run_min(v, head, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
     return _run_scan(v, head, 2, BLOCK, LOG2_BLOCK)
 
 
+@triton.jit
+def run_max_rows(v, head, BLOCK: tl.constexpr, LOG2_BLOCK: tl.constexpr):
+    """Row-wise inclusive segmented max of a ``(rows, BLOCK)`` tile whose runs (``head``, one
+    per column, from :func:`run_layout`) are shared by every row: lane ``[k, i]`` holds the max of
+    ``v[k, head(i):i + 1]``."""
+    i = tl.arange(0, BLOCK)
+    for step in tl.static_range(LOG2_BLOCK):
+        d = 1 << step
+        src = tl.broadcast_to(tl.maximum(i - d, 0)[None, :], v.shape)
+        other = tl.gather(v, src, axis=1)
+        v = tl.where((i - d >= head)[None, :], tl.maximum(v, other), v)
+    return v
+
+
 def log2(block: int) -> int:
     assert block & (block - 1) == 0, "BLOCK must be a power of two"
     return block.bit_length() - 1

@@ -19,11 +19,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._tuning import pixels_per_program
+
 
 def block_sizes(num_classes: int, hw: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P): all classes in one tile, ~4K elements per program."""
+    """(BLOCK_C, BLOCK_P): all classes in one tile, ``_tuning.TILE`` (4K) elements per program."""
     block_c = triton.next_power_of_2(max(num_classes, 1))
-    block_p = max(16, min(1024, 4096 // block_c))
+    block_p = pixels_per_program(block_c, 16, 1024)
     block_p = min(block_p, max(16, triton.next_power_of_2(hw)))
     return block_c, block_p
 

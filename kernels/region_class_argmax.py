@@ -21,6 +21,7 @@ import triton.language as tl
 
 
 from ._blocks import log1p_accurate
+from ._segments import run_layout, run_max_rows
 from .partial_label_loss import load_labeled_tile, report_tile_status, block_sizes  # noqa: F401  (shared tile helpers)
 
 MAX_INDEX = 2**31 - 1
@@ -30,7 +31,8 @@ MAX_INDEX = 2**31 - 1
 def region_class_argmax_kernel(
     logits_ptr, regions_ptr, labels_ptr, active_ptr, keys_ptr, index_ptr, status_ptr,
     C, HW, R, inv_t,
-    PASS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr,
+    PASS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, LOG2_BLOCK_P: tl.constexpr,
+    ACC: tl.constexpr, RUNS: tl.constexpr,
 ):
     pid_p = tl.program_id(0)
     b = tl.program_id(1)
@@ -60,7 +62,15 @@ def region_class_argmax_kernel(
         bits = v.to(tl.float32).to(tl.int32, bitcast=True)
         ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
         key = (ordered.to(tl.int64) << 32) | (2147483647 - idx)
-        tl.atomic_max(keys_ptr + slot, key, mask=cand)
+        if RUNS:
+            # Pixels of one region come in runs along the row: reduce each run in registers and
+            # let only its last pixel issue the atomic (Y(r) and `active` are the same along a run).
+            key = tl.where(cand, key, -9223372036854775807 - 1)
+            head, tail = run_layout(tl.where(active, rid, -1), BLOCK_P, LOG2_BLOCK_P)
+            key = run_max_rows(key, head, BLOCK_P, LOG2_BLOCK_P)
+            tl.atomic_max(keys_ptr + slot, key, mask=cand & tail[None, :])
+        else:
+            tl.atomic_max(keys_ptr + slot, key, mask=cand)
     else:
         bits = v.to(tl.float64).to(tl.int64, bitcast=True)
         ordered = bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)

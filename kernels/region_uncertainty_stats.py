@@ -17,6 +17,7 @@ import triton.language as tl
 
 from ._blocks import pixel_block, report_bad_ids
 from ._segments import log2, run_layout, run_sum
+from ._tuning import WARPS, pixels_per_program
 
 MEASURE_CODES = {"bvsb": 0, "margin": 1, "entropy": 2, "least_confidence": 3}
 
@@ -102,14 +103,14 @@ def region_uncertainty_stats_triton(logits: torch.Tensor, regions: torch.Tensor,
     prob = torch.zeros(C, dtype=acc, device=logits.device)
     if B * N > 0 and C > 0:
         c_pad = triton.next_power_of_2(C)
-        block = max(16, min(256, 4096 // c_pad))
+        block = pixels_per_program(c_pad, 16, 256)
         grid = (triton.cdiv(N, block), B)
         prob_rows = torch.empty(B * grid[0], C, dtype=acc, device=logits.device)
         _region_uncertainty_stats_kernel[grid](
             logits, regions, u, n, prob_rows, status, C, N, R, inv_t,
             MEASURE=MEASURE_CODES[measure], C_PAD=c_pad, BLOCK=block, LOG2_BLOCK=log2(block),
             ACC_FP64=acc == torch.float64,
-            num_warps=4,
+            num_warps=WARPS,
         )
         prob = prob_rows.sum(dim=0)
     return u.to(torch.float32), n, prob.to(torch.float32)

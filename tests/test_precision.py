@@ -56,3 +56,23 @@ def test_autocast_context_changes_the_matmul_dtype(monkeypatch, env, dtype):
         y = torch.nn.functional.linear(x, w)
     assert y.dtype == dtype
     assert ("bfloat16" in describe(True, "cpu")) is (dtype == torch.bfloat16)
+
+
+def test_tiny_run_under_cpu_bfloat16_autocast(tmp_path):
+    # The whole loop (training, acquisition, stage 2, evaluation) with the model in bfloat16:
+    # the fused ops get the float32 logits of the cosine head, the losses stay float32.
+    import json
+    import math
+    import subprocess
+    import sys
+
+    from _tiny_run import TINY, env_for
+
+    env = dict(env_for(tmp_path), MULACT_CPU_AMP="1")
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "mulact.cli", "--run-dir", str(run), *TINY, "--rounds", "2",
+                        "--stage2"], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "model precision: bfloat16 autocast on cpu (MULACT_CPU_AMP=1)" in r.stdout + r.stderr
+    rounds = json.loads((run / "metrics.json").read_text())["rounds"]
+    assert len(rounds) == 2 and all(math.isfinite(m["miou"]) and 0 <= m["miou"] <= 100 for m in rounds)

@@ -164,3 +164,27 @@ def test_cpp_many_chunks_and_tiles():
     logits, regions, labels = make_case(2, 3, 48, 101, 6, seed=23, label_sizes=(1, 2, 3), absent=0)
     out = region_class_argmax(logits, regions, labels, 0.3, backend="cpp")
     assert torch.equal(out, naive_region_class_argmax(logits, regions, labels, 0.3, 1))
+
+
+@pytest.mark.parametrize("block_p", [16, None])
+def test_triton_run_reduction_matches_naive(monkeypatch, block_p):
+    # MULACT_TRITON_ARGMAX_RUNS=1: one atomic per run of same-region pixels (kernels/_tuning.py).
+    import mulact.kernels._tuning as tuning
+
+    monkeypatch.setattr(tuning, "ARGMAX_RUNS", True)
+    if block_p is None:  # the default blocks: one program covers whole rows of these images
+        monkeypatch.undo()
+        monkeypatch.setattr(tuning, "ARGMAX_RUNS", True)
+    device = backend_device("triton")
+    g = torch.Generator().manual_seed(5)
+    palette = torch.randn(3, 4, generator=g)  # exact ties inside runs and across programs
+    cases = [make_case(2, 5, 9, 23, 7, seed=8, device="cpu"), make_case(*SHAPES[1], seed=2, device="cpu")]
+    ties = palette[torch.randint(0, 3, (2, 6, 29), generator=g)].permute(0, 3, 1, 2).contiguous()
+    runs = (torch.arange(6 * 29).view(1, 6, 29) // 5 % 4).expand(2, 6, 29).clone()  # runs of 5 pixels
+    runs[0, 2, 3:9] = -1
+    cases.append((ties, runs, torch.ones(2, 4, 4, dtype=torch.bool)))
+    for logits, regions, labels in cases:
+        for min_classes in (1, 2):
+            out = region_class_argmax(logits.to(device), regions.to(device), labels.to(device), 0.3, min_classes,
+                                      backend="triton")
+            assert torch.equal(out.cpu(), naive_region_class_argmax(logits, regions, labels, 0.3, min_classes))

@@ -119,6 +119,7 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
     import triton
 
     from mulact.kernels import partial_label_loss as kern
+    from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
     hw = height * width
@@ -132,7 +133,8 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
         kern.partial_label_loss_fwd_kernel[(nprog, batch)](
             logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
             num_classes, hw, labels.shape[1], 1.0 / temperature,
-            HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+            HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits),
+            num_warps=WARPS)
     return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
 
 
@@ -140,6 +142,7 @@ def _backward_triton(logits, regions, labels, scale, temperature):
     import triton
 
     from mulact.kernels import partial_label_loss as kern
+    from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
     hw = height * width
@@ -150,7 +153,7 @@ def _backward_triton(logits, regions, labels, scale, temperature):
     with device_guard(logits):
         kern.partial_label_loss_bwd_kernel[(triton.cdiv(hw, block_p), batch)](
             logits, regions, labels, scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
-            BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+            BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits), num_warps=WARPS)
     return grad
 
 

@@ -88,6 +88,8 @@ def _argmax_triton(logits, regions, labels, active, temperature, status):
     import triton
 
     from mulact.kernels import region_class_argmax as kern
+    from mulact.kernels._segments import log2
+    from mulact.kernels._tuning import ARGMAX_RUNS, WARPS
 
     batch, num_classes, height, width = logits.shape
     hw = height * width
@@ -101,7 +103,8 @@ def _argmax_triton(logits, regions, labels, active, temperature, status):
     if batch * hw == 0:
         return torch.full(shape, -1, dtype=torch.int64, device=logits.device)
     args = (num_classes, hw, num_regions, 1.0 / temperature)
-    meta = dict(BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits))
+    meta = dict(BLOCK_C=block_c, BLOCK_P=block_p, LOG2_BLOCK_P=log2(block_p), ACC=triton_acc(logits),
+                RUNS=ARGMAX_RUNS, num_warps=WARPS)
     launch = kern.region_class_argmax_kernel[grid]
     with device_guard(logits):
         if logits.dtype != torch.float64:

@@ -1,0 +1,209 @@
+"""Time the Triton kernels' launch settings on a GPU, one process per setting.
+
+    python benchmarks/tune_triton.py                  # on a CUDA machine, ~5 minutes at most
+    python benchmarks/tune_triton.py --cpu --out DIR  # tiny shapes under the interpreter (tests)
+
+The settings are the knobs of ``kernels/_tuning.py`` (``MULACT_TRITON_TILE``,
+``MULACT_TRITON_WARPS``, ``MULACT_TRITON_ARGMAX_RUNS``); they are read when the kernels are
+imported, so every setting runs in a fresh process with its environment. Each process builds
+the Cityscapes-shape inputs of ``gpu_check.py`` (4x20x769x769 and 1x20x1024x2048, R = 2048),
+checks the fused op against the reference (``rel_err_vs_reference``; a setting with an error
+above 1e-4 is reported and never ranked) and times the ``mulact`` provider of the four ops of
+``gpu_check.py`` with CUDA events. The default setting runs first, so every other setting has
+its speed-up against it. Settings are started while ``--budget`` allows.
+
+It writes ``<device>_<date>_tuning.md`` and ``.json`` (into ``--out``, default
+``benchmarks/results``): per op and shape, every setting's median time, GB/s, % of the peak
+bandwidth and speed-up, and the best setting. Like ``gpu_check.py`` it runs on a bare GPU
+machine with torch and triton; pytest (for the composites' module imports) comes from
+``benchmarks/.carry``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import itertools
+import json
+import os
+import runpy
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KNOBS = ("MULACT_TRITON_TILE", "MULACT_TRITON_WARPS", "MULACT_TRITON_ARGMAX_RUNS")
+DEFAULT = {"tile": 4096, "num_warps": 4, "argmax_runs": 0}
+MAX_ERROR = 1e-4
+
+
+def settings_grid(tiles, warps, runs) -> list[dict]:
+    """Every combination, the default first."""
+    grid = [dict(tile=t, num_warps=w, argmax_runs=r) for t, w, r in itertools.product(tiles, warps, runs)]
+    grid.sort(key=lambda s: s != DEFAULT)
+    if DEFAULT not in grid:
+        grid.insert(0, dict(DEFAULT))
+    return grid
+
+
+def label(s: dict) -> str:
+    return f"tile {s['tile']}, {s['num_warps']} warps, argmax runs {'on' if s['argmax_runs'] else 'off'}"
+
+
+# ------------------------------------------------------------------------------ child process
+def child(device: str, reps: int) -> dict:
+    gc = runpy.run_path(str(HERE / "gpu_check.py"), run_name="tune_triton_child")
+    gc["_prepare_imports"]()
+    if device == "cpu":  # the interpreter runs the Triton kernels; without the override the CPU takes C++
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        os.environ["MULACT_BACKEND"] = "triton"
+    import torch
+
+    from mulact import ops
+    from mulact.kernels import _tuning
+
+    rows = []
+    for shape in gc["CPU_SHAPES"] if device == "cpu" else gc["GPU_SHAPES"]:
+        checks, cases = gc["_cases"](device, shape, "inductor")
+        for op, (providers, moved, _) in cases.items():
+            row = {"op": op, "shape": "x".join(map(str, shape[:4])), "R": shape[4], "bytes": moved}
+            try:
+                row["rel_err_vs_reference"] = gc["max_relative_error"](*checks[op])
+                fn = providers["mulact"]
+                fn()
+                sec = gc["median_seconds"](fn, device, reps=reps, warmup=2)
+                row.update(status="ok", ms=gc["_sig"](sec * 1e3), GBps=gc["_sig"](moved / sec / 1e9),
+                           backend=ops.last_backend(op.replace("_mean", "")))
+            except Exception as exc:
+                row["status"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+            rows.append(row)
+        del checks, cases
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return {"settings": _tuning.settings(), "rows": rows}
+
+
+# ------------------------------------------------------------------------------ parent
+def run_setting(s: dict, device: str, reps: int, timeout: float) -> dict:
+    env = dict(os.environ)
+    env.update({"MULACT_TRITON_TILE": str(s["tile"]), "MULACT_TRITON_WARPS": str(s["num_warps"]),
+                "MULACT_TRITON_ARGMAX_RUNS": str(int(s["argmax_runs"]))})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--reps", str(reps)]
+    if device == "cpu":
+        cmd.append("--cpu")
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"settings": s, "status": f"timed out after {timeout:.0f}s", "rows": []}
+    seconds = round(time.monotonic() - start, 1)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"settings": s, "status": f"exit {proc.returncode}: {proc.stderr[-600:]}", "rows": [], "seconds": seconds}
+    result = json.loads(lines[-1])
+    if result["settings"] != s:  # the knobs did not reach the kernels: never rank such a run
+        return {"settings": s, "status": f"knobs not applied: the child ran {result['settings']}", "rows": [],
+                "seconds": seconds}
+    return {"settings": s, "status": "ok", "rows": result["rows"], "seconds": seconds}
+
+
+def rank(results: list[dict], peak: float | None) -> list[dict]:
+    """Per (op, shape): every setting's time, GB/s, % of peak and speed-up vs the default."""
+    table = {}
+    for res in results:
+        for row in res["rows"]:
+            key = (row["op"], row["shape"], row["R"])
+            entry = dict(settings=res["settings"], **{k: row.get(k) for k in ("status", "ms", "GBps",
+                                                                            "rel_err_vs_reference")})
+            if peak and row.get("GBps"):
+                entry["pct_of_peak"] = round(100 * row["GBps"] * 1e9 / peak, 2)
+            table.setdefault(key, []).append(entry)
+    out = []
+    for (op, shape, r), entries in table.items():
+        default = next((e for e in entries if e["settings"] == DEFAULT and e.get("ms")), None)
+        usable = [e for e in entries if e.get("ms") and isinstance(e.get("rel_err_vs_reference"), float)
+                  and e["rel_err_vs_reference"] <= MAX_ERROR]
+        for e in entries:
+            if default and e.get("ms"):
+                e["speedup_vs_default"] = round(default["ms"] / e["ms"], 3)
+        best = min(usable, key=lambda e: e["ms"]) if usable else None
+        out.append({"op": op, "shape": shape, "R": r, "entries": entries,
+                    "best": best["settings"] if best else None})
+    return out
+
+
+def render(report: dict) -> str:
+    lines = [f"# Triton launch settings, {report['device'].get('name')} ({report['date']})", "",
+             f"torch {report['device'].get('torch')}, triton {report['device'].get('triton')}; "
+             f"peak bandwidth {report['peak_GBps']} GB/s; {report['reps']} timed calls per setting (median). "
+             f"Settings with a relative error above {MAX_ERROR:g} against the reference are never ranked.", ""]
+    for block in report["ranking"]:
+        lines += [f"## {block['op']} {block['shape']} R={block['R']}", "",
+                  f"Best: {label(block['best']) if block['best'] else 'none usable'}", "",
+                  "| setting | ms | GB/s | % of peak | speed-up vs default | rel. error |", "|---|---:|---:|---:|---:|---:|"]
+        for e in sorted(block["entries"], key=lambda e: e.get("ms") or float("inf")):
+            lines.append(f"| {label(e['settings'])} | {e.get('ms', e.get('status'))} | {e.get('GBps', '')} | "
+                         f"{e.get('pct_of_peak', '')} | {e.get('speedup_vs_default', '')} | "
+                         f"{e.get('rel_err_vs_reference', '')} |")
+        lines.append("")
+    failed = [r for r in report["settings_run"] if r["status"] != "ok"]
+    if failed:
+        lines += ["## Settings that did not run", ""] + [f"- {label(r['settings'])}: {r['status']}" for r in failed]
+    skipped = report.get("skipped_for_budget", [])
+    if skipped:
+        lines += ["", f"Not started (time budget): {len(skipped)} settings."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict | None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cpu", action="store_true", help="tiny shapes under TRITON_INTERPRET=1 (exercises the script)")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--budget", type=float, default=300.0, help="seconds; no setting is started after it runs out")
+    p.add_argument("--tiles", type=int, nargs="+", default=[4096, 2048, 8192, 16384])
+    p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--argmax-runs", type=int, nargs="+", default=[0, 1], choices=[0, 1])
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    device = "cpu" if args.cpu else "cuda"
+    if args.child:
+        print(json.dumps(child(device, args.reps)))
+        return None
+
+    gc = runpy.run_path(str(HERE / "gpu_check.py"), run_name="tune_triton_parent")
+    gc["_prepare_imports"]()
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("no CUDA device: run on a GPU machine, or pass --cpu to exercise the script")
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    report = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "reps": args.reps}
+    gc["section_device"](report, device)
+    dev = report["device"]
+    peak = (dev.get("peak_bandwidth_table_GBps") or dev.get("copy_GBps") or 0) * 1e9 or None
+    report["peak_GBps"] = peak / 1e9 if peak else None
+    end = time.monotonic() + args.budget
+    grid = settings_grid(args.tiles, args.warps, args.argmax_runs)
+    results, skipped = [], []
+    for s in grid:
+        left = end - time.monotonic()
+        if left < 15 and results:
+            skipped.append(s)
+            continue
+        results.append(run_setting(s, device, args.reps, timeout=max(left, 60.0)))
+        print(f"{label(s)}: {results[-1]['status'][:120]} ({results[-1].get('seconds', '?')}s)", flush=True)
+    report.update(settings_run=results, skipped_for_budget=skipped, ranking=rank(results, peak))
+    name = dev.get("name") or device
+    stem = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_") + f"_{report['date'][:10]}_tuning"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{stem}.md").write_text(render(report))
+    report["files"] = [str(args.out / f"{stem}.{ext}") for ext in ("md", "json")]
+    print(render(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

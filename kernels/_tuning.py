@@ -1,0 +1,59 @@
+"""Launch sizes of the Triton kernels, and the environment knobs a GPU session tunes them with.
+
+The defaults were chosen without a GPU (about 4K tile elements per program, 4 warps) and are
+what every test runs. ``benchmarks/tune_triton.py`` times other settings on a CUDA machine by
+starting one process per setting with these variables set; they are read once, at import:
+
+* ``MULACT_TRITON_TILE``: elements of the (classes x pixels) tile of one program, a power of
+  two in [256, 65536] (default 4096). The pixel block is ``TILE // next_pow2(C)``, within the
+  per-kernel bounds (scaled by ``TILE / 4096``).
+* ``MULACT_TRITON_WARPS``: ``num_warps`` of the tiled kernels (1, 2, 4, 8, 16; default 4).
+* ``MULACT_TRITON_ARGMAX_RUNS``: 1 makes ``region_class_argmax`` reduce runs of pixels of one
+  region inside the program before its ``atomic_max`` (one atomic per run and class instead of
+  one per pixel and class); 0 (default) issues one per pixel.
+
+Results of a tuning run go to ``benchmarks/results/``; a setting that wins there becomes the
+default here, with the measurement cited.
+"""
+from __future__ import annotations
+
+import os
+
+DEFAULT_TILE = 4096
+
+
+def _pow2(name: str, default: int, lo: int, hi: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < lo or value > hi or value & (value - 1):
+        raise ValueError(f"{name}: expected a power of two in [{lo}, {hi}], got {raw!r}")
+    return value
+
+
+def _flag(name: str) -> bool:
+    raw = os.environ.get(name, "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{name}: expected 0 or 1, got {raw!r}")
+    return raw == "1"
+
+
+TILE = _pow2("MULACT_TRITON_TILE", DEFAULT_TILE, 256, 65536)
+WARPS = _pow2("MULACT_TRITON_WARPS", 4, 1, 16)
+ARGMAX_RUNS = _flag("MULACT_TRITON_ARGMAX_RUNS")
+
+
+def pixels_per_program(block_c: int, lo: int, hi: int) -> int:
+    """Pixels per program for a tile of ``block_c`` class rows: ``TILE // block_c`` clamped to
+    ``[lo, hi * TILE / DEFAULT_TILE]`` (the default tile reproduces the original bounds)."""
+    cap = max(lo, hi * TILE // DEFAULT_TILE)
+    return max(lo, min(cap, TILE // max(block_c, 1)))
+
+
+def settings() -> dict:
+    """The active knobs, for benchmark records."""
+    return {"tile": TILE, "num_warps": WARPS, "argmax_runs": ARGMAX_RUNS}

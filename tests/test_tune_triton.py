@@ -1,0 +1,53 @@
+"""benchmarks/tune_triton.py: the settings grid, the ranking, and a CPU run under the
+interpreter (the knobs must reach the child processes' kernels)."""
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_triton.py"
+
+
+@pytest.fixture(scope="module")
+def tune():
+    return runpy.run_path(str(SCRIPT), run_name="tune_triton_under_test")
+
+
+def test_grid_puts_the_default_first(tune):
+    grid = tune["settings_grid"]([2048, 4096], [8, 4], [1, 0])
+    assert grid[0] == tune["DEFAULT"] and len(grid) == 8
+    assert len({tuple(s.values()) for s in grid}) == 8
+    assert tune["settings_grid"]([8192], [8], [1])[0] == tune["DEFAULT"]  # added when not in the grid
+
+
+def test_ranking_uses_only_correct_settings(tune):
+    default, fast, wrong = tune["DEFAULT"], dict(tile=8192, num_warps=8, argmax_runs=0), \
+        dict(tile=2048, num_warps=4, argmax_runs=1)
+    row = dict(op="region_reduce_mean", shape="1x2x3x4", R=5, status="ok")
+    results = [{"settings": default, "rows": [dict(row, ms=2.0, GBps=10.0, rel_err_vs_reference=1e-7)]},
+               {"settings": fast, "rows": [dict(row, ms=1.0, GBps=20.0, rel_err_vs_reference=2e-7)]},
+               {"settings": wrong, "rows": [dict(row, ms=0.5, GBps=40.0, rel_err_vs_reference=0.3)]}]
+    (block,) = tune["rank"](results, peak=100e9)
+    assert block["best"] == fast
+    by = {tuple(e["settings"].values()): e for e in block["entries"]}
+    assert by[tuple(fast.values())]["speedup_vs_default"] == 2.0
+    assert by[tuple(fast.values())]["pct_of_peak"] == 20.0
+
+
+def test_cpu_run_reaches_the_kernels(tune, tmp_path):
+    report = tune["main"](["--cpu", "--out", str(tmp_path), "--tiles", "4096", "1024", "--warps", "4",
+                           "--argmax-runs", "0", "1", "--reps", "1", "--budget", "900"])
+    runs = report["settings_run"]
+    assert len(runs) == 4 and all(r["status"] == "ok" for r in runs), [r["status"] for r in runs]
+    assert runs[0]["settings"] == tune["DEFAULT"]
+    ops = {"region_uncertainty_stats", "partial_label_loss", "prototypical_pixel_loss", "region_reduce_mean"}
+    for r in runs:
+        assert {row["op"] for row in r["rows"]} == ops
+        for row in r["rows"]:
+            assert row["status"] == "ok" and row["backend"] == "triton", row
+            assert row["rel_err_vs_reference"] < 1e-5, row
+    assert {b["op"] for b in report["ranking"]} == ops and all(b["best"] for b in report["ranking"])
+    md, js = (tmp_path / Path(f).name for f in report["files"])
+    assert json.loads(js.read_text())["ranking"] == report["ranking"]
+    assert "## prototypical_pixel_loss" in md.read_text()
