@@ -150,3 +150,42 @@ def test_channels_last_logits(backend):
     n_loss, n_g = _naive(logits, regions, labels, 0.4, "pair")
     torch.testing.assert_close(loss.double().cpu(), n_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g.double().cpu(), n_g, rtol=1e-4, atol=1e-5 * float(n_g.abs().max()))
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [*SHAPES, (2, 4, 6, 7, 5)], ids=shape_id)
+def test_cpu_selected_pairs_match_the_masked_form(shape, dtype, normalize):
+    # Eager CPU selects the K pairs with nonzero; CUDA and torch.compile mask the (B, R, C, C)
+    # slots (mulact/ops/prototypical_pixel_loss.py). Both must give the same loss and gradient.
+    from mulact.ops.prototypical_pixel_loss import _loss_masked, _loss_selected
+    from mulact.ops.region_class_argmax import region_class_argmax_reference
+
+    logits, regions, labels = make_case(*shape, seed=sum(shape), dtype=dtype)
+    index = region_class_argmax_reference(logits, regions, labels, 0.3, min_classes=2)
+    if shape[0] == 2 and shape[-1] == 5:
+        index[1] = -1  # an image without pairs
+    out = []
+    for form in (_loss_selected, _loss_masked):
+        x = logits.detach().clone().requires_grad_(True)
+        loss = form(x, index, 0.3, normalize)
+        (g,) = torch.autograd.grad(loss, x)
+        out.append((loss.detach(), g))
+    (a, ga), (b, gb) = out
+    assert a.dtype == b.dtype and ga.dtype == gb.dtype == dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(ga.double(), gb.double(), **tol)
+    if (index >= 0).any():
+        assert float(a) > 0 and ga.abs().sum() > 0
+
+
+def test_cpu_selected_pairs_without_any_pair_give_zero_and_zero_grad():
+    from mulact.ops.prototypical_pixel_loss import _loss_selected
+
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    index = torch.full((2, 6, 3), -1, dtype=torch.int64)
+    for normalize in NORMALIZE:
+        loss = _loss_selected(x, index, 0.1, normalize)
+        (g,) = torch.autograd.grad(loss, x)
+        assert float(loss) == 0.0 and not g.any()

@@ -31,11 +31,33 @@ NORMALIZE = ("pair", "region")
 def loss_from_prototypes(logits, index, temperature, normalize="pair"):
     """L_PP given the ``(B, R, C)`` prototypical-pixel indices (``-1`` = no pair).
 
-    Every (image, region, class) slot gathers the C logits of its pixel into a ``(B, R, C, C)``
-    tensor and unused slots are masked, rather than selecting the K used pairs with
-    ``nonzero``: K depends on the data, so selecting would cost a host sync on CUDA and a graph
-    break under ``torch.compile``. R·C² is small next to the logits (Cityscapes: 2048·20² per
-    image, against 769²·20)."""
+    On CUDA and under ``torch.compile``, every (image, region, class) slot gathers the C logits
+    of its pixel into a ``(B, R, C, C)`` tensor and unused slots are masked, rather than
+    selecting the K used pairs with ``nonzero``: K depends on the data, so selecting would cost a
+    host sync on CUDA and a graph break under ``torch.compile``. R·C² is small next to the
+    logits (Cityscapes: 2048·20² per image, against 769²·20). In eager mode on the CPU there is
+    no sync to avoid, and the K pairs (a few percent of the R·C slots) are selected: the masked
+    form's ``(B, R, C, C)`` work was a third of the loss's CPU time (README, "Benchmarks")."""
+    if logits.device.type == "cpu" and not torch.compiler.is_compiling():
+        return _loss_selected(logits, index, temperature, normalize)
+    return _loss_masked(logits, index, temperature, normalize)
+
+
+def _loss_selected(logits, index, temperature, normalize):
+    width = logits.shape[3]
+    valid = index >= 0
+    b, r, c = valid.nonzero(as_tuple=True)
+    pix = index[b, r, c]
+    picked = logits[b, :, pix // width, pix % width]  # (K, C)
+    z = picked.to(acc_dtype(logits)) / temperature
+    nll = -torch.log_softmax(z, dim=-1).gather(1, c.unsqueeze(1)).squeeze(1)  # (K,)
+    if normalize == "pair":
+        return nll.sum() / valid.sum().clamp(min=1)
+    pairs = valid.sum(-1)  # (B, R)
+    return (nll / pairs[b, r]).sum() / (pairs > 0).sum().clamp(min=1)
+
+
+def _loss_masked(logits, index, temperature, normalize):
     batch, num_classes, height, width = logits.shape
     valid = index >= 0
     pix = index.clamp(min=0)
