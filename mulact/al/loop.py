@@ -52,8 +52,8 @@ from tqdm.auto import tqdm
 from mulact import distributed as dist
 from mulact.config import TrainConfig
 from mulact.engine.evaluate import evaluate_dataset
-from mulact.engine.precision import describe as describe_precision
 from mulact.engine.losses import stage1_loss
+from mulact.engine.precision import describe as describe_precision
 from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
 from mulact.model import build_model
 from mulact.ops.acquisition import measure_for

@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 
 from mulact import distributed as dist
 from mulact.data import IGNORE_INDEX
-from mulact.ops import check_status
 from mulact.engine.precision import autocast
+from mulact.ops import check_status
 from mulact.runstore import atomic_torch_save
 
 log = logging.getLogger(__name__)
