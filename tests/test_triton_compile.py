@@ -64,15 +64,20 @@ def _partial_label_loss():
 def _region_class_argmax():
     # mulact/ops/region_class_argmax.py: _argmax_triton (PASS 0 packed keys; fp64 runs PASS 1 then 2)
     cases = []
-    for fp, ri, passes in (("fp32", "i32", (0,)), ("fp16", "i64", (0,)), ("bf16", "i32", (0,)),
-                           ("fp64", "i64", (1, 2))):
-        bc, bp = _loss_blocks(19, 1 << 20)
+    # RUNS: MULACT_TRITON_ARGMAX_RUNS=1 (kernels/_tuning.py), with the default and a 4x tile
+    for fp, ri, passes, runs, tile in (("fp32", "i32", (0,), False, 4096), ("fp16", "i64", (0,), False, 4096),
+                                       ("bf16", "i32", (0,), False, 4096), ("fp64", "i64", (1, 2), False, 4096),
+                                       ("fp32", "i32", (0,), True, 4096), ("bf16", "i64", (0,), True, 16384)):
+        bc = _npow2(19)
+        bp = max(16, min(1024 * tile // 4096, tile // bc))
         for p in passes:
-            cases.append((f"region_class_argmax-{fp}-{ri}-PASS{p}", "region_class_argmax.region_class_argmax_kernel",
+            cases.append((f"region_class_argmax-{fp}-{ri}-PASS{p}" + (f"-RUNS-tile{tile}" if runs else ""),
+                          "region_class_argmax.region_class_argmax_kernel",
                           dict(logits_ptr=f"*{fp}", regions_ptr=f"*{ri}", labels_ptr="*u8", active_ptr="*i8",
                                keys_ptr="*i64", index_ptr="*i64", status_ptr="*i32",
                                C="i32", HW="i32", R="i32", inv_t="fp32"),
-                          dict(PASS=p, BLOCK_C=bc, BLOCK_P=bp, ACC=_acc_tl(fp))))
+                          dict(PASS=p, BLOCK_C=bc, BLOCK_P=bp, LOG2_BLOCK_P=bp.bit_length() - 1, ACC=_acc_tl(fp),
+                               RUNS=runs)))
     return cases
 
 
@@ -118,6 +123,12 @@ def _region_uncertainty_stats():
                            status_ptr="*i32", C="i32", N="i32", R="i32", inv_t="fp32"),
                       dict(MEASURE=measure, C_PAD=c_pad, BLOCK=block, LOG2_BLOCK=block.bit_length() - 1,
                            ACC_FP64=acc == "fp64")))
+    # the largest pixel block benchmarks/tune_triton.py tries (MULACT_TRITON_TILE=16384 at C = 20)
+    cases.append(("region_uncertainty_stats-fp32-i32-MEASURE0-C19-tile16384",
+                  "region_uncertainty_stats._region_uncertainty_stats_kernel",
+                  dict(x_ptr="*fp32", reg_ptr="*i32", u_ptr="*fp32", n_ptr="*i32", prob_ptr="*fp32",
+                       status_ptr="*i32", C="i32", N="i32", R="i32", inv_t="fp32"),
+                  dict(MEASURE=0, C_PAD=32, BLOCK=512, LOG2_BLOCK=9, ACC_FP64=False)))
     return cases
 
 
