@@ -10,7 +10,9 @@ starting one process per setting with these variables set; they are read once, a
 * ``MULACT_TRITON_WARPS``: ``num_warps`` of the tiled kernels (1, 2, 4, 8, 16; default 4).
 * ``MULACT_TRITON_ARGMAX_RUNS``: 1 makes ``region_class_argmax`` reduce runs of pixels of one
   region inside the program before its ``atomic_max`` (one atomic per run and class instead of
-  one per pixel and class); 0 (default) issues one per pixel.
+  one per pixel and class); 0 (default) issues one per pixel. Its segmented scan makes the
+  compile slow at large tiles (sm_90: 12 s at 8192, 424 s at 16384), so pair it with tiles of
+  at most 8192.
 
 Results of a tuning run go to ``benchmarks/results/``; a setting that wins there becomes the
 default here, with the measurement cited.

@@ -19,6 +19,9 @@ def test_grid_puts_the_default_first(tune):
     assert grid[0] == tune["DEFAULT"] and len(grid) == 8
     assert len({tuple(s.values()) for s in grid}) == 8
     assert tune["settings_grid"]([8192], [8], [1])[0] == tune["DEFAULT"]  # added when not in the grid
+    big = tune["settings_grid"]([4096, 16384], [4], [0, 1])
+    assert dict(tile=16384, num_warps=4, argmax_runs=0) in big
+    assert dict(tile=16384, num_warps=4, argmax_runs=1) not in big  # its compile takes minutes
 
 
 def test_ranking_uses_only_correct_settings(tune):
