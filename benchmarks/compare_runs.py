@@ -44,8 +44,8 @@ def compare(a: dict, b: dict, names) -> str:
             return {s: 100 * next(m[key] for m in runs[s] if m["round"] == t) for s in seeds}
 
         def secs(runs):
-            return summarize([sum(next(m.get(k) or 0 for m in runs[s] if m["round"] == t)
-                                  for k in ("stage1_seconds", "stage2_seconds")) for s in seeds]).mean
+            return sum(next(m.get("stage1_seconds", 0) + (m.get("stage2_seconds") or 0)
+                            for m in runs[s] if m["round"] == t) for s in seeds) / len(seeds)
 
         ma, mb = col(a, "miou"), col(b, "miou")
         sa, sb = col(a, "stage1_miou"), col(b, "stage1_miou")

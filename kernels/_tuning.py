@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 
 DEFAULT_TILE = 4096
+DEFAULTS = {"tile": DEFAULT_TILE, "num_warps": 4, "argmax_runs": False}  # what every test runs
 
 
 def _pow2(name: str, default: int, lo: int, hi: int) -> int:
@@ -45,7 +46,7 @@ def _flag(name: str) -> bool:
 
 
 TILE = _pow2("MULACT_TRITON_TILE", DEFAULT_TILE, 256, 65536)
-WARPS = _pow2("MULACT_TRITON_WARPS", 4, 1, 16)
+WARPS = _pow2("MULACT_TRITON_WARPS", DEFAULTS["num_warps"], 1, 16)
 ARGMAX_RUNS = _flag("MULACT_TRITON_ARGMAX_RUNS")
 
 

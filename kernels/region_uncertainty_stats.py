@@ -62,12 +62,14 @@ def _region_uncertainty_stats_kernel(
     # GPU's approximate division makes 1 - 1/s nonzero for s = 1, e.g. for a single class).
     if MEASURE == 0:  # bvsb: p_sb / p_b; 0 for C == 1 (m2 = -inf)
         u = tl.exp(m2 - m1)
-    elif MEASURE == 1:  # margin: 1 - (p_b - p_sb) = (rest + e_sb) / s
-        u = (tl.sum(tl.where(cls[:, None] == top[None, :], 0.0, e), axis=0) + tl.exp(m2 - m1)) * inv_s
     elif MEASURE == 2:  # entropy: log s - sum_c e_c d_c / s
         u = tl.log(s) - tl.sum(e * d, axis=0) * inv_s
-    else:  # least confidence: 1 - p_b = rest / s
-        u = tl.sum(tl.where(cls[:, None] == top[None, :], 0.0, e), axis=0) * inv_s
+    else:  # rest only where it is used
+        rest = tl.sum(tl.where(cls[:, None] == top[None, :], 0.0, e), axis=0)
+        if MEASURE == 1:  # margin: 1 - (p_b - p_sb) = (rest + e_sb) / s
+            u = (rest + tl.exp(m2 - m1)) * inv_s
+        else:  # least confidence: 1 - p_b = rest / s
+            u = rest * inv_s
 
     ids = tl.load(reg_ptr + b * N + offs, mask=pmask, other=-1)
     report_bad_ids(ids, pmask, R, status_ptr)

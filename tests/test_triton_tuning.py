@@ -1,7 +1,10 @@
 """The launch-size knobs of the Triton kernels (kernels/_tuning.py)."""
+import runpy
+from pathlib import Path
+
 import pytest
 
-tuning = pytest.importorskip("mulact.kernels._tuning")
+from mulact.kernels import _tuning as tuning
 
 
 def test_default_tile_keeps_the_original_blocks(monkeypatch):
@@ -37,3 +40,9 @@ def test_knobs_from_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="MULACT_TRITON_ARGMAX_RUNS"):
         tuning._flag("MULACT_TRITON_ARGMAX_RUNS")
     assert set(tuning.settings()) == {"tile", "num_warps", "argmax_runs"}
+
+
+def test_tuning_script_starts_from_the_library_defaults():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_triton.py"
+    assert runpy.run_path(str(script))["DEFAULT"] == tuning.DEFAULTS
+    assert (tuning.TILE, tuning.WARPS, tuning.ARGMAX_RUNS) == tuple(tuning.DEFAULTS.values())  # tests run these
