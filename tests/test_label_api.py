@@ -220,3 +220,72 @@ def test_dominant_labeling_one_click_per_query_round_trip(template_run, tmp_path
         flat = z["selection_1"]
         expected = [1 << (q["order"] % 20) for q in rec["queries"]]
         assert [int(b) for b in z["labels"][flat]] == expected
+
+
+def _good_answer(run):
+    q = QueryStore(str(run)).query(1, 0)
+    return {"order": 0, "image": q["image"], "region": q["region"], "classes": [0]}
+
+
+# issue 21: every way an answers file can be wrong in itself -> (file bytes, words of the message)
+_BAD_FILES = {
+    "not UTF-8": (lambda a: b'{"round": 1, "answers": [], "annotator": "\xff\xfe"}', "not UTF-8 text (byte 0xff"),
+    "nested too deeply": (lambda a: b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    "round true": (lambda a: json.dumps({"round": True, "answers": [a]}).encode(), "'round' = True"),
+    "a million class ids": (lambda a: json.dumps({"round": 1, "answers": [{**a, "classes": [0] * 10**6}]}).encode(),
+                            "class 0 is listed twice"),
+    "seconds NaN": (lambda a: b'{"round": 1, "answers": [{"order": 0, "classes": [0], "seconds": NaN}]}',
+                    "NaN is not a JSON number"),
+    "seconds Infinity": (lambda a: b'{"round": 1, "answers": [{"order": 0, "classes": [0], "seconds": Infinity}]}',
+                         "Infinity is not a JSON number"),
+    "click_seconds NaN": (lambda a: b'{"round": 1, "answers": [{"order": 0, "classes": [0], '
+                                    b'"click_seconds": [NaN, -5]}]}', "NaN is not a JSON number"),
+    "click_seconds negative": (lambda a: json.dumps({"round": 1, "answers": [{**a, "click_seconds": [1.0, -5]}]})
+                               .encode(), "answers[0].click_seconds[1]: expected a finite, non-negative"),
+    "unknown answer key": (lambda a: json.dumps({"round": 1, "answers": [{**a, "clases": [1]}]}).encode(),
+                           "answers[0]: unknown key 'clases'"),
+    "unknown 50 MB key": (lambda a: json.dumps({"round": 1, "answers": [a], "x": "y" * (50 * 2**20)}).encode(),
+                          "an answers file may have at most 16777216 bytes (16 MiB)"),
+    "unknown file key": (lambda a: json.dumps({"round": 1, "answers": [a], "notes": "n"}).encode(),
+                         "FILE: unknown key 'notes'"),
+    "a directory": (None, "is a directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(_BAD_FILES))
+def test_import_refuses_a_bad_file_with_a_message(run, tmp_path, capsys, case):
+    make, words = _BAD_FILES[case]
+    f = tmp_path / "answers.json"
+    if make is None:
+        f.mkdir()
+    else:
+        f.write_bytes(make(_good_answer(run)))
+    assert label_main(["import", str(run), str(f)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err[:2000]
+    assert _files(run) == []
+
+
+def test_page_refuses_non_finite_times(run):
+    c, _ = _client(run)
+    q = c.post("/api/next", json={"client": A}).get_json()
+    r = c.post("/api/answer", data='{"client": "%s", "round": 1, "order": %d, "classes": [0], "seconds": NaN}'
+               % (A, q["order"]), content_type="application/json")
+    assert r.status_code == 400 and "seconds: expected a finite" in r.get_json()["error"]
+    assert _files(run) == []
+
+
+def test_undo_racing_another_servers_answer_names_the_winner(run):
+    # two servers on one run: leases are per server, answers are files shared by both
+    c1, _ = _client(run)
+    c2, _ = _client(run)
+    assert c1.post("/api/next", json={"client": A}).get_json()["order"] == 0
+    assert c1.post("/api/answer", json={"client": A, "round": 1, "order": 0, "classes": [1]}).status_code == 200
+    assert c1.post("/api/undo", json={"client": A, "round": 1}).status_code == 200
+    assert c2.post("/api/next", json={"client": B}).get_json()["order"] == 0
+    assert c2.post("/api/answer", json={"client": B, "round": 1, "order": 0, "classes": [2],
+                                        "annotator": "bob"}).status_code == 200
+    r = c1.post("/api/answer", json={"client": A, "round": 1, "order": 0, "classes": [3]})
+    err = r.get_json()["error"]
+    assert r.status_code == 409 and "answered in another browser (annotator 'bob')" in err and "first answer" in err
+    assert json.loads((run / "answers" / "round_01" / "q_00000.json").read_text())["classes"] == [2]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 import secrets
 import sys
 
 from mulact.al.answers import AnswerError, QueryStore
+
+from .schema import read_answers_file
 
 __all__ = ["export_round", "import_answers", "main"]
 
@@ -58,16 +59,7 @@ def export_round(run_dir: str, t: int | None, out: str | None = None) -> str:
 
 def import_answers(run_dir: str, path: str) -> tuple[int, int]:
     """Validate every answer of ``path`` and write them all, or none; returns (round, count)."""
-    try:
-        with open(path) as fh:
-            doc = json.load(fh)
-    except FileNotFoundError:
-        raise AnswerError(f"FILE: no such file {path!r}") from None
-    except json.JSONDecodeError as err:
-        raise AnswerError(f"FILE: {path!r} is not valid JSON ({err})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("round"), int) or not isinstance(doc.get("answers"), list):
-        raise AnswerError(f"FILE: {path!r} must hold an object with 'round' (integer) and 'answers' (list); "
-                          f"see README 'Label your own data'")
+    doc = read_answers_file(path)
     store = QueryStore(run_dir)
     t = doc["round"]
     open_round = store.open_round()

@@ -19,6 +19,7 @@ from mulact.al.answers import AnswerError, QueryStore
 
 from .colors import class_colors
 from .render import crop_view, full_view, png
+from .schema import check_answer_fields
 
 __all__ = ["LabelService", "load_run_config"]
 
@@ -142,11 +143,18 @@ class LabelService:
         with self._lock:
             if not isinstance(answer, dict):
                 raise AnswerError(f"answer: expected a JSON object, got {type(answer).__name__}")
+            check_answer_fields(answer)
             self._check_round(answer.get("round"))
             order = answer.get("order")
             now = time.time()
             if isinstance(order, int) and self._leased_by_other(order, client, now):
                 raise AnswerError(f"order: query {order} is being labeled in another browser", 409)
+            if isinstance(order, int) and (held := self.store.answer(self.round, order)) is not None \
+                    and held.get("client") != client:
+                # e.g. this tab undid the query and another server's tab answered it meanwhile
+                raise AnswerError(f"order: query {order} of round {self.round} was answered in another browser "
+                                  f"(annotator {held.get('annotator')!r}); that answer stands: the first answer "
+                                  f"saved wins, and only its own browser can undo it", 409)
             rec = self.store.save_answer(self.round, {**answer, "client": client, "submitted_at": now})
             self._leases.pop(rec["order"], None)
             return {"saved": rec, **self.progress()}
