@@ -45,6 +45,8 @@ def triton_available() -> bool:
 def _why_not(backend: str, device: torch.device) -> str | None:
     """Why ``backend`` cannot run on ``device``, or None when it can."""
     if backend == "reference":
+        if device.type == "meta":
+            return "meta tensors hold no data (a shape only); pass CPU or CUDA tensors"
         return None
     if backend == "cpp":
         if device.type != "cpu":
@@ -70,6 +72,9 @@ def _why_not(backend: str, device: torch.device) -> str | None:
 def resolve_backend(op: str, device: torch.device, backend: str | None = None) -> str:
     """Pick the backend for one call of ``op`` on ``device`` and record it."""
     source = "argument"
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"{op}: `backend` must be one of {', '.join(map(repr, BACKENDS))} or None, "
+                        f"got {backend!r} ({type(backend).__name__})")
     if backend is None:
         backend = os.environ.get("MULACT_BACKEND") or None
         source = "MULACT_BACKEND"

@@ -20,6 +20,11 @@ INT_DTYPES = (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8)
 # status layout: [non-finite value seen (0/1), largest region id >= R seen (-1 if none)]
 STATUS_NONFINITE, STATUS_BAD_ID = 0, 1
 
+# The most regions an op accepts. The kernels report region ids in an int32 status slot and
+# region_adjacency keys a pair as u * R + v in int64 (R**2 must fit): beyond this, ids would be
+# clipped or keys wrap, and an adjacency would come back with wrong edges.
+MAX_REGIONS = 2**31 - 1
+
 
 def need_tensor(op: str, name: str, t) -> None:
     if not isinstance(t, torch.Tensor):
@@ -35,6 +40,19 @@ def check_regions(op: str, regions, num_regions) -> None:
         raise ValueError(f"{op}: `regions` must have shape (B, H, W), got {tuple(regions.shape)}")
     if isinstance(num_regions, bool) or not isinstance(num_regions, int) or num_regions < 0:
         raise ValueError(f"{op}: `num_regions` must be a non-negative int, got {num_regions!r}")
+    check_region_count(op, num_regions)
+
+
+def check_region_count(op: str, num_regions: int, name: str = "num_regions") -> None:
+    if num_regions > MAX_REGIONS:
+        raise ValueError(f"{op}: `{name}`={num_regions} exceeds {MAX_REGIONS} (2**31 - 1), the most regions "
+                         "the kernels can index")
+
+
+def check_classes(op: str, logits: torch.Tensor, name: str = "logits") -> None:
+    """At least one class channel: a softmax over no class has no value."""
+    if logits.shape[1] == 0:
+        raise ValueError(f"{op}: `{name}` needs at least one class, got shape {tuple(logits.shape)}")
 
 
 def check_float(op: str, name: str, t, ndim: int | tuple[int, ...], layout: str) -> None:
@@ -75,12 +93,22 @@ def check_region_labels(op: str, region_labels, batch: int, num_regions: int, nu
         raise ValueError(f"{op}: `region_labels` must have shape {want}, got {tuple(region_labels.shape)}")
 
 
-def check_temperature(op: str, temperature) -> float:
+def check_temperature(op: str, temperature, dtype: torch.dtype = torch.float32) -> float:
+    """A float ``tau`` whose reciprocal (every op computes ``z = logits * (1 / tau)``) is finite in
+    the accumulation dtype of ``dtype`` logits: ``[1 / max, max]`` of float32 (about
+    ``[2.9e-39, 3.4e38]``), of float64 for float64 logits. Small temperatures inside the range are
+    valid and scale the losses like ``1 / tau``."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"{op}: `temperature` must be a float, got {type(temperature).__name__}")
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"{op}: `temperature` must be a positive finite number, got {temperature}")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    top = torch.finfo(acc).max
+    if not 1.0 / top <= temperature <= top:
+        raise ValueError(f"{op}: `temperature`={temperature!r} is out of range for {str(dtype).replace('torch.', '')} "
+                         f"logits: it must be in [{1.0 / top:.6g}, {top:.6g}] so that 1/temperature is finite in "
+                         f"{str(acc).replace('torch.', '')}")
     return temperature
 
 
@@ -138,6 +166,7 @@ def check_labeled_logits(op: str, logits, regions, region_labels) -> int:
     num_regions = int(region_labels.shape[1])
     check_regions(op, regions, num_regions)
     check_logits(op, logits, regions)
+    check_classes(op, logits)
     check_region_labels(op, region_labels, int(logits.shape[0]), num_regions, int(logits.shape[1]))
     check_same_device(op, logits=logits, region_labels=region_labels)
     return num_regions
@@ -147,7 +176,7 @@ def check_labeled_loss(op: str, logits, regions, region_labels, temperature, nor
     """Checks shared by the stage-1 losses (logits, regions, region_labels, temperature,
     normalize in ``choices``); returns (R, temperature as float)."""
     num_regions = check_labeled_logits(op, logits, regions, region_labels)
-    temperature = check_temperature(op, temperature)
+    temperature = check_temperature(op, temperature, logits.dtype)
     check_choice(op, "normalize", normalize, choices)
     return num_regions, temperature
 

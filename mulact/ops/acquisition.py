@@ -94,6 +94,15 @@ def _check_class_vector(name: str, t, num_classes: int) -> None:
         raise ValueError(f"{OP}: `{name}` must have shape ({num_classes},), got {tuple(t.shape)}")
 
 
+def _check_distribution(name: str, p: torch.Tensor) -> None:
+    """P(c) is a mean of softmax vectors: finite, non-negative, summing to 1 (up to the float32
+    rounding of a pool-wide sum)."""
+    total = float(p.double().sum())
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or abs(total - 1.0) > 1e-3:
+        raise ValueError(f"{OP}: `{name}` must be a probability vector (finite, >= 0, summing to 1, as "
+                         f"class_prior returns), got sum {total:.6g} and min {float(p.min()):.6g}")
+
+
 def dominant_class(count: torch.Tensor) -> torch.Tensor:
     """``(..., R)`` int64: the class with the most top-1 pixels in each region (ties → smaller
     class), ``-1`` for a region without pixels."""
@@ -154,6 +163,7 @@ def pixbal_scores(u_sum: torch.Tensor, count: torch.Tensor, prior: torch.Tensor,
     _check_class_vector("prior", prior, u_sum.shape[-1])
     if isinstance(nu, bool) or not isinstance(nu, (int, float)) or not math.isfinite(nu) or nu < 0:
         raise ValueError(f"{OP}: `nu` must be a finite number >= 0, got {nu!r}")
+    _check_distribution("prior", prior)
     w = (1.0 + float(nu) * prior.to(device=u_sum.device, dtype=torch.float32)).pow(-2)
     n = region_size(count)
     total = (u_sum.to(torch.float32) * w).sum(dim=-1)

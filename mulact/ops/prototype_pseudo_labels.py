@@ -60,8 +60,10 @@ import torch.nn.functional as F
 from ._backend import check_launch, resolve_backend
 from ._labels import device_guard
 from ._validate import (
+    check_classes,
     check_float,
     check_logits,
+    check_region_count,
     check_region_ids,
     check_same_device,
     check_temperature,
@@ -110,13 +112,18 @@ def _validate(features, logits, regions, region_labels, expand, temperature, che
     if regions.dim() != 3:
         raise ValueError(f"{OP}: `regions` must have shape (B, H, W), got {tuple(regions.shape)}")
     check_logits(OP, logits, regions)
+    check_classes(OP, logits)
     need_tensor(OP, "region_labels", region_labels)
     if region_labels.dtype not in (torch.bool, torch.uint8):
         raise TypeError(f"{OP}: `region_labels` must be bool or uint8 multi-hot, got {region_labels.dtype}")
     b, c, h, w = logits.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"{OP}: `logits` and `regions` need images of at least 1x1 pixel (the features are "
+                         f"upsampled to them), got H={h}, W={w}")
     if region_labels.dim() != 3 or region_labels.shape[0] != b or region_labels.shape[2] != c:
         raise ValueError(f"{OP}: `region_labels` must have shape ({b}, R, {c}) (batch and classes of `logits`), "
                          f"got {tuple(region_labels.shape)}")
+    check_region_count(OP, region_labels.shape[1], "region_labels.shape[1]")
     check_float(OP, "features", features, 4, "(B, D, h, w)")
     fb, fd, fh, fw = features.shape
     if fb != b or fd < 1 or not (1 <= fh <= h) or not (1 <= fw <= w):
@@ -125,7 +132,7 @@ def _validate(features, logits, regions, region_labels, expand, temperature, che
     check_same_device(OP, features=features, logits=logits, regions=regions, region_labels=region_labels)
     if not isinstance(expand, bool):
         raise TypeError(f"{OP}: `expand` must be a bool, got {type(expand).__name__}")
-    temperature = check_temperature(OP, temperature)
+    temperature = check_temperature(OP, temperature, logits.dtype)
     if check_features and features.numel() and not bool(torch.isfinite(features).all()):
         raise ValueError(f"{OP}: `features` contains NaN or Inf")
     return temperature
@@ -263,7 +270,8 @@ def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature
         raise ValueError(f"{op}: `region_labels` must be a bool/uint8 ({bsz}, R, {c}) tensor, got "
                          f"{region_labels.dtype} {tuple(region_labels.shape)}")
     check_same_device(op, logits=logits, regions=regions, region_labels=region_labels)
-    temperature = check_temperature(op, temperature)
+    check_classes(op, logits)
+    temperature = check_temperature(op, temperature)  # z is computed in float32 below
     r_count = region_labels.shape[1]
     check_region_ids(op, regions, r_count)
     reg = regions.long()

@@ -36,7 +36,7 @@ INT64_MIN = -(2**63)
 
 def _check(logits, regions, region_labels, temperature, min_classes):
     num_regions = check_labeled_logits(OP, logits, regions, region_labels)
-    temperature = check_temperature(OP, temperature)
+    temperature = check_temperature(OP, temperature, logits.dtype)
     if isinstance(min_classes, bool) or not isinstance(min_classes, int) or min_classes < 1:
         raise ValueError(f"{OP}: `min_classes` must be an int >= 1, got {min_classes!r}")
     return num_regions, temperature

@@ -45,10 +45,9 @@ class RegionUncertaintyStats(NamedTuple):
 def _check(logits, regions, num_regions, temperature, measure) -> float:
     V.check_regions(OP, regions, num_regions)
     V.check_logits(OP, logits, regions)
-    if logits.shape[1] == 0:
-        raise ValueError(f"{OP}: `logits` needs at least one class, got shape {tuple(logits.shape)}")
+    V.check_classes(OP, logits)
     V.check_choice(OP, "measure", measure, MEASURES)
-    return V.check_temperature(OP, temperature)
+    return V.check_temperature(OP, temperature, logits.dtype)
 
 
 def _inv_t(temperature: float, dtype: torch.dtype) -> float:
