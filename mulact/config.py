@@ -22,6 +22,7 @@ import difflib
 import json
 import math
 import os
+import tempfile
 import typing
 from dataclasses import dataclass, field, fields
 
@@ -68,7 +69,7 @@ class TrainConfig:
     demo_width: int = opt(256, "demo dataset: image width", min=16)
     max_train_images: int | None = opt(None, "use only the first N training images (null: all)", min=1)
     max_val_images: int | None = opt(None, "evaluate on the first N validation images only (null: all)", min=1)
-    crop_size: int = opt(769, "square training crop after random scaling", min=16)
+    crop_size: int = opt(769, "square training crop after random scaling; larger than an image even at --scale-max: padded with ignored pixels, with a warning", min=16)
     scale_min: float = opt(0.5, "random scale lower bound", gt=0)
     scale_max: float = opt(2.0, "random scale upper bound (>= scale_min)", gt=0)
     hflip: bool = opt(True, "random horizontal flips")
@@ -288,6 +289,13 @@ def _check_writable_dir(option: str, path: str) -> None:
         raise ValueError(f"{option} {path}: cannot be created, {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {path}: {probe} is not writable")
+    if probe != os.path.abspath(path):
+        # os.access says yes for root even where no directory can be made (/proc, /sys, read-only
+        # mounts): make and remove one to be sure
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".mulact-probe-", dir=probe))
+        except OSError as err:
+            raise ValueError(f"{option} {path}: cannot create a directory in {probe} ({err.strerror})") from None
 
 
 def _check_encoder(encoder: str, weights: str | None) -> None:
@@ -329,22 +337,38 @@ def apply_overrides(cfg: TrainConfig, overrides: dict, source: str | None = None
         raise ValueError(f"{source}: {err}" if source else str(err)) from None
 
 
+def _unique_keys(pairs: list) -> dict:
+    """JSON object hook: a key given twice is an error (as in YAML config files)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise KeyError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def load_config_file(path: str) -> dict:
     """Option → value mapping of a YAML or JSON file (``.json``: JSON, anything else: YAML)."""
+    if os.path.isdir(path):
+        raise ValueError(f"--config {path}: is a directory; expected a YAML or JSON file")
     if not os.path.isfile(path):
         raise ValueError(f"--config {path}: no such file")
     with open(path) as fh:
         text = fh.read()
     if path.endswith(".json"):
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise ValueError(f"--config {path}: invalid JSON ({err})") from None
+        except KeyError as err:
+            raise ValueError(f"--config {path}: {err.args[0]}") from None
     else:
         import yaml
 
+        from mulact import strict_yaml
+
         try:
-            data = yaml.safe_load(text)
+            data = strict_yaml.load(text)
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

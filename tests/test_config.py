@@ -217,3 +217,51 @@ def test_every_field_has_help_and_a_supported_type():
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f.name
         convert(f.name, getattr(TrainConfig(), f.name))  # raises TypeError for a type it cannot parse
+
+
+# issue 21: config-file and run-directory mistakes -> one line naming the option
+def _config_cases(tmp_path):
+    d = tmp_path / "confdir"
+    d.mkdir()
+    dup_yaml = tmp_path / "dup.yaml"
+    dup_yaml.write_text("rounds: 2\nbudget: 5\nrounds: 3\n")
+    dup_json = tmp_path / "dup.json"
+    dup_json.write_text('{"rounds": 2, "rounds": 3}')
+    return [
+        (["--config", str(d)], f"--config {d}: is a directory; expected a YAML or JSON file"),
+        (["--config", str(dup_yaml)], "found duplicate key 'rounds' (first at line 1)"),
+        (["--config", str(dup_json)], f"--config {dup_json}: duplicate key 'rounds'"),
+        (["--run-dir", "/proc/mulact-x"], "--run-dir /proc/mulact-x: cannot create a directory in /proc"),
+        (["--run-dir", "/sys/mulact-x"], "--run-dir /sys/mulact-x: cannot create a directory in /sys"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_config_file_and_run_dir_mistakes_are_one_line(case, tmp_path, capsys):
+    argv, message = _config_cases(tmp_path)[case]
+    code, _, err = run_main([*argv, "--print-config"], capsys)
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+
+
+def test_crop_larger_than_the_images_warns_once(caplog):
+    import logging
+
+    import torch
+
+    from mulact.data.transforms import TrainTransform
+
+    image, label, regions = torch.zeros(3, 128, 256), torch.zeros(128, 256, dtype=torch.int64), \
+        torch.zeros(128, 256, dtype=torch.int64)
+    t = TrainTransform(1000, (0.75, 1.5))
+    with caplog.at_level(logging.WARNING, logger="mulact.data"):
+        for _ in range(3):
+            assert t(image, label, regions)[0].shape == (3, 1000, 1000)  # padded, as documented
+    msgs = [r.getMessage() for r in caplog.records if r.name == "mulact.data"]
+    assert msgs == ["crop 1000x1000 is larger than a 128x256 training image even at the largest scale 1.5 "
+                    "(192x384): the crops are partly ignored padding; lower --crop-size or raise --scale-max if "
+                    "that is not intended"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mulact.data"):
+        TrainTransform(128, (0.75, 1.5))(image, label, regions)  # the demo preset: fits
+    assert not [r for r in caplog.records if r.name == "mulact.data"]

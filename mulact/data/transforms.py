@@ -16,12 +16,16 @@ RNG when ``generator`` is None, e.g. inside DataLoader workers) so runs are repr
    is resized bilinearly (``align_corners=False``), ids and labels with ``nearest-exact``
    (half-pixel centres, the same geometry as the bilinear resize);
 2. pad to at least the crop size on the bottom/right (image 0, label ``ignore_index``,
-   regions -1), then a uniformly random crop of ``crop_size``;
+   regions -1), then a uniformly random crop of ``crop_size``. A crop larger than an image even
+   at the largest scale is allowed (VOC's 513 crops pad the small images too) but logs one
+   warning per transform: such crops are mostly ignored padding;
 3. horizontal flip with probability 0.5.
 
 :class:`EvalTransform` returns its inputs unchanged (the datasets normalise already).
 """
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
@@ -30,6 +34,8 @@ import torch.nn.functional as F
 # Label value of void pixels in every dataset, and so in the oracle's input and in the
 # loss and metric targets (SegmentationDataset.ignore_index).
 IGNORE_INDEX = 255
+
+log = logging.getLogger("mulact.data")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,14 +119,27 @@ class TrainTransform:
         self.scale_range = (float(lo), float(hi))
         self.flip = flip
         self.ignore_index = ignore_index
+        self._warned = False
 
     def __repr__(self) -> str:
         return (f"TrainTransform(crop_size={self.crop_size}, scale_range={self.scale_range}, flip={self.flip}, "
                 f"ignore_index={self.ignore_index})")
 
+    def _warn_if_padding(self, height: int, width: int) -> None:
+        ch, cw = self.crop_size
+        top = self.scale_range[1]
+        sh, sw = round(height * top), round(width * top)
+        if sh < ch or sw < cw:
+            self._warned = True
+            log.warning("crop %dx%d is larger than a %dx%d training image even at the largest scale %g (%dx%d): "
+                        "the crops are partly ignored padding; lower --crop-size or raise --scale-max if that is "
+                        "not intended", ch, cw, height, width, top, sh, sw)
+
     def __call__(self, image: torch.Tensor, label: torch.Tensor, regions: torch.Tensor,
                  generator: torch.Generator | None = None):
         _check(image, label, regions)
+        if not self._warned:
+            self._warn_if_padding(*image.shape[1:])
         scale = _uniform(generator, *self.scale_range)
         image, label, regions = rescale(image, label, regions, scale)
         ch, cw = self.crop_size

@@ -28,6 +28,7 @@ from importlib import resources
 
 import yaml
 
+from mulact import strict_yaml
 from mulact.config import TrainConfig, resolve_config
 
 __all__ = ["SweepFileError", "SweepSpec", "builtin_sweeps", "load_sweep", "parse_sweep", "SWEEP_CONTROLLED"]
@@ -40,29 +41,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 class SweepFileError(ValueError):
     """A sweep file that cannot be run; the message names the file and what is wrong."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            continue  # SafeLoader reports the unhashable key itself
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping", node.start_mark,
-                f"found duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
-        seen[key] = key_node.start_mark.line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 @dataclass
@@ -115,7 +93,7 @@ def parse_sweep(text: str, source: str = "<sweep>") -> SweepSpec:
         raise SweepFileError(f"sweep file {source!r}: {msg}")
 
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
+        data = strict_yaml.load(text)
     except yaml.YAMLError as err:
         fail(f"not valid YAML: {err}")
     if not isinstance(data, dict):
