@@ -135,3 +135,64 @@ def test_registered_op_refuses_a_backend_that_cannot_run(monkeypatch):
     if torch.cuda.is_available():
         with pytest.raises(RuntimeError, match=r"region_uncertainty_stats: backend 'cpp' cannot run: .*CPU tensors only"):
             torch.ops.mulact.region_uncertainty_stats(logits.cuda(), regions.cuda(), 5, 0.5, "bvsb", "cpp")
+
+
+# issue 18: one op skeleton. Every registered op picks its kernel through a LaunchTable
+# (mulact/ops/_backend.py); none spells its own table, dict or if/else over backend names.
+def _registered_ops_args():
+    logits, regions, labels = _case(torch.float32, "cpp")
+    gt = torch.randint(0, 4, regions.shape)
+    features = torch.randn(2, 3, 3, 3)
+    grad = torch.randn(2, 5, 3)
+    count = torch.ones(2, 5, dtype=torch.int64)
+    scale = torch.rand(2, 5)
+    return {
+        "region_reduce": (logits, regions, 5, "sum"),
+        "region_reduce_backward": (grad, regions, count, "mean"),
+        "region_uncertainty_stats": (logits, regions, 5, 0.5, "bvsb"),
+        "partial_label_loss": (logits, regions, labels, 0.5, "pixel"),
+        "partial_label_loss_backward": (logits, regions, labels, scale, 0.5),
+        "region_class_argmax": (logits, regions, labels, 0.5, 1),
+        "prototype_pseudo_labels": (features, logits, regions, labels, True, 0.5),
+        "region_adjacency": (regions, 5),
+        "region_labels_from_mask": (gt, regions, 5, 4, 255, 1),
+    }
+
+
+@pytest.mark.parametrize("name", list(_registered_ops_args()))
+def test_every_registered_op_dispatches_through_its_launch_table(name, monkeypatch):
+    args = _registered_ops_args()[name]
+    op = getattr(torch.ops.mulact, name)
+    with pytest.raises(RuntimeError, match=r"backend 'reference' has no fused kernel; expected one of cpp, triton"):
+        op(*args, "reference")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match=r"backend 'triton' cannot run: .*TRITON_INTERPRET=1"):
+        op(*args, "triton")
+
+
+def test_no_op_module_spells_its_own_dispatch():
+    import ast
+    import pathlib
+
+    from mulact.ops import _backend
+
+    root = pathlib.Path(ops.__file__).parent
+    tables = 0
+    for path in sorted(root.glob("*.py")):
+        if path.name == "_backend.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Dict):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                assert not keys & set(_backend.FUSED), f"{path.name}:{node.lineno}: a dict keyed by backend"
+            if isinstance(node, ast.Compare):
+                consts = {c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)}
+                assert not consts & set(_backend.FUSED), f"{path.name}:{node.lineno}: a comparison with a backend"
+            if isinstance(node, ast.Name) and node.id == "check_launch":
+                raise AssertionError(f"{path.name}:{node.lineno}: check_launch outside LaunchTable")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "LaunchTable":
+                tables += 1
+    assert tables == 9  # one per registered kernel entry (forward and backward count apart)
+    with pytest.raises(TypeError, match="expected one launcher for each of cpp, triton, got cpp"):
+        _backend.LaunchTable("probe", cpp=len)

@@ -99,6 +99,34 @@ def check_launch(op: str, backend: str, tensor: torch.Tensor) -> None:
         raise RuntimeError(f"{op}: backend {backend!r} cannot run: {reason}")
 
 
+FUSED = ("cpp", "triton")
+
+
+class LaunchTable:
+    """The fused launchers of one op, one per backend of :data:`FUSED`: the one way every
+    registered op (``torch.ops.mulact.*``) picks its kernel (docs/design.md, "Dispatch").
+
+    ``LaunchTable(OP, cpp=f, triton=g).launcher(backend, tensor)`` checks that ``backend`` can
+    run on ``tensor``'s device (:func:`check_launch`) and returns ``f`` or ``g``. The public
+    function of the op resolves the backend first (:func:`resolve_backend`) and calls the
+    reference itself for ``"reference"``, so only fused backends reach a table.
+    """
+
+    def __init__(self, op: str, **launchers) -> None:
+        if set(launchers) != set(FUSED):
+            raise TypeError(f"LaunchTable({op!r}): expected one launcher for each of {', '.join(FUSED)}, got "
+                            f"{', '.join(sorted(launchers)) or 'none'}")
+        self.op = op
+        self._launchers = launchers
+
+    def launcher(self, backend: str, tensor: torch.Tensor):
+        check_launch(self.op, backend, tensor)
+        if backend not in self._launchers:  # "reference" (or a name the op's schema let through)
+            raise RuntimeError(f"{self.op}: backend {backend!r} has no fused kernel; expected one of "
+                               f"{', '.join(FUSED)}")
+        return self._launchers[backend]
+
+
 def last_backend(op: str) -> str | None:
     """The backend used by the most recent call of ``op`` in this process (None if never)."""
     return _last.get(op)

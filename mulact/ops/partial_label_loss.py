@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype, triton_acc
 from ._labels import device_guard, labels_u8, num_labels, region_pixel_counts
@@ -157,7 +157,8 @@ def _backward_triton(logits, regions, labels, scale, temperature):
     return grad
 
 
-_LAUNCH = {"cpp": (_forward_cpp, _backward_cpp), "triton": (_forward_triton, _backward_triton)}
+_FORWARD = LaunchTable(OP, cpp=_forward_cpp, triton=_forward_triton)
+_BACKWARD = LaunchTable(OP, cpp=_backward_cpp, triton=_backward_triton)
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,8 +175,7 @@ def _op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor
         normalize: str, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused forward: ``(loss_ce, loss_mp, normalisers (2,))``; the normalisers (pixel or
     region counts of each term, at least 1) are what the backward divides by."""
-    check_launch(OP, backend, logits)
-    forward, _ = _LAUNCH[backend]
+    forward = _FORWARD.launcher(backend, logits)
     num_regions = region_labels.shape[1]
     acc = acc_dtype(logits)
     logits = logits.contiguous()
@@ -204,8 +204,7 @@ def _(logits, regions, region_labels, temperature, normalize, backend):
 def _backward_op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor, scale: torch.Tensor,
                  temperature: float, backend: str) -> torch.Tensor:
     """``d(Σ_x scale[b, r(x)] · l(x)) / d logits`` in one launch; ``scale`` is ``(B, R)``."""
-    check_launch(OP, backend, logits)
-    _, backward = _LAUNCH[backend]
+    backward = _BACKWARD.launcher(backend, logits)
     return backward(logits.contiguous(), index_tensor(regions), labels_u8(region_labels), scale.contiguous(),
                     temperature)
 

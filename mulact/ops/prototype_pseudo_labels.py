@@ -57,10 +57,11 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._labels import device_guard
 from ._validate import (
     check_classes,
+    check_finite,
     check_float,
     check_logits,
     check_region_count,
@@ -105,7 +106,7 @@ class PseudoLabelInfo(NamedTuple):
 # --------------------------------------------------------------------------------------
 def _validate(features, logits, regions, region_labels, expand, temperature, check_features=True) -> float:
     """Shape/type/device checks; ``check_features=False`` leaves the NaN/Inf scan of the
-    features to the C++ kernel, which does it while converting them."""
+    features to the backend (the C++ kernel does it while converting them)."""
     need_tensor(OP, "regions", regions)
     if regions.dtype not in (torch.int16, torch.int32, torch.int64, torch.uint8, torch.int8):
         raise TypeError(f"{OP}: `regions` must be an integer tensor of region ids, got {regions.dtype}")
@@ -319,11 +320,15 @@ def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
 def _forward_triton(features, logits, regions, region_labels, expand, temperature):
     from mulact.kernels.prototype_pseudo_labels import prototype_pseudo_labels_triton
 
+    check_finite(OP, "features", features)
     r_count = region_labels.shape[1]
     with device_guard(logits):
         return prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature,
                                               new_status(logits.device),
                                               lambda status: raise_on_status(OP, status, r_count, regions=regions))
+
+
+_LAUNCH = LaunchTable(OP, cpp=_forward_cpp, triton=_forward_triton)
 
 
 # Stage 2 is not a hot path and syncs anyway (its prototype count sizes tensors), so its
@@ -334,8 +339,7 @@ def _op(features: torch.Tensor, logits: torch.Tensor, regions: torch.Tensor, reg
         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(labels, thresholds, num_localized, num_expanded, prototype_index)`` from the fused
     backend (docs/design.md, "Dispatch")."""
-    check_launch(OP, backend, logits)
-    launch = {"cpp": _forward_cpp, "triton": _forward_triton}[backend]
+    launch = _LAUNCH.launcher(backend, logits)
     return launch(features, logits, regions, region_labels, expand, temperature)
 
 
@@ -396,8 +400,9 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
     """
     need_tensor(OP, "logits", logits)
     which = resolve_backend(OP, logits.device, backend)
-    temperature = _validate(features, logits, regions, region_labels, expand, temperature,
-                            check_features=which != "cpp")
+    # the NaN/Inf scan of the features is the backend's: the reference's and the Triton
+    # launcher's own pass, the C++ kernel's conversion pass
+    temperature = _validate(features, logits, regions, region_labels, expand, temperature, check_features=False)
     if regions.numel() == 0:
         bsz, c, h, w = logits.shape
         r_count = region_labels.shape[1]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V
-from ._backend import check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 
 OP = "region_adjacency"
@@ -74,6 +74,9 @@ def _triton(regions: torch.Tensor, num_regions: int) -> list[torch.Tensor]:
     return [_keys_to_edges(k[k >= 0], num_regions) for k in keys]
 
 
+_LAUNCH = LaunchTable(OP, cpp=_cpp, triton=_triton)
+
+
 def region_adjacency(regions: torch.Tensor, num_regions: int, *, backend: str | None = None) -> list[torch.Tensor]:
     """8-connected region adjacency per image.
 
@@ -103,8 +106,7 @@ def region_adjacency(regions: torch.Tensor, num_regions: int, *, backend: str | 
 def _op(regions: torch.Tensor, num_regions: int, backend: str) -> list[torch.Tensor]:
     """Edge lists of the fused backend (docs/design.md, "Dispatch"). The number of edges depends
     on the data, so a CUDA call syncs (``torch.unique``) and the status is read at once."""
-    check_launch(OP, backend, regions)
-    return {"cpp": _cpp, "triton": _triton}[backend](regions, num_regions)
+    return _LAUNCH.launcher(backend, regions)(regions, num_regions)
 
 
 @_op.register_fake

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype, triton_acc
 from ._labels import device_guard, labels_u8, num_labels
@@ -117,18 +117,18 @@ def _argmax_triton(logits, regions, labels, active, temperature, status):
         return torch.where(index < hw, index, -1)
 
 
-_LAUNCH = {"cpp": _argmax_cpp, "triton": _argmax_triton}
+_LAUNCH = LaunchTable(OP, cpp=_argmax_cpp, triton=_argmax_triton)
 
 
 @torch.library.custom_op("mulact::region_class_argmax", mutates_args=(), device_types=("cpu", "cuda"))
 def _op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor, temperature: float,
         min_classes: int, backend: str) -> torch.Tensor:
     """The fused kernel (docs/design.md, "Dispatch") on validated arguments."""
-    check_launch(OP, backend, logits)
+    launch = _LAUNCH.launcher(backend, logits)
     num_regions = region_labels.shape[1]
     active = (num_labels(region_labels) >= min_classes).to(torch.int8)
     status = new_status(logits.device)
-    out = _LAUNCH[backend](logits.detach().contiguous(), index_tensor(regions), labels_u8(region_labels), active,
+    out = launch(logits.detach().contiguous(), index_tensor(regions), labels_u8(region_labels), active,
                            temperature, status)
     report_status(OP, status, num_regions, regions=regions)
     return out

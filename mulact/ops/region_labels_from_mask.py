@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _validate as V
-from ._backend import check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 
 OP = "region_labels_from_mask"
@@ -236,6 +236,9 @@ def _triton(gt, regions, num_regions, num_classes, ignore_index, trim) -> Region
     return _finalize(whole, trimmed)
 
 
+_LAUNCH = LaunchTable(OP, cpp=_cpp, triton=_triton)
+
+
 # ---------------------------------------------------------------------------------- public
 
 @V.names_sizes("num_regions", "num_classes")
@@ -279,8 +282,7 @@ def _op(gt: torch.Tensor, regions: torch.Tensor, num_regions: int, num_classes: 
     """``(multi_hot, dominant, class_counts, cost)`` from the fused backend (docs/design.md,
     "Dispatch"). The oracle runs once per dataset, off the training path: its checks read the
     status at once on every device, so that a bad mask names the offending value."""
-    check_launch(OP, backend, regions)
-    launch = {"cpp": _cpp, "triton": _triton}[backend]
+    launch = _LAUNCH.launcher(backend, regions)
     return tuple(launch(gt, regions, num_regions, num_classes, ignore_index, trim))
 
 

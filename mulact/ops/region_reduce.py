@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V
-from ._backend import check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype as _acc
 from ._labels import device_guard
@@ -13,8 +13,6 @@ from ._status import report as report_status
 OP = "region_reduce"
 REDUCTIONS = ("sum", "mean", "max", "min", "count", "argmax")
 _CPP_MODE = {"sum": 0, "mean": 0, "max": 1, "argmax": 1, "min": 2, "count": 3}
-
-
 
 
 def _check(values, regions, num_regions, reduce) -> None:
@@ -73,27 +71,49 @@ def region_reduce_reference(values: torch.Tensor, regions: torch.Tensor, num_reg
     return out[..., 0] if squeeze else out
 
 
+def _forward_cpp(v3, reg, B, K, N, R, mode, acc, status):
+    val = torch.empty(B, R, K, dtype=acc) if mode != "count" else None
+    arg = torch.empty(B, R, K, dtype=torch.int64) if mode in ("max", "min") else None
+    cnt = torch.empty(B, R, dtype=torch.int64)
+    x = v3 if v3 is not None else cnt  # not read in count mode
+    ext().region_reduce_forward(ptr(x), code(x) if v3 is not None else 0, ptr(reg), code(reg), B, K, N, R,
+                                _CPP_MODE[mode], ptr(val), ptr(arg), ptr(cnt), ptr(status))
+    return val, cnt, arg
+
+
+def _forward_triton(v3, reg, B, K, N, R, mode, acc, status):
+    from mulact.kernels.region_reduce import region_extremum_triton, region_sum_triton
+
+    if mode in ("max", "min"):
+        val, arg = region_extremum_triton(v3, reg, R, mode == "max", status, acc)
+        return val, None, arg
+    val, cnt = region_sum_triton(v3 if mode != "count" else None, reg, B, K, N, R, status, acc)
+    return val, cnt.to(torch.int64), None
+
+
+def _gather_cpp(g, reg, B, K, N, R, dtype):
+    out = torch.empty(B, K, N, dtype=dtype)
+    ext().region_reduce_backward_gather(ptr(g), code(out), ptr(reg), code(reg), B, K, N, R, ptr(out))
+    return out
+
+
+def _gather_triton(g, reg, B, K, N, R, dtype):
+    from mulact.kernels.region_reduce import region_gather_triton
+
+    with device_guard(g):
+        return region_gather_triton(g, reg, K, N, dtype)
+
+
+_FORWARD = LaunchTable(OP, cpp=_forward_cpp, triton=_forward_triton)
+_GATHER = LaunchTable(OP, cpp=_gather_cpp, triton=_gather_triton)
+
+
 def _kernel_forward(which: str, v3: torch.Tensor | None, reg: torch.Tensor, B: int, K: int, N: int, R: int,
                     mode: str, acc: torch.dtype):
     """Returns ``(val (B, R, K) acc, count (B, R) int64, arg (B, R, K) int64 or None)``."""
+    launch = _FORWARD.launcher(which, reg)
     status = V.new_status(reg.device)
-    if which == "cpp":
-        val = torch.empty(B, R, K, dtype=acc) if mode != "count" else None
-        arg = torch.empty(B, R, K, dtype=torch.int64) if mode in ("max", "min") else None
-        cnt = torch.empty(B, R, dtype=torch.int64)
-        x = v3 if v3 is not None else cnt  # not read in count mode
-        ext().region_reduce_forward(ptr(x), code(x) if v3 is not None else 0, ptr(reg), code(reg), B, K, N, R,
-                                    _CPP_MODE[mode], ptr(val), ptr(arg), ptr(cnt), ptr(status))
-    else:
-        from mulact.kernels.region_reduce import region_extremum_triton, region_sum_triton
-
-        arg = None
-        if mode in ("max", "min"):
-            val, arg = region_extremum_triton(v3, reg, R, mode == "max", status, acc)
-            cnt = None
-        else:
-            val, cnt = region_sum_triton(v3 if mode != "count" else None, reg, B, K, N, R, status, acc)
-            cnt = cnt.to(torch.int64)
+    val, cnt, arg = launch(v3, reg, B, K, N, R, mode, acc, status)
     report_status(OP, status, R, regions=reg)
     return val, cnt, arg
 
@@ -105,7 +125,6 @@ def _op(values: torch.Tensor, regions: torch.Tensor, num_regions: int, reduce: s
     values' dtype (sum/mean/max/min), ``(B, R)`` int64 (count) or ``(B, R, K)`` int64 (argmax);
     ``aux`` is what the backward needs: the ``(B, R)`` pixel counts (sum/mean), the ``(B, R, K)``
     arg-extremum (max/min), or an empty tensor."""
-    check_launch(OP, backend, regions)
     B, K, H, W = values.shape
     N, R = H * W, num_regions
     reg = index_tensor(regions)
@@ -145,7 +164,7 @@ def _gather_op(grad: torch.Tensor, regions: torch.Tensor, count: torch.Tensor, r
                backend: str) -> torch.Tensor:
     """Gradient of sum/mean: ``(B, K, H, W)`` with every pixel getting its region's gradient
     (divided by the region's pixel count for mean); 0 for pixels outside every region."""
-    check_launch(OP, backend, regions)
+    gather = _GATHER.launcher(backend, regions)
     B, R, K = grad.shape
     H, W = regions.shape[1:]
     N = H * W
@@ -154,15 +173,7 @@ def _gather_op(grad: torch.Tensor, regions: torch.Tensor, count: torch.Tensor, r
     if reduce == "mean":
         g = g / count.clamp(min=1).unsqueeze(-1).to(acc)
     g = g.contiguous()
-    reg = index_tensor(regions)
-    if backend == "cpp":
-        out = torch.empty(B, K, N, dtype=grad.dtype)
-        ext().region_reduce_backward_gather(ptr(g), code(out), ptr(reg), code(reg), B, K, N, R, ptr(out))
-    else:
-        from mulact.kernels.region_reduce import region_gather_triton
-
-        with device_guard(grad):
-            out = region_gather_triton(g, reg, K, N, grad.dtype)
+    out = gather(g, index_tensor(regions), B, K, N, R, grad.dtype)
     return out.view(B, K, H, W)
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from . import _validate as V
-from ._backend import check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype
 from ._labels import device_guard
@@ -132,13 +132,15 @@ def _triton(logits, regions, num_regions, inv_t, measure, status):
     return u, n, prob, n.sum(dtype=torch.int64)  # stays on the device: no sync
 
 
+_LAUNCH = LaunchTable(OP, cpp=_cpp, triton=_triton)
+
+
 @torch.library.custom_op("mulact::region_uncertainty_stats", mutates_args=(), device_types=("cpu", "cuda"))
 def _op(logits: torch.Tensor, regions: torch.Tensor, num_regions: int, temperature: float, measure: str,
         backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused kernel (docs/design.md, "Dispatch"): C++ on CPU tensors, Triton on CUDA ones
     (and on CPU tensors when ``backend="triton"`` under the interpreter)."""
-    check_launch(OP, backend, logits)
-    launch = {"cpp": _cpp, "triton": _triton}[backend]
+    launch = _LAUNCH.launcher(backend, logits)
     status = V.new_status(logits.device)
     out = launch(logits.contiguous(), index_tensor(regions), num_regions, _inv_t(temperature, logits.dtype),
                  measure, status)
