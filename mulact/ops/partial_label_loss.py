@@ -271,7 +271,7 @@ def partial_label_loss(logits, regions, region_labels, temperature, normalize="p
         >>> regions = torch.randint(0, 16, (2, 64, 64))
         >>> labels = torch.zeros(2, 16, 20, dtype=torch.bool); labels[:, 0, 3] = True
         >>> labels[:, 1, [4, 7]] = True
-        >>> ce, mp = partial_label_loss(logits, regions, labels)
+        >>> ce, mp = partial_label_loss(logits, regions, labels, temperature=0.1)
         >>> (16 * ce + 8 * mp).backward()
     """
     check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)

@@ -255,7 +255,7 @@ def pseudo_labels_without_prototypes(logits, regions, region_labels, temperature
         >>> logits = torch.tensor([[[[2.0, 0.0]], [[1.0, 3.0]], [[5.0, 5.0]]]])  # (1, 3, 1, 2)
         >>> regions = torch.tensor([[[0, 1]]])
         >>> region_labels = torch.tensor([[[True, True, False], [False, False, False]]])
-        >>> pseudo_labels_without_prototypes(logits, regions, region_labels)
+        >>> pseudo_labels_without_prototypes(logits, regions, region_labels, temperature=1.0)
         tensor([[[  0, 255]]])
     """
     op = "pseudo_labels_without_prototypes"

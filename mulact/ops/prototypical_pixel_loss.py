@@ -110,8 +110,14 @@ def prototypical_pixel_loss(logits, regions, region_labels, temperature, normali
         two or more labeled classes present in the crop.
 
     Example:
-        >>> ce, mp = partial_label_loss(logits, regions, labels)
-        >>> loss = 16 * ce + 8 * mp + prototypical_pixel_loss(logits, regions, labels)
+        >>> from mulact.ops import partial_label_loss
+        >>> logits = torch.randn(2, 20, 64, 64, requires_grad=True)
+        >>> regions = torch.randint(0, 16, (2, 64, 64))
+        >>> labels = torch.zeros(2, 16, 20, dtype=torch.bool); labels[:, 0, 3] = True
+        >>> labels[:, 1, [4, 7]] = True
+        >>> ce, mp = partial_label_loss(logits, regions, labels, temperature=0.1)
+        >>> loss = 16 * ce + 8 * mp + prototypical_pixel_loss(logits, regions, labels, temperature=0.1)
+        >>> loss.backward()
     """
     _, temperature = check_labeled_loss(OP, logits, regions, region_labels, temperature, normalize, NORMALIZE)
     backend = resolve_backend(OP, logits.device, backend)

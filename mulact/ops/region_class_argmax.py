@@ -163,9 +163,14 @@ def region_class_argmax(logits, regions, region_labels, temperature, min_classes
         has no pixel in the crop. Not differentiable.
 
     Example:
-        >>> idx = region_class_argmax(logits, regions, labels, min_classes=2)
+        >>> logits = torch.randn(2, 20, 64, 64)
+        >>> regions = torch.randint(0, 16, (2, 64, 64))
+        >>> labels = torch.zeros(2, 16, 20, dtype=torch.bool); labels[:, 1, [4, 7]] = True
+        >>> idx = region_class_argmax(logits, regions, labels, temperature=0.1, min_classes=2)
         >>> b, r, c = (idx >= 0).nonzero(as_tuple=True)
-        >>> chosen_logits = logits.flatten(2)[b, :, idx[b, r, c]]   # (K, C)
+        >>> chosen_logits = logits.flatten(2)[b, :, idx[b, r, c]]   # (K, C): 2 images x 2 classes
+        >>> chosen_logits.shape
+        torch.Size([4, 20])
     """
     num_regions, temperature = _check(logits, regions, region_labels, temperature, min_classes)
     backend = resolve_backend(OP, logits.device, backend)

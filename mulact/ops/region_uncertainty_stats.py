@@ -213,7 +213,7 @@ def region_uncertainty_stats(logits: torch.Tensor, regions: torch.Tensor, num_re
     Example:
         >>> logits = torch.randn(2, 19, 64, 64)
         >>> regions = torch.randint(0, 16, (2, 64, 64))
-        >>> st = region_uncertainty_stats(logits, regions, 16)
+        >>> st = region_uncertainty_stats(logits, regions, 16, temperature=1.0)
         >>> st.u_sum.shape, st.count.shape, st.prob_sum.shape, st.num_pixels
         (torch.Size([2, 16, 19]), torch.Size([2, 16, 19]), torch.Size([19]), tensor(8192))
     """
