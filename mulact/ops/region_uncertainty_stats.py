@@ -20,7 +20,12 @@ from ._labels import device_guard
 from ._status import report as report_status
 
 OP = "region_uncertainty_stats"
-MEASURES = ("bvsb", "margin", "entropy", "least_confidence")
+# The integer code of each pixel measure, as the kernels receive it. Defined here once; the C++
+# kernel (csrc/region_uncertainty_stats.cpp, ``enum Measure``) and the Triton kernel
+# (kernels/region_uncertainty_stats.py, ``MEASURE_CODES``) keep copies that
+# tests/test_measure_codes.py checks against this table.
+MEASURE_CODES = {"bvsb": 0, "margin": 1, "entropy": 2, "least_confidence": 3}
+MEASURES = tuple(MEASURE_CODES)
 
 
 class RegionUncertaintyStats(NamedTuple):
@@ -119,7 +124,7 @@ def _cpp(logits, regions, num_regions, inv_t, measure, status):
     prob = torch.empty(C, dtype=torch.float32)
     pixels = ext().region_uncertainty_stats_forward(
         ptr(logits), code(logits), ptr(regions), code(regions), B, C, H * W, num_regions, inv_t,
-        MEASURES.index(measure), ptr(u), ptr(n), ptr(prob), ptr(status))
+        MEASURE_CODES[measure], ptr(u), ptr(n), ptr(prob), ptr(status))
     return u, n, prob, torch.tensor(pixels, dtype=torch.int64)
 
 
