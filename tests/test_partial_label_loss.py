@@ -247,13 +247,13 @@ def test_one_backward_launch_and_unused_term_is_skipped(monkeypatch, backend_, u
     module = importlib.import_module("mulact.ops.partial_label_loss")  # the package re-exports the function
 
     calls = []
-    forward, backward = module._LAUNCH[backend_]
+    backward = module._BACKWARD.launchers[backend_]
 
     def spy(logits, regions, labels, scale, temperature):
         calls.append(scale.clone())
         return backward(logits, regions, labels, scale, temperature)
 
-    monkeypatch.setitem(module._LAUNCH, backend_, (forward, spy))
+    monkeypatch.setitem(module._BACKWARD.launchers, backend_, spy)
     device = backend_device(backend_)
     logits, regions, labels = make_case(2, 4, 6, 5, 6, seed=11, device=device)
     x = logits.clone().requires_grad_(True)

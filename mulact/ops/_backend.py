@@ -117,14 +117,14 @@ class LaunchTable:
             raise TypeError(f"LaunchTable({op!r}): expected one launcher for each of {', '.join(FUSED)}, got "
                             f"{', '.join(sorted(launchers)) or 'none'}")
         self.op = op
-        self._launchers = launchers
+        self.launchers = launchers
 
     def launcher(self, backend: str, tensor: torch.Tensor):
         check_launch(self.op, backend, tensor)
-        if backend not in self._launchers:  # "reference" (or a name the op's schema let through)
+        if backend not in self.launchers:  # "reference" (or a name the op's schema let through)
             raise RuntimeError(f"{self.op}: backend {backend!r} has no fused kernel; expected one of "
                                f"{', '.join(FUSED)}")
-        return self._launchers[backend]
+        return self.launchers[backend]
 
 
 def last_backend(op: str) -> str | None:
