@@ -120,6 +120,9 @@ class TrainConfig:
         """
         for f in fields(self):
             _check_field(f, convert(f.name, getattr(self, f.name)))
+        if self.temperature < _TAU_MIN:
+            raise ValueError(f"--temperature {self.temperature}: expected >= {_TAU_MIN:.6g}, so that 1/temperature "
+                             "is finite in float32 (the ops' accumulation dtype)")
         if self.scale_min > self.scale_max:
             raise ValueError(f"--scale-min {self.scale_min}: expected <= --scale-max {self.scale_max}")
         if self.loss == "dominant" and self.labeling != "dominant":
@@ -335,6 +338,9 @@ def apply_overrides(cfg: TrainConfig, overrides: dict, source: str | None = None
         return dataclasses.replace(cfg, **{k: convert(k, v) for k, v in values.items()})
     except ValueError as err:
         raise ValueError(f"{source}: {err}" if source else str(err)) from None
+
+
+_TAU_MIN = 1.0 / 3.4028234663852886e38  # 1 / float32 max: mulact.ops refuses smaller temperatures
 
 
 def _unique_keys(pairs: list) -> dict:

@@ -122,6 +122,7 @@ BAD = [
     (["--name", " "], "--name ' ': expected a non-empty name"),
     (["--seed", "-1"], "--seed -1: expected a value >= 0"),
     (["--stage2", "--expand", "--trim", "-2"], "--trim -2: expected a value >= 0"),
+    (["--temperature", "1e-39"], "--temperature 1e-39: expected >= 2.93874e-39, so that 1/temperature is finite"),
 ]
 
 
