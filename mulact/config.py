@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 
 from mulact.data import DATASETS
 from mulact.data.superpixels import METHODS as SUPERPIXEL_METHODS
-from mulact.ops import ACQUISITION_METHODS
+from mulact.ops.acquisition import ACQUISITION_METHODS, ACQUISITIONS
 
 __all__ = ["TrainConfig", "PRESETS", "NULL", "convert", "apply_overrides", "load_config_file",
            "resolve_config", "format_value", "to_yaml"]
@@ -82,7 +82,8 @@ class TrainConfig:
     # -- active learning -----------------------------------------------------------------
     rounds: int = opt(5, "number of AL rounds (round 1 selects at random)", min=1)
     budget: int = opt(100_000, "clicks per round", min=1)
-    acquisition: str = opt("pixbal", "acquisition function of rounds 2+", choices=ACQUISITION_METHODS)
+    acquisition: str = opt("pixbal", "acquisition function of rounds 2+ (round 1 selects at random): "
+                           + "; ".join(f"{k}: {a.summary}" for k, a in ACQUISITIONS.items()), choices=ACQUISITION_METHODS)
     labeling: str = opt("multi", "'multi' (multi-class query, cost = classes in region) or 'dominant' (cost 1)", choices=LABELINGS)
     nu: float = opt(6.0, "PixBal class-balance strength ν (Eq. 4); 0: no balancing", min=0)
     acquisition_batch_size: int = opt(4, "images per forward pass when scoring the pool", min=1)

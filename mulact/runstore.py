@@ -12,6 +12,10 @@ hashes, verified reads, directory locks and clean-up of interrupted writes.
   to do (recompute with a warning, or stop): see the README's *Resume* section.
 * :class:`DirLock` keeps a second process out of a run or superpixel directory.
 * :func:`remove_temp_files` deletes the ``.tmp-*`` files an interrupted write left behind.
+* :func:`publish_dir` renames a directory assembled next to its target into place (a
+  generated data set, a seeded run): the one whole-directory counterpart of :func:`atomic_write`.
+* :class:`RunDir` is a run directory as one object: one named accessor per file of a run
+  (the table is in docs/design.md, "Where things live") and its verified reads and atomic writes.
 
 Hash: SHA-256 (:mod:`hashlib`). On this project's targets (x86-64 with SHA-NI, ARMv8 with the
 crypto extensions) it runs at the speed of BLAKE2b or faster, and a user can check a file by
@@ -51,10 +55,18 @@ __all__ = [
     "Manifest",
     "RunStateError",
     "TMP_PREFIX",
+    "RunDir",
     "atomic_write",
     "die_with_parent",
     "digest",
+    "load_json",
+    "load_npz",
+    "load_torch",
+    "publish_dir",
+    "read_verified",
     "remove_temp_files",
+    "write_json",
+    "write_npz",
     "writing",
 ]
 
@@ -110,7 +122,7 @@ def _serialize(data) -> bytes:
 
 
 def atomic_write(path: str | os.PathLike, data, *, record: bool = True,
-                 before_rename: Callable[[str], None] | None = None) -> str:
+                 before_rename: Callable[[str], None] | None = None, exclusive: bool = False) -> str:
     """Write ``data`` (bytes, or a callable that writes into a binary file object) to ``path``
     atomically and durably; return its SHA-256.
 
@@ -118,6 +130,9 @@ def atomic_write(path: str | os.PathLike, data, *, record: bool = True,
     recorded in it. Serialising to memory first lets the hash come from the bytes written
     without reading the file back. ``before_rename(sha256)`` runs once the bytes are durable
     and before they replace ``path``: a record made there is never missing for a file in place.
+    ``exclusive``: create ``path`` only if it does not exist (the durable temporary file is
+    hard-linked to its name, which fails with :class:`FileExistsError` for a second writer) —
+    written once, never replaced, even by concurrent processes (human answers).
     """
     path = os.path.abspath(os.fspath(path))
     payload = _serialize(data)
@@ -130,12 +145,16 @@ def atomic_write(path: str | os.PathLike, data, *, record: bool = True,
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
-        manifest = _manifest_for(path) if record else None
+        manifest = _manifest_for(path) if record and not exclusive else None
         if manifest is not None:
             manifest._begin(path, h, len(payload))
         if before_rename is not None:
             before_rename(h)
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
         _fsync_dir(d)
         if manifest is not None:
             manifest._commit(path)
@@ -144,6 +163,83 @@ def atomic_write(path: str | os.PathLike, data, *, record: bool = True,
             os.unlink(tmp)
         raise
     return h
+
+
+def write_json(path: str | os.PathLike, obj, *, sort_keys: bool = False) -> str:
+    """``obj`` as JSON (indent 1, NaN allowed, one final newline) through :func:`atomic_write`."""
+    text = json.dumps(obj, indent=1, allow_nan=True, sort_keys=sort_keys) + "\n"
+    return atomic_write(path, text.encode())
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> str:
+    """``numpy.savez`` of ``arrays`` through :func:`atomic_write`."""
+    import numpy as np
+
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+
+def publish_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the directory ``tmp``, assembled next to ``target``, into place in one rename.
+
+    Its files and directories are fsynced first and the parent after the rename, so a crash
+    leaves either no ``target`` or a whole one. ``target`` must not exist (:class:`OSError`
+    otherwise).
+    """
+    for dirpath, _dirs, files in os.walk(tmp, topdown=False):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+    os.rename(tmp, target)
+    _fsync_dir(os.path.dirname(os.path.abspath(os.fspath(target))))
+
+
+# -- verified reads of single files --------------------------------------------------------------
+
+def read_verified(path, manifest: "Manifest | None" = None) -> bytes:
+    """The bytes of ``path``, checked against ``manifest`` when given;
+    :class:`DamagedFileError` if missing or not what was written."""
+    if manifest is not None:
+        return manifest.read_bytes(path)
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise DamagedFileError(path, f"cannot be read ({exc.strerror})") from None
+
+
+def load_npz(path, manifest: "Manifest | None" = None, *, what: str = "array archive") -> dict:
+    """All arrays of an ``.npz`` file (verified when ``manifest`` is given); a torn or foreign
+    file raises :class:`DamagedFileError` naming it, never a bare ``BadZipFile``."""
+    import numpy as np
+
+    data = read_verified(path, manifest)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, ValueError, OSError ...
+        raise DamagedFileError(path, f"is not a readable {what} ({type(exc).__name__}: {exc})") from None
+
+
+def load_json(path, manifest: "Manifest | None" = None, *, what: str = "JSON file"):
+    data = read_verified(path, manifest)
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise DamagedFileError(path, f"is not a readable {what} ({exc})") from None
+
+
+def load_torch(path, manifest: "Manifest | None" = None, *, map_location="cpu", what: str = "checkpoint"):
+    import torch
+
+    data = read_verified(path, manifest)
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    except Exception as exc:  # pickle/zip errors of a torn or foreign file
+        raise DamagedFileError(path, f"is not a readable {what} ({type(exc).__name__}: {exc})") from None
 
 
 def atomic_torch_save(path: str | os.PathLike, obj) -> str:
@@ -514,3 +610,164 @@ def worker_init_fn(base: Callable | None = None):
     """DataLoader ``worker_init_fn`` that ties the worker's life to the current process
     (picklable, so it also works with the ``spawn`` start method)."""
     return functools.partial(_init_worker, os.getpid(), base)
+
+
+# -- the run directory ----------------------------------------------------------------------------
+
+def _run_file(name: str) -> property:
+    """A :class:`RunDir` accessor: the path of ``name`` in the run directory."""
+    return property(lambda self: os.path.join(self.root, name), doc=f"``{name}`` of the run")
+
+
+class RunDir:
+    """A run directory of ``mulact-train`` as one object: where each file lives and how it is
+    read and written.
+
+    Every file of a run has one accessor here (and nowhere else spells its path)::
+
+        config.yaml               config           resolved configuration (a rerun must match it)
+        manifest.json             manifest_path    SHA-256 of every file below (Manifest)
+        oracle.npz                oracle           simulated oracle's answers (OracleTable)
+        regions.npz               regions          human oracle's region table
+        queries/round_XX.json     queries(t)       human oracle: the round's queries
+        answers/round_XX/q_N.json answer(t, n)     human oracle: one file per answer
+        pool.npz                  pool             labeled regions, labels, costs (RegionPool)
+        selections/round_XX.json  selection(t)     the round's queries in selection order
+        round_XX/stage{1,2}*.pt   stage(t, s, k)   checkpoints: final, "last" (resumable), "best"
+        round_XX/pseudo/          pseudo(t)        stage-2 pseudo labels and their summary
+        metrics.json/.csv, miou_vs_clicks.png      metrics_json, metrics_csv, plot
+        export/round_XX/          export(t)        mulact-label export
+
+    Reads go through :meth:`open`'s :class:`Manifest` (verified) once one is open, plain
+    otherwise; writes go through :func:`atomic_write`, which records them in the open manifest.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = os.path.abspath(os.fspath(root))
+        self.manifest: Manifest | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.root!r})"
+
+    # -- paths ------------------------------------------------------------------------------
+    def _p(self, *parts) -> str:
+        return os.path.join(self.root, *parts)
+
+    config = _run_file("config.yaml")
+    manifest_path = _run_file(MANIFEST_NAME)
+    oracle = _run_file("oracle.npz")
+    regions = _run_file("regions.npz")
+    pool = _run_file("pool.npz")
+    metrics_json = _run_file("metrics.json")
+    metrics_csv = _run_file("metrics.csv")
+    plot = _run_file("miou_vs_clicks.png")
+    queries_dir = _run_file("queries")
+
+    def queries(self, t: int) -> str:
+        return self._p("queries", f"round_{t:02d}.json")
+
+    def answers(self, t: int) -> str:
+        return self._p("answers", f"round_{t:02d}")
+
+    def answer(self, t: int, order: int) -> str:
+        return os.path.join(self.answers(t), f"q_{order:05d}.json")
+
+    def selection(self, t: int) -> str:
+        return self._p("selections", f"round_{t:02d}.json")
+
+    def round(self, t: int) -> str:
+        return self._p(f"round_{t:02d}")
+
+    def stage(self, t: int, stage: str, kind: str = "final") -> str:
+        """Checkpoint of round ``t``'s ``stage`` ("stage1"/"stage2"): ``kind`` "final" (weights
+        + training summary), "last" (resumable, removed once the stage is done) or "best"."""
+        suffix = {"final": "", "last": "_last", "best": "_best"}
+        if kind not in suffix:
+            raise ValueError(f"kind: expected one of {', '.join(suffix)}, got {kind!r}")
+        return os.path.join(self.round(t), f"{stage}{suffix[kind]}.pt")
+
+    def pseudo(self, t: int) -> str:
+        return os.path.join(self.round(t), "pseudo")
+
+    def pseudo_label(self, t: int, image: int) -> str:
+        """Round ``t``'s stage-2 pseudo-label map of train image ``image`` (int16 ``.npy``)."""
+        return os.path.join(self.pseudo(t), f"{int(image):06d}.npy")
+
+    def pseudo_summary(self, t: int) -> str:
+        """Accuracy and counts of round ``t``'s pseudo labels, and the SHA-256 of every map."""
+        return os.path.join(self.pseudo(t), "summary.json")
+
+    def export(self, t: int) -> str:
+        return self._p("export", f"round_{t:02d}")
+
+    # -- state ------------------------------------------------------------------------------
+    def open(self, *, readonly: bool = False) -> Manifest:
+        """Open the manifest (recording writes unless ``readonly``); reads are verified from now."""
+        self.manifest = Manifest(self.root, readonly=readonly)
+        return self.manifest
+
+    def close(self) -> None:
+        if self.manifest is not None:
+            self.manifest.close()
+
+    def lock(self) -> "DirLock | None":
+        """The run directory's lock for this process of a job (None for ranks other than 0)."""
+        return DirLock.for_job(self.root, "run directory")
+
+    def exists(self, path) -> bool:
+        """``path`` is there, or the manifest says it should be (a missing file is damage)."""
+        return os.path.isfile(path) or (self.manifest is not None and self.manifest.recorded(path))
+
+    def forget(self, path) -> None:
+        """Delete ``path`` and its record."""
+        if self.manifest is not None and not self.manifest.readonly:
+            self.manifest.forget(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        _fsync_dir(os.path.dirname(os.path.abspath(os.fspath(path))))
+
+    # -- verified reads, atomic writes --------------------------------------------------------
+    def read_bytes(self, path) -> bytes:
+        return read_verified(path, self.manifest)
+
+    def read_json(self, path, what: str = "JSON file"):
+        return load_json(path, self.manifest, what=what)
+
+    def read_npz(self, path, what: str = "array archive") -> dict:
+        return load_npz(path, self.manifest, what=what)
+
+    def read_torch(self, path, what: str = "checkpoint", map_location="cpu"):
+        return load_torch(path, self.manifest, what=what, map_location=map_location)
+
+    def read_config(self) -> dict:
+        """The options saved in ``config.yaml`` (verified), as a mapping; raises
+        :class:`FileNotFoundError` when this is not a run directory."""
+        import yaml
+
+        if not self.exists(self.config):
+            raise FileNotFoundError(f"{self.root}: not a mulact run directory (no config.yaml)")
+        try:
+            saved = yaml.safe_load(self.read_bytes(self.config)) or {}
+        except yaml.YAMLError as exc:
+            raise DamagedFileError(self.config, f"is not readable YAML ({exc})") from None
+        if not isinstance(saved, dict):
+            raise DamagedFileError(self.config, "is not a mapping of options")
+        return saved
+
+    def recorded_rounds(self) -> list[dict]:
+        """The per-round records of ``metrics.json`` ([] before the first round is done),
+        verified when the manifest is open; :class:`DamagedFileError` when unusable."""
+        path = self.metrics_json
+        if not self.exists(path):
+            return []
+        doc = self.read_json(path, what="metrics file")
+        rounds = doc.get("rounds") if isinstance(doc, dict) else None
+        if not isinstance(rounds, list) or not all(isinstance(m, dict) and "round" in m for m in rounds):
+            raise DamagedFileError(path, "is not a metrics file (no list of numbered rounds)")
+        return rounds
+
+    write_bytes = staticmethod(atomic_write)
+    write_json = staticmethod(write_json)
+    write_npz = staticmethod(write_npz)
+    write_torch = staticmethod(atomic_torch_save)

@@ -91,7 +91,7 @@ def test_uncertainty_methods_are_region_means(backend, method):
 
 def test_measure_for():
     assert [measure_for(m) for m in ACQUISITION_METHODS] == [
-        "bvsb", "bvsb", "margin", "entropy", "least_confidence", "bvsb", "bvsb"]
+        "bvsb", "bvsb", "margin", "entropy", "least_confidence", "bvsb", "bvsb", "bvsb"]
     with pytest.raises(ValueError, match="method"):
         measure_for("coreset")
 

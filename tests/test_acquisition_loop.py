@@ -6,6 +6,7 @@ import torch
 from mulact.al.acquisition import acquire, scan_pool, score_pool
 from mulact.al.pool import RegionPool
 from mulact.ops import region_uncertainty_stats_reference
+from mulact.ops.acquisition import ACQUISITION_METHODS
 
 C = 3  # classes; channel C is "undefined"
 K = C + 1
@@ -107,7 +108,7 @@ def test_pixbal_one_pass_equals_two_pass_naive():
                 assert scores[pool.offsets[i] + r] == pytest.approx(float((u * w)[m].mean()), rel=1e-4)
 
 
-@pytest.mark.parametrize("method", ["random", "bvsb", "classbal", "pixbal", "margin", "entropy"])
+@pytest.mark.parametrize("method", ACQUISITION_METHODS)  # every registry entry
 def test_rounds_never_reselect_and_respect_budget(method):
     from mulact.ops.acquisition import measure_for
 
@@ -160,7 +161,7 @@ def test_random_scores_are_seeded():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
-@pytest.mark.parametrize("method", ["random", "bvsb", "classbal", "pixbal", "margin", "entropy"])
+@pytest.mark.parametrize("method", ACQUISITION_METHODS)  # every registry entry
 def test_exhausted_pool_selects_nothing_for_every_method(method):
     from mulact.ops.acquisition import measure_for
 

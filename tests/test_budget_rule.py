@@ -2,8 +2,11 @@
 import numpy as np
 import pytest
 
+from mulact.al.budget import select_by_budget
+from mulact.al.labels import multi_hot_to_bits
 from mulact.al.oracle import HumanOracle, SimulatedOracle, expected_classes_per_region
-from mulact.al.pool import OracleTable, RegionPool, multi_hot_to_bits, select_by_budget
+from mulact.al.oracle_table import OracleTable
+from mulact.al.pool import RegionPool
 
 
 def _pool(n=12, classes=4):

@@ -2,14 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from mulact.al.pool import (
-    OracleTable,
-    RegionPool,
-    bits_to_multi_hot,
-    multi_hot_to_bits,
-    popcount,
-    select_by_budget,
-)
+from mulact.al.budget import select_by_budget
+from mulact.al.labels import bits_to_multi_hot, multi_hot_to_bits, popcount
+from mulact.al.oracle_table import OracleTable
+from mulact.al.pool import RegionPool
 
 
 def _naive_select(scores, candidates, costs, budget):

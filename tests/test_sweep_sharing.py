@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mulact.al.pool import OracleTable, RegionPool
+from mulact.al.oracle_table import OracleTable
+from mulact.al.pool import RegionPool
 from mulact.sweep import sharing
 
 

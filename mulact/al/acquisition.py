@@ -7,12 +7,10 @@ uncertainty and counts split by the pixel's top-1 class, and accumulating the so
 prior of PixBal (Eq. 3) in the same pass. Scores are then a cheap function of those tables
 (:func:`mulact.ops.region_scores`), so PixBal needs no second pass.
 
-Methods: ``random`` (uniform scores from a generator seeded by ``(seed, round)``; no model),
-``bvsb`` (region mean of p_sb/p_b), ``classbal`` (Cai et al. 2021), ``pixbal`` (Eq. 4),
-``margin`` (region mean of 1 − (p_b − p_sb)), ``entropy`` (region mean entropy).
-Model-based methods ban regions whose dominant predicted class is the *undefined* class
+Methods: the registry :data:`mulact.ops.acquisition.ACQUISITIONS` (``random`` needs no model:
+uniform scores from a generator seeded by ``(seed, round)``). Model-based methods ban regions whose dominant predicted class is the *undefined* class
 (Appendix B): they are never selected. Labeled regions and region ids with no pixel are never
-candidates. Selection then follows :func:`mulact.al.pool.select_by_budget`.
+candidates. Selection then follows :func:`mulact.al.budget.select_by_budget`.
 """
 from __future__ import annotations
 
@@ -25,7 +23,8 @@ from tqdm.auto import tqdm
 
 from mulact.engine.precision import autocast
 
-from .pool import RegionPool, select_by_budget
+from .budget import select_by_budget
+from .pool import RegionPool
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +99,20 @@ def score_pool(method: str, pool: RegionPool, stats: PoolStats | None, *, nu: fl
     from mulact.engine.train import derive_seed
 
     from mulact.ops.acquisition import (
+        acquisition,
         class_prior,
         dominant_class,
         dominant_class_fraction,
-        random_scores,
         region_scores,
         selectable,
     )
 
     N = int(pool.offsets[-1])
-    if method == "random":
+    entry = acquisition(method)
+    if not entry.needs_model:  # scored without statistics: every region one pixel, no uncertainty
         gen = torch.Generator().manual_seed(derive_seed(seed, round_index, 0xACE))
-        return random_scores(N, generator=gen).double().numpy(), np.zeros(N, bool)
+        scores = region_scores(method, torch.zeros(N, 1), torch.ones(N, 1, dtype=torch.int32), generator=gen)
+        return scores.double().numpy(), np.zeros(N, bool)
     if stats is None:
         raise ValueError(f"stats: method {method!r} needs a pool scan")
     if stats.num_pixels == 0:  # nothing was scanned (an exhausted pool): nothing is selectable
@@ -122,7 +123,7 @@ def score_pool(method: str, pool: RegionPool, stats: PoolStats | None, *, nu: fl
     # ClassBal's class frequencies count the dominant predictions of the *pool* regions only.
     in_pool = torch.from_numpy(pool.unlabeled_mask()) & (dom >= 0)
     fraction = dominant_class_fraction(dom[in_pool], K)
-    prior = class_prior(stats.prob_sum, stats.num_pixels) if stats.num_pixels > 0 else None
+    prior = class_prior(stats.prob_sum, stats.num_pixels) if entry.needs_prior else None
     scores = region_scores(method, stats.u_sum, stats.count, prior=prior, nu=nu,
                            dominant_fraction=fraction, undefined_class=undefined)
     banned = ~selectable(stats.count, undefined)

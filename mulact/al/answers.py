@@ -12,19 +12,19 @@ exclusive), "pixels", "score"}``; an answer is ``{"round", "order", "image", "re
 data").
 
 One file per answer makes "saved the moment it is submitted" and "never written twice" cheap
-and safe across processes: the answer is written to a temporary file, fsynced, then
-*hard-linked* to its final name, which fails if the name exists; a reader sees either no
-answer or a whole one. The round is *closed* once ``selections/round_XX.json`` exists (the loop
+and safe across processes: the answer goes through :func:`mulact.runstore.atomic_write` with
+``exclusive`` (a durable temporary file *hard-linked* to its final name, which fails if the
+name exists); a reader sees either no answer or a whole one. Every path comes from
+:class:`mulact.runstore.RunDir`. The round is *closed* once ``selections/round_XX.json`` exists (the loop
 wrote the answers into the pool); answers of a closed round can no longer change.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 
-from .pool import atomic_write_json
+from mulact.runstore import RunDir, atomic_write, write_json
 
 __all__ = ["AnswerError", "QueryStore", "validate_classes"]
 
@@ -56,27 +56,28 @@ def validate_classes(classes, num_classes: int, labeling: str, where: str = "cla
 class QueryStore:
     """The queries and answers of one run directory (see the module docstring)."""
 
-    def __init__(self, run_dir: str):
-        self.dir = os.path.abspath(run_dir)
+    def __init__(self, run: "RunDir | str"):
+        self.run = run if isinstance(run, RunDir) else RunDir(run)
+        self.dir = self.run.root
         self._queries: dict[int, dict] = {}
 
     # -- paths ------------------------------------------------------------------------------
     def queries_path(self, t: int) -> str:
-        return os.path.join(self.dir, "queries", f"round_{t:02d}.json")
+        return self.run.queries(t)
 
     def answers_dir(self, t: int) -> str:
-        return os.path.join(self.dir, "answers", f"round_{t:02d}")
+        return self.run.answers(t)
 
     def answer_path(self, t: int, order: int) -> str:
-        return os.path.join(self.answers_dir(t), f"q_{order:05d}.json")
+        return self.run.answer(t, order)
 
     def is_closed(self, t: int) -> bool:
         """The loop has taken the round's answers into the pool; they are final."""
-        return os.path.isfile(os.path.join(self.dir, "selections", f"round_{t:02d}.json"))
+        return os.path.isfile(self.run.selection(t))
 
     # -- queries ----------------------------------------------------------------------------
     def rounds(self) -> list[int]:
-        d = os.path.join(self.dir, "queries")
+        d = self.run.queries_dir
         if not os.path.isdir(d):
             return []
         out = []
@@ -91,7 +92,7 @@ class QueryStore:
         return open_[-1] if open_ else None
 
     def write_queries(self, t: int, record: dict) -> None:
-        atomic_write_json(self.queries_path(t), record)
+        write_json(self.queries_path(t), record)
         self._queries.pop(t, None)
 
     def queries(self, t: int) -> dict:
@@ -100,8 +101,7 @@ class QueryStore:
             if not os.path.isfile(path):
                 raise AnswerError(f"round: no queries for round {t} in {self.dir} (rounds with queries: "
                                   f"{self.rounds() or 'none'})", 404)
-            with open(path) as fh:
-                self._queries[t] = json.load(fh)
+            self._queries[t] = self.run.read_json(path, what="query file")
         return self._queries[t]
 
     def query(self, t: int, order: int) -> dict:
@@ -160,21 +160,11 @@ class QueryStore:
         if self.is_closed(t):
             raise AnswerError(f"round: round {t} is closed (its answers were used for training)", 409)
         rec = self.check_answer(t, ans)
-        path = self.answer_path(t, rec["order"])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write((json.dumps(rec, indent=1) + "\n").encode())
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, path)  # atomic create-if-absent: a second writer gets FileExistsError
-            except FileExistsError:
-                raise AnswerError(f"order: query {rec['order']} of round {t} is already answered", 409) from None
-        finally:
-            os.unlink(tmp)
-        _fsync_dir(os.path.dirname(path))
+            atomic_write(self.answer_path(t, rec["order"]), (json.dumps(rec, indent=1) + "\n").encode(),
+                         exclusive=True)
+        except FileExistsError:
+            raise AnswerError(f"order: query {rec['order']} of round {t} is already answered", 409) from None
         return rec
 
     def remove_answer(self, t: int, order: int) -> dict:
@@ -183,8 +173,7 @@ class QueryStore:
         ans = self.answer(t, order)
         if ans is None:
             raise AnswerError(f"order: query {order} of round {t} has no answer", 404)
-        os.unlink(self.answer_path(t, order))
-        _fsync_dir(self.answers_dir(t))
+        self.run.forget(self.answer_path(t, order))
         return ans
 
     def import_answers(self, t: int, answers: list) -> int:
@@ -208,14 +197,6 @@ class QueryStore:
                 written.append(self.save_answer(t, rec)["order"])
         except BaseException:
             for order in written:  # a concurrent writer raced us: undo our part
-                os.unlink(self.answer_path(t, order))
+                self.run.forget(self.answer_path(t, order))
             raise
         return len(written)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

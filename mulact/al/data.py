@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from mulact.data.transforms import normalize, to_float_image
 
-from .pool import OracleTable, multi_hot_to_bits
+from .labels import multi_hot_to_bits
+from .oracle_table import OracleTable
 
 __all__ = ["AugmentedView", "build_oracle", "build_split"]
 

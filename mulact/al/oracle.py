@@ -9,7 +9,7 @@ Both implement :class:`Oracle`, the only way the loop learns labels:
   :class:`AnswersPending` when they are not known yet.
 
 :class:`SimulatedOracle` is today's behaviour: every answer and cost comes from the trimmed
-ground-truth masks (:class:`~mulact.al.pool.OracleTable`), so the budget cut uses the true
+ground-truth masks (:class:`~mulact.al.oracle_table.OracleTable`), so the budget cut uses the true
 costs. :class:`HumanOracle` never reads train ground truth: the region table comes from the
 superpixel maps, the queries are written for ``mulact-label`` and the answers read back from
 ``answers/`` (:mod:`mulact.al.answers`).
@@ -32,14 +32,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mulact.config import ORACLES
+from mulact.runstore import DamagedFileError, RunDir
 
 from .answers import QueryStore
-from .pool import OracleTable, RegionPool, atomic_save_npz, popcount
+from .labels import popcount
+from .oracle_table import OracleTable
+from .pool import RegionPool
 
 __all__ = ["AnswersPending", "HumanOracle", "Oracle", "SimulatedOracle", "expected_classes_per_region",
-           "make_oracle", "without_ground_truth"]
-
-
+           "load_oracle_table", "make_oracle", "without_ground_truth"]
 
 class AnswersPending(Exception):
     """Round ``round`` waits for ``missing`` of ``total`` human answers (the run stops here)."""
@@ -125,22 +126,23 @@ class HumanOracle(Oracle):
 
     name = "human"
 
-    def __init__(self, run_dir: str, dataset, indices, *, labeling: str, prior: float, class_names):
+    def __init__(self, run: RunDir | str, dataset, indices, *, labeling: str, prior: float, class_names):
         if not prior > 0:
             raise ValueError(f"expected_classes_prior: expected a positive number, got {prior}")
-        self.store = QueryStore(run_dir)
+        run = run if isinstance(run, RunDir) else RunDir(run)
+        self.store = QueryStore(run)
         self.dataset = dataset
         self.labeling = labeling
         self.prior = float(prior)
         self.class_names = list(class_names)
-        self.offsets, self.pixels = self._region_table(os.path.join(run_dir, "regions.npz"), dataset, indices)
+        self.offsets, self.pixels = self._region_table(run, dataset, indices)
         self._expected = 1.0  # expected clicks per region of the last planning (planned_costs)
 
     @staticmethod
-    def _region_table(path, dataset, indices):
-        if os.path.isfile(path):
-            with np.load(path) as z:
-                return z["offsets"].copy(), z["pixels"].copy()
+    def _region_table(run: RunDir, dataset, indices):
+        if run.exists(run.regions):
+            z = run.read_npz(run.regions, what="region table")
+            return z["offsets"], z["pixels"]
         counts = [dataset.num_regions(int(i)) for i in indices]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         pixels = np.zeros(int(offsets[-1]), np.int64)
@@ -148,7 +150,7 @@ class HumanOracle(Oracle):
             regions = dataset.load_regions(int(i)).ravel()
             n = int(offsets[k + 1] - offsets[k])
             pixels[offsets[k]:offsets[k + 1]] = np.bincount(regions[regions >= 0], minlength=n)[:n]
-        atomic_save_npz(path, offsets=offsets, pixels=pixels)
+        run.write_npz(run.regions, offsets=offsets, pixels=pixels)
         return offsets, pixels
 
     def planned_costs(self, pool, labeling):
@@ -224,11 +226,40 @@ class HumanOracle(Oracle):
         }
 
 
-def make_oracle(kind: str, exp) -> Oracle:
+def load_oracle_table(run: RunDir, dataset, indices, *, trim: int, echo, warn_damaged) -> OracleTable:
+    """The simulated oracle's answers: ``oracle.npz`` when it is intact, else computed from
+    the ground truth (sharded over the ranks of a job) and saved."""
+    from mulact import distributed as dist
+
+    from .sharding import build_oracle_sharded
+
+    path = run.oracle
+    table = None
+    if dist.is_main() and run.exists(path):
+        try:
+            table = OracleTable.load(path, run.manifest)
+        except DamagedFileError as err:
+            # simulated answers are a function of the dataset and its superpixels
+            warn_damaged(err, "recomputing the oracle answers from the ground truth")
+    # rank 0 decides (it verified the file); the other ranks follow, so the collective
+    # recomputation below runs on every rank or on none
+    if dist.broadcast_object(table is not None, what="oracle lookup"):
+        return table if dist.is_main() else OracleTable.load(path, run.manifest)
+    echo(f"computing superpixels and oracle labels for {len(indices)} training images")
+    table = build_oracle_sharded(dataset, indices, trim=trim)
+    if dist.is_main():
+        table.save(path)
+    dist.barrier("oracle saved")
+    return table
+
+
+def make_oracle(kind: str, run: RunDir, dataset, indices, *, labeling: str, prior: float, class_names,
+                trim: int, echo, warn_damaged) -> Oracle:
+    """The oracle of a run: ``simulated`` (ground truth, ``trim``) or ``human`` (answer files,
+    budget planned with ``prior`` classes per region in round 1)."""
     if kind == "simulated":
-        return SimulatedOracle(exp._oracle())
+        return SimulatedOracle(load_oracle_table(run, dataset, indices, trim=trim, echo=echo,
+                                                 warn_damaged=warn_damaged))
     if kind == "human":
-        c = exp.cfg
-        return HumanOracle(exp.dir, exp.train, exp.train_indices, labeling=c.labeling,
-                           prior=c.expected_classes_prior, class_names=exp.class_names)
+        return HumanOracle(run, dataset, indices, labeling=labeling, prior=prior, class_names=class_names)
     raise ValueError(f"oracle: expected one of {ORACLES}, got {kind!r}")

@@ -25,7 +25,8 @@ from mulact.engine.precision import autocast
 
 from .acquisition import PoolStats, scan_pool
 from .data import build_oracle
-from .pool import OracleTable, RegionPool
+from .oracle_table import OracleTable
+from .pool import RegionPool
 
 __all__ = ["build_oracle_sharded", "scan_pool_sharded"]
 

@@ -29,34 +29,29 @@ from tqdm.auto import tqdm
 
 from mulact.data import IGNORE_INDEX
 from mulact.engine.precision import autocast
-from mulact.runstore import DamagedFileError, atomic_write, digest, worker_init_fn
+from mulact.runstore import DamagedFileError, atomic_write, digest, worker_init_fn, write_json
 
-from .pool import atomic_write_json, load_json
-
-__all__ = ["generate_pseudo_labels", "pseudo_label_path", "pseudo_summary", "stage2_step"]
+__all__ = ["generate_pseudo_labels", "pseudo_summary", "stage2_step"]
 
 
-def pseudo_label_path(pseudo_dir: str, image: int) -> str:
-    return os.path.join(pseudo_dir, f"{int(image):06d}.npy")
-
-
-def pseudo_summary(pseudo_dir: str, images, store=None) -> dict | None:
-    """The verified summary of a finished pseudo-label pass in ``pseudo_dir``, else None.
+def pseudo_summary(run, t: int, images) -> dict | None:
+    """The verified summary of round ``t``'s finished pseudo-label pass in ``run``
+    (:class:`~mulact.runstore.RunDir`), else None.
 
     Raises :class:`~mulact.runstore.DamagedFileError` naming the file when the summary or one
     of the maps of ``images`` is not what was written (the caller generates them again).
     """
-    done = os.path.join(pseudo_dir, "summary.json")
-    if not (os.path.isfile(done) or (store is not None and store.recorded(done))):
+    if not run.exists(run.pseudo_summary(t)):
         return None
-    return _verified_summary(done, store, pseudo_dir, images)
+    return _verified_summary(run, t, images)
 
 
 @torch.no_grad()
-def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, device, pseudo: str = "prototype",
+def generate_pseudo_labels(model, dataset, pool, images, run, t: int, *, device, pseudo: str = "prototype",
                            expand: bool = True, temperature: float = 0.1, batch_size: int = 4,
                            num_workers: int = 0, amp: bool = False, desc: str = "pseudo labels") -> dict:
-    """Pseudo labels of ``images`` with the stage-1 ``model``; returns (and writes) the summary.
+    """Pseudo labels of ``images`` with round ``t``'s stage-1 ``model``, written into ``run``
+    (:class:`~mulact.runstore.RunDir`); returns (and writes) the summary.
 
     Always generates: the caller checks for a finished pass first (:func:`pseudo_summary`).
     Under torchrun a collective: every rank must call it (see the module docstring).
@@ -65,7 +60,7 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
     from mulact.engine.train import collate_pad
     from mulact.ops.prototype_pseudo_labels import prototype_pseudo_labels, pseudo_labels_without_prototypes
 
-    done = os.path.join(pseudo_dir, "summary.json")
+    done = run.pseudo_summary(t)
     hashes = {}
     device = torch.device(device)
     model.eval()
@@ -98,7 +93,7 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
         for b, i in enumerate(idx):
             h, w = (int(v) for v in batch["sizes"][b])
             arr = labels[b, :h, :w].numpy().astype(np.int16)
-            path = pseudo_label_path(pseudo_dir, i)
+            path = run.pseudo_label(t, i)
             # recorded in summary.json below rather than in the run manifest, one entry per map
             hashes[os.path.basename(path)] = atomic_write(path, lambda fh, a=arr: np.save(fh, a), record=False)
     counts = dist.all_reduce_sum(torch.tensor([correct, labeled, localized, expanded], dtype=torch.int64),
@@ -108,18 +103,19 @@ def generate_pseudo_labels(model, dataset, pool, images, pseudo_dir: str, *, dev
             "expanded": expanded, "images": len(images)}
     shards = dist.all_gather_objects(hashes, what="pseudo labels: hashes")
     if dist.is_main():
-        atomic_write_json(done, {**info, "files": {k: v for shard in shards for k, v in shard.items()}})
+        write_json(done, {**info, "files": {k: v for shard in shards for k, v in shard.items()}})
     dist.barrier("pseudo labels: written")
     return info
 
 
-def _verified_summary(done: str, store, pseudo_dir: str, images) -> dict:
-    info = load_json(done, store, what="pseudo-label summary")
+def _verified_summary(run, t: int, images) -> dict:
+    done = run.pseudo_summary(t)
+    info = run.read_json(done, what="pseudo-label summary")
     if not isinstance(info, dict) or not isinstance(info.get("files"), dict):
         raise DamagedFileError(done, "lists no pseudo-label maps (written by an older mulact?)")
     files = info.pop("files")
     for i in images:
-        path = pseudo_label_path(pseudo_dir, i)
+        path = run.pseudo_label(t, i)
         want = files.get(os.path.basename(path))
         if want is None:
             raise DamagedFileError(path, f"is not listed in {done}")

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mulact.runstore import atomic_write, digest
+from mulact.runstore import atomic_write, digest, publish_dir
 
 from .cache import cache_dir
 
@@ -335,7 +335,7 @@ def ensure_demo_dataset(root: str | os.PathLike | None = None, *, seed: int = 0,
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base))
             try:
                 generate_demo(tmp, seed, num_train, num_val, height, width, progress=progress)
-                os.rename(tmp, target)
+                publish_dir(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

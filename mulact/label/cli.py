@@ -34,14 +34,13 @@ def _is_loopback(host: str) -> bool:
 
 def export_round(run_dir: str, t: int | None, out: str | None = None) -> str:
     """Write ``queries.json`` and one outlined crop per query to ``out``; returns the JSON path."""
-    from mulact.al.pool import atomic_write_json
-    from mulact.runstore import atomic_write
+    from mulact.runstore import atomic_write, write_json
 
     from .service import LabelService
 
     service = LabelService(run_dir, round=t)
     t = service.round
-    out = out or os.path.join(run_dir, "export", f"round_{t:02d}")
+    out = out or service.store.run.export(t)
     rec = service.record
     queries = []
     for q in rec["queries"]:
@@ -53,7 +52,7 @@ def export_round(run_dir: str, t: int | None, out: str | None = None) -> str:
            "answers": [{"order": a["order"], "image": a["image"], "region": a["region"], "classes": a["classes"]}
                        for a in service.store.answers(t).values()]}
     path = os.path.join(out, "queries.json")
-    atomic_write_json(path, doc)
+    write_json(path, doc)
     return path
 
 

@@ -13,37 +13,45 @@ import os
 import threading
 import time
 
-import yaml
-
 from mulact.al.answers import AnswerError, QueryStore
+from mulact.runstore import RunDir
 
 from .colors import class_colors
 from .render import crop_view, full_view, png
 from .schema import check_answer_fields
 
-__all__ = ["LabelService", "load_run_config"]
+__all__ = ["LabelService", "load_run_config", "open_run"]
 
 
-def load_run_config(run_dir: str):
-    """The :class:`~mulact.config.TrainConfig` saved in ``run_dir/config.yaml``."""
-    import dataclasses
-
-    from mulact.config import TrainConfig
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
+def open_run(run_dir: str) -> RunDir:
+    """``run_dir`` with its manifest open read-only: every file read from it is verified."""
+    run = RunDir(run_dir)
+    if not os.path.isfile(run.config):
         raise FileNotFoundError(f"RUN_DIR: {run_dir!r} is not a mulact run directory (no config.yaml); "
                                 f"start one with `mulact-train --oracle human --run-dir {run_dir}`")
-    with open(path) as fh:
-        saved = yaml.safe_load(fh) or {}
+    run.open(readonly=True)
+    return run
+
+
+def load_run_config(run: "RunDir | str"):
+    """The :class:`~mulact.config.TrainConfig` saved in the run's ``config.yaml``, verified
+    against its manifest and read through the option converter (options that a later mulact
+    dropped are ignored)."""
+    import dataclasses
+
+    from mulact.config import TrainConfig, apply_overrides
+
+    run = run if isinstance(run, RunDir) else open_run(run)
+    saved = run.read_config()
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    return apply_overrides(TrainConfig(), {k: v for k, v in saved.items() if k in known}, source=run.config)
 
 
 class LabelService:
     def __init__(self, run_dir: str, *, round: int | None = None, lease_seconds: float = 300.0, dataset=None):
-        self.store = QueryStore(run_dir)
-        self.cfg = load_run_config(run_dir)
+        run = open_run(run_dir)
+        self.store = QueryStore(run)
+        self.cfg = load_run_config(run)
         t = self.store.open_round() if round is None else int(round)
         if t is None:
             raise FileNotFoundError(f"RUN_DIR: {run_dir!r} has no round waiting for answers (run "

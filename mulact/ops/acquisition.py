@@ -7,7 +7,8 @@ by the one-pass kernel. The flow of one acquisition round over a pool::
     with torch.no_grad():
         for images, regions, num_regions in pool_loader:        # one forward pass per image
             logits = model(images)
-            pool.update(region_uncertainty_stats(logits, regions, num_regions, measure=measure_for("pixbal")))
+            pool.update(region_uncertainty_stats(logits, regions, num_regions, temperature=1.0,
+                                                 measure=measure_for("pixbal")))
     scores = pool.scores("pixbal", nu=6.0, undefined_class=19)   # (num_images, R_max)
     scores[already_labeled] = 0; take regions by descending score (and pool.selectable())
 
@@ -32,21 +33,32 @@ Conventions:
   (0) still sort last.
 * ``"margin"``, ``"entropy"`` and ``"least_confidence"`` are the region mean of u computed
   with that measure (pass ``measure=measure_for(method)`` to the stats op); ``"bvsb"``,
-  ``"classbal"`` and ``"pixbal"`` use the BvSB measure.
+  ``"classbal"``, ``"pixbal"`` and ``"knn"`` use the BvSB measure.
+
+Registry: :data:`ACQUISITIONS` maps every name to its :class:`Acquisition` (scoring function,
+pixel measure, whether it needs a model and the pool-wide class prior, one line of docs). The
+configuration's choices, the loop, the sweep and ``mulact-train --help`` read it; a new
+acquisition function is its scoring function plus one entry there.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 __all__ = [
+    "ACQUISITIONS",
     "ACQUISITION_METHODS",
+    "Acquisition",
     "PoolStatistics",
+    "ScoreInputs",
     "class_prior",
     "classbal_scores",
     "dominant_class",
     "dominant_class_fraction",
+    "knn_density_scores",
     "mean_uncertainty",
     "measure_for",
     "pixbal_scores",
@@ -57,15 +69,6 @@ __all__ = [
 ]
 
 OP = "region_scores"
-ACQUISITION_METHODS = ("random", "bvsb", "margin", "entropy", "least_confidence", "classbal", "pixbal")
-_MEASURE = {"random": "bvsb", "bvsb": "bvsb", "margin": "margin", "entropy": "entropy",
-            "least_confidence": "least_confidence", "classbal": "bvsb", "pixbal": "bvsb"}
-
-
-def measure_for(method: str) -> str:
-    """The ``measure`` of :func:`region_uncertainty_stats` that ``method`` scores with."""
-    _check_method(method)
-    return _MEASURE[method]
 
 
 def _check_method(method) -> None:
@@ -202,16 +205,142 @@ def random_scores(shape, generator: torch.Generator | None = None, device=None) 
     return scores if device is None else scores.to(device)
 
 
+@dataclass(frozen=True)
+class ScoreInputs:
+    """What a scoring function may use beside the region statistics (see :func:`region_scores`)."""
+
+    prior: torch.Tensor | None = None
+    nu: float = 6.0
+    dominant_fraction: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One acquisition function: ``score(u_sum, count, inputs) -> (..., R)`` scores (larger:
+    query first), the pixel ``measure`` of :func:`region_uncertainty_stats` it scores with,
+    whether it needs a model (a pool scan) and the pool-wide class prior P(c), and ``summary``
+    (one line for ``--help`` and the docs)."""
+
+    score: Callable[[torch.Tensor, torch.Tensor, ScoreInputs], torch.Tensor]
+    measure: str = "bvsb"
+    needs_model: bool = True
+    needs_prior: bool = False
+    summary: str = ""
+
+
+def _random(u_sum, count, inputs: ScoreInputs):
+    return random_scores(u_sum.shape[:-1], generator=inputs.generator, device=u_sum.device)
+
+
+def _pixbal(u_sum, count, inputs: ScoreInputs):
+    return pixbal_scores(u_sum, count, inputs.prior, inputs.nu)
+
+
+def _classbal(u_sum, count, inputs: ScoreInputs):
+    fraction = inputs.dominant_fraction
+    if fraction is None:
+        fraction = dominant_class_fraction(dominant_class(count), u_sum.shape[-1])
+    return classbal_scores(u_sum, count, fraction)
+
+
+def _mean(u_sum, count, inputs: ScoreInputs):
+    return mean_uncertainty(u_sum, count)
+
+
+KNN_NEIGHBOURS = 10
+KNN_REFERENCES = 4096
+
+
+def knn_density_scores(u_sum: torch.Tensor, count: torch.Tensor, k: int = KNN_NEIGHBOURS,
+                       max_references: int = KNN_REFERENCES) -> torch.Tensor:
+    """KNN baseline (paper Fig. 13): uncertainty weighted by k-nearest-neighbour density.
+
+    The paper names this baseline without defining it. We use the k-nearest-neighbour density
+    of *sampling by uncertainty and density* (Zhu et al., "Active Learning with Sampling by
+    Uncertainty and Density for Word Sense Disambiguation and Text Classification", COLING
+    2008), the usual density-weighted form of a KNN acquisition, on regions::
+
+        score(r) = mean u(r) · (1/k) Σ_{r' ∈ kNN(r)} cos(q_r, q_r')
+
+    where ``q_r = count[r] / n_r`` is the region's predicted class composition (its top-1 class
+    histogram from :func:`region_uncertainty_stats`, the only per-region description the
+    one-pass scan keeps) and the neighbours are the ``k`` most similar other non-empty regions
+    among a reference set: every non-empty region, or ``max_references`` of them taken at an
+    even stride when there are more (so the cost stays ``O(N · max_references)``). A region
+    typical of the pool (high density) and uncertain is queried first; a region with no other
+    reference has density 1. Empty regions score 0.
+    """
+    _check_stats(u_sum, count)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{OP}: `k` must be a positive int, got {k!r}")
+    mean_u = mean_uncertainty(u_sum, count)
+    C = count.shape[-1]
+    q = count.reshape(-1, C).to(torch.float32)
+    q = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)  # cosine of compositions = cosine of counts
+    nonempty = torch.nonzero(count.reshape(-1, C).sum(dim=1) > 0).flatten()
+    ref = nonempty
+    if len(ref) > max_references:
+        ref = ref[torch.linspace(0, len(ref) - 1, max_references, device=ref.device).round().long()]
+    density = torch.ones(q.shape[0], dtype=torch.float32, device=q.device)
+    kk = min(k, len(ref) - 1)
+    if kk >= 1:
+        refs = q[ref]
+        position = torch.full((q.shape[0],), -1, dtype=torch.int64, device=q.device)
+        position[ref] = torch.arange(len(ref), device=q.device)
+        for lo in range(0, len(nonempty), 4096):
+            rows = nonempty[lo:lo + 4096]
+            sim = q[rows] @ refs.T
+            own = position[rows]
+            mine = own >= 0  # a reference is not its own neighbour
+            sim[torch.nonzero(mine).flatten(), own[mine]] = -math.inf
+            density[rows] = sim.topk(kk, dim=1).values.mean(dim=1)
+    return mean_u * density.reshape(mean_u.shape)
+
+
+def _knn(u_sum, count, inputs: ScoreInputs):
+    return knn_density_scores(u_sum, count)
+
+
+# The registry: name -> acquisition function. Order = order of the --acquisition choices.
+ACQUISITIONS: dict[str, Acquisition] = {
+    "random": Acquisition(_random, needs_model=False, summary="uniform scores, seeded by (seed, round); no model"),
+    "bvsb": Acquisition(_mean, summary="region mean of p_sb / p_b (best versus second best)"),
+    "margin": Acquisition(_mean, measure="margin", summary="region mean of 1 - (p_b - p_sb)"),
+    "entropy": Acquisition(_mean, measure="entropy", summary="region mean of the prediction entropy"),
+    "least_confidence": Acquisition(_mean, measure="least_confidence", summary="region mean of 1 - p_b"),
+    "classbal": Acquisition(_classbal, summary="exp(-p_dom) x mean BvSB (Cai et al. 2021)"),
+    "pixbal": Acquisition(_pixbal, needs_prior=True,
+                          summary="BvSB weighted by (1 + nu P(c_b))^-2, Eq. (4) (the paper's)"),
+    "knn": Acquisition(_knn, summary="mean BvSB x k-nearest-neighbour density of the class composition "
+                                     "(Fig. 13 baseline; Zhu et al. 2008)"),
+}
+ACQUISITION_METHODS = tuple(ACQUISITIONS)
+
+
+def acquisition(method: str) -> Acquisition:
+    """The registry entry of ``method``; :class:`ValueError` naming the choices otherwise."""
+    _check_method(method)
+    return ACQUISITIONS[method]
+
+
+def measure_for(method: str) -> str:
+    """The ``measure`` of :func:`region_uncertainty_stats` that ``method`` scores with."""
+    return acquisition(method).measure
+
+
 def region_scores(method: str, u_sum: torch.Tensor, count: torch.Tensor, *, prior: torch.Tensor | None = None,
                   nu: float = 6.0, dominant_fraction: torch.Tensor | None = None, undefined_class: int | None = None,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Acquisition score ``(..., R)`` float32 of every region for ``method``.
 
     Args:
-        method: ``"random" | "bvsb" | "margin" | "entropy" | "least_confidence" | "classbal" | "pixbal"``.
+        method: a name of :data:`ACQUISITIONS` (``"random" | "bvsb" | "margin" | "entropy" |
+            "least_confidence" | "classbal" | "pixbal" | "knn"``).
         u_sum, count: ``(..., R, C)`` from :func:`region_uncertainty_stats` (computed with
             ``measure=measure_for(method)``), stacked over the pool images.
-        prior: P(c) ``(C,)`` for ``"pixbal"`` (:func:`class_prior` over the whole pool).
+        prior: P(c) ``(C,)`` for methods that need it (``"pixbal"``; :func:`class_prior` over
+            the whole pool).
         nu: PixBal's ν (6 for Cityscapes, 12 for VOC in the paper).
         dominant_fraction: ClassBal's ``(C,)`` class fractions; ``None`` computes them from
             ``count`` (i.e. treats the regions passed in as the pool).
@@ -220,24 +349,15 @@ def region_scores(method: str, u_sum: torch.Tensor, count: torch.Tensor, *, prio
 
     Empty regions and undefined-dominant regions score exactly 0 (see :func:`selectable`).
     """
-    _check_method(method)
+    entry = acquisition(method)
     _check_stats(u_sum, count)
     C = u_sum.shape[-1]
     if undefined_class is not None and (isinstance(undefined_class, bool) or not isinstance(undefined_class, int)
                                         or not 0 <= undefined_class < C):
         raise ValueError(f"{OP}: `undefined_class` must be None or an int in [0, {C}), got {undefined_class!r}")
-    if method == "random":
-        scores = random_scores(u_sum.shape[:-1], generator=generator, device=u_sum.device)
-    elif method == "pixbal":
-        if prior is None:
-            raise ValueError(f"{OP}: method 'pixbal' needs `prior` (class_prior over the whole pool)")
-        scores = pixbal_scores(u_sum, count, prior, nu)
-    elif method == "classbal":
-        if dominant_fraction is None:
-            dominant_fraction = dominant_class_fraction(dominant_class(count), C)
-        scores = classbal_scores(u_sum, count, dominant_fraction)
-    else:
-        scores = mean_uncertainty(u_sum, count)
+    if entry.needs_prior and prior is None:
+        raise ValueError(f"{OP}: method {method!r} needs `prior` (class_prior over the whole pool)")
+    scores = entry.score(u_sum, count, ScoreInputs(prior, nu, dominant_fraction, generator))
     return torch.where(selectable(count, undefined_class), scores, torch.zeros_like(scores))
 
 
@@ -290,6 +410,6 @@ class PoolStatistics:
     def scores(self, method: str, **kwargs) -> torch.Tensor:
         """``region_scores(method, ...)`` over the whole pool, ``(num_images, R_max)``."""
         u, n = self.stacked()
-        if method == "pixbal" and kwargs.get("prior") is None:
+        if acquisition(method).needs_prior and kwargs.get("prior") is None:
             kwargs["prior"] = self.prior()
         return region_scores(method, u, n, **kwargs)

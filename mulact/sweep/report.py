@@ -15,13 +15,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 
-from .files import atomic_write_bytes, atomic_write_text
+from mulact.runstore import atomic_write
+
 from .files import read_json as _read_json
-from .runner import run_dir_of
+from .runner import recorded_rounds, run_dir_of
 from .spec import SweepFileError, SweepSpec, parse_sweep
 from .stats import paired_difference, summarize
 
@@ -45,11 +45,7 @@ def collect(sweep_dir: str, spec: SweepSpec) -> tuple[list[dict], dict]:
     rows, done = [], {}
     for variant in spec.variants:
         for seed in spec.seeds:
-            path = os.path.join(run_dir_of(sweep_dir, variant, seed), "metrics.json")
-            rounds = []
-            if os.path.isfile(path):
-                with open(path) as fh:
-                    rounds = json.load(fh)["rounds"]
+            rounds = recorded_rounds(run_dir_of(sweep_dir, variant, seed))
             done[(variant, seed)] = len(rounds)
             for m in rounds:
                 row = {"variant": variant, "seed": seed, "round": int(m["round"]), "clicks": m["clicks"],
@@ -96,7 +92,7 @@ def _csv(path, rows, cols) -> None:
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    atomic_write_text(path, buf.getvalue())
+    atomic_write(path, buf.getvalue().encode())
 
 
 def _fmt(v, digits=2):
@@ -135,7 +131,7 @@ def write_report(sweep_dir: str, confidence: float = 0.95, echo=print, baseline:
     shared_path = os.path.join(sweep_dir, "shared.json")
     shared = _read_json(shared_path)
     md = _markdown(spec, stats, paired, done, shared, confidence)
-    atomic_write_text(os.path.join(out, "report.md"), md)
+    atomic_write(os.path.join(out, "report.md"), md.encode())
     if stats:
         _plot(os.path.join(out, "miou_vs_clicks.png"), spec, stats, confidence)
     echo(f"mulact-sweep: report written to {out} (report.md, rounds.csv, paired.csv, runs.csv"
@@ -229,4 +225,4 @@ def _plot(path, spec, stats, confidence) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())

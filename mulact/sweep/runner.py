@@ -21,7 +21,6 @@ them again.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -31,7 +30,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .files import atomic_write_json, atomic_write_text
+from mulact.runstore import RunDir, RunStateError, atomic_write, write_json
+
 from .files import read_json as _read_json
 from .sharing import oracle_donor_ready, oracle_key, round1_donor_ready, round1_key, seed_run_dir
 from .spec import SweepFileError, SweepSpec, parse_sweep
@@ -100,15 +100,19 @@ def plan_runs(spec: SweepSpec, sweep_dir: str) -> list[Run]:
     return runs
 
 
+def recorded_rounds(run_dir: str) -> list[dict]:
+    """The finished rounds of a run of the sweep (its ``metrics.json``, verified against the
+    run's manifest); [] when it has none yet."""
+    run = RunDir(run_dir)
+    run.open(readonly=True)
+    return run.recorded_rounds()
+
+
 def run_finished(run_dir: str, rounds: int) -> bool:
     """True when the run's ``metrics.json`` holds every round 1..``rounds``."""
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return False
     try:
-        with open(path) as fh:
-            done = {int(m["round"]) for m in json.load(fh)["rounds"]}
-    except (ValueError, KeyError, TypeError):
+        done = {int(m["round"]) for m in recorded_rounds(run_dir)}
+    except (RunStateError, ValueError, TypeError):
         return False
     return set(range(1, rounds + 1)) <= done
 
@@ -172,7 +176,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str, jobs: int = 1, threads: int | Non
     with _SweepLock(sweep_dir):
         _check_saved_sweep(spec, sweep_dir)
         text = yaml.safe_dump(spec.to_dict(), sort_keys=False)
-        atomic_write_text(os.path.join(sweep_dir, "sweep.yaml"), text)
+        atomic_write(os.path.join(sweep_dir, "sweep.yaml"), text.encode())
         runs = plan_runs(spec, sweep_dir)
         _remove_stale_seeding(runs)
         shared_path = os.path.join(sweep_dir, "shared.json")
@@ -257,7 +261,7 @@ def _schedule(runs, todo, sweep_dir, jobs, nthreads, share, provenance, shared_p
                 got = seed_run_dir(choice.run_dir, o_donor and o_donor.run_dir, r_donor and r_donor.run_dir)
                 choice.shared = {k: os.path.relpath(v, sweep_dir) for k, v in got.items()}
                 provenance[choice.label] = choice.shared
-                atomic_write_json(shared_path, provenance)
+                write_json(shared_path, provenance, sort_keys=True)
             _launch(choice, sweep_dir, nthreads)
             running.append(choice)
             n = sum(r.state != "pending" for r in runs)
@@ -277,7 +281,7 @@ def _launch(run: Run, sweep_dir: str, nthreads: int) -> None:
     logs = os.path.join(sweep_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     job_path = os.path.join(logs, f"{run.label}.job.json")
-    atomic_write_json(job_path, {"preset": run.preset, "overrides": run.overrides, "threads": nthreads})
+    write_json(job_path, {"preset": run.preset, "overrides": run.overrides, "threads": nthreads}, sort_keys=True)
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(nthreads)

@@ -38,7 +38,7 @@ import os
 import shutil
 import tempfile
 
-from mulact.runstore import Manifest
+from mulact.runstore import RunDir, atomic_write, publish_dir
 
 __all__ = ["NOT_ORACLE_INPUTS", "NOT_ROUND1_STAGE1_INPUTS", "oracle_key", "round1_key",
            "oracle_donor_ready", "round1_donor_ready", "seed_run_dir"]
@@ -63,11 +63,6 @@ NOT_ROUND1_STAGE1_INPUTS = frozenset({
     "stage2", "stage2_iterations", "lr_stage2", "expand", "pseudo",
 })
 
-ORACLE = "oracle.npz"
-POOL = "pool.npz"
-SELECTION_1 = os.path.join("selections", "round_01.json")
-STAGE1_1 = os.path.join("round_01", "stage1.pt")
-
 
 def _key(config: dict, excluded) -> str:
     return json.dumps({k: v for k, v in sorted(config.items()) if k not in excluded}, sort_keys=True, default=str)
@@ -81,30 +76,32 @@ def round1_key(config: dict) -> str:
     return _key(config, NOT_ROUND1_STAGE1_INPUTS)
 
 
+def _round1_files(run: RunDir) -> tuple[str, ...]:
+    return run.oracle, run.pool, run.selection(1), run.stage(1, "stage1")
+
+
 def oracle_donor_ready(run_dir: str) -> bool:
-    return os.path.isfile(os.path.join(run_dir, ORACLE))
+    return os.path.isfile(RunDir(run_dir).oracle)
 
 
 def round1_donor_ready(run_dir: str) -> bool:
     """Round 1 is complete up to stage 1 (every file is written atomically by the loop)."""
-    return all(os.path.isfile(os.path.join(run_dir, p)) for p in (ORACLE, POOL, SELECTION_1, STAGE1_1))
+    return all(os.path.isfile(p) for p in _round1_files(RunDir(run_dir)))
 
 
-def _copy_verified(donor, src: str, dst: str) -> None:
+def _copy_verified(donor: RunDir, src: str, dst: str) -> None:
     """Copy ``src`` after checking it against its run's manifest (``donor``); the copy is
     written with :func:`mulact.runstore.atomic_write`, so the seeded run's manifest records it."""
-    from mulact.runstore import atomic_write
-
     atomic_write(dst, donor.read_bytes(src))
 
 
-def _round1_pool(donor, src: str, dst: str) -> None:
+def _round1_pool(donor: RunDir, dst: str) -> None:
     """Write the donor's pool as it stood after round 1 (later rounds are not shared)."""
     from mulact.al.pool import RegionPool
 
-    pool = RegionPool.load(src, donor).until(1)
+    pool = RegionPool.load(donor.pool, donor.manifest).until(1)
     if pool.num_rounds < 1:
-        raise ValueError(f"pool: {src!r} holds no round")
+        raise ValueError(f"pool: {donor.pool!r} holds no round")
     pool.save(dst)
 
 
@@ -125,18 +122,21 @@ def seed_run_dir(run_dir: str, oracle_from: str | None, round1_from: str | None)
     try:
         # The seeded run gets a manifest of its own (relative paths survive the rename): its
         # loop then verifies the shared files like any file it wrote, rather than adopting them.
-        with Manifest(tmp):
+        seeded = RunDir(tmp)
+        with seeded.open():
             if oracle_from is not None:
-                donor = Manifest(oracle_from, readonly=True)  # verify only: never record or save there
-                _copy_verified(donor, os.path.join(oracle_from, ORACLE), os.path.join(tmp, ORACLE))
+                donor = RunDir(oracle_from)
+                donor.open(readonly=True)  # verify only: never record or save there
+                _copy_verified(donor, donor.oracle, seeded.oracle)
                 shared["oracle"] = oracle_from
             if round1_from is not None:
-                donor = Manifest(round1_from, readonly=True)
-                _copy_verified(donor, os.path.join(round1_from, STAGE1_1), os.path.join(tmp, STAGE1_1))
-                _copy_verified(donor, os.path.join(round1_from, SELECTION_1), os.path.join(tmp, SELECTION_1))
-                _round1_pool(donor, os.path.join(round1_from, POOL), os.path.join(tmp, POOL))
+                donor = RunDir(round1_from)
+                donor.open(readonly=True)
+                _copy_verified(donor, donor.stage(1, "stage1"), seeded.stage(1, "stage1"))
+                _copy_verified(donor, donor.selection(1), seeded.selection(1))
+                _round1_pool(donor, seeded.pool)
                 shared["round1_stage1"] = round1_from
-        os.rename(tmp, run_dir)
+        publish_dir(tmp, run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
