@@ -278,7 +278,11 @@ def _op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor
     terms = region_terms(region_labels)
     weight = None
     if normalize == "region":
-        weight, present = _region_weight(regions, num_regions, acc)
+        if backend == "triton":  # one read of the ids (inside the op, so never traced)
+            pixels = _region_counts_triton(regions, num_regions)
+            weight, present = _weight_of(pixels, acc), pixels > 0
+        else:
+            weight, present = _region_weight(regions, num_regions, acc)
         denom = torch.stack([((terms == t) & present).sum() for t in (1, 2)]).to(acc)
     status = new_status(logits.device)
     sums, counts = forward(logits, regions, labels_u8(region_labels), terms, weight, temperature, status)
