@@ -431,3 +431,17 @@ def test_grad_in_forward_holds_one_gradient_buffer():
     assert big == [(x.numel(), x.data_ptr())], saved  # the logits, not copied
     (ce + mp).backward()
     assert x.grad.shape == x.shape
+
+
+def test_grad_in_forward_guess_miss_equals_hit():
+    # A missed guess rewrites the pixels with the forward's own formula and scale.
+    pll = importlib.import_module("mulact.ops.partial_label_loss")
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 5, 6, 7, 6, seed=21, device=device)
+    grads = []
+    for guess in ([3.0, 2.0], [1.0, 5.0]):
+        pll._guess(logits.device, torch.float32).copy_(torch.tensor(guess))
+        x = logits.detach().clone().requires_grad_(True)
+        ce, mp = partial_label_loss(x, regions, labels, 0.1, "region", backend="triton")
+        grads.append(torch.autograd.grad(3 * ce + 2 * mp, x)[0])
+    assert torch.equal(grads[0], grads[1])
