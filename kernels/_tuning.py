@@ -14,6 +14,15 @@ starting one process per setting with these variables set; they are read once, a
   compile slow at large tiles (sm_90: 12 s at 8192, 424 s at 16384), so pair it with tiles of
   at most 8192.
 
+Design switches (docs/design.md, "Byte model"), 1 = the new design (default), 0 = the one it
+replaced, kept so that a GPU run can rank both:
+
+* ``MULACT_TRITON_LOSS_GRAD_IN_FORWARD``: the partial-label loss writes its gradient in the
+  forward and the backward only rescales it (0: the backward recomputes it from the logits).
+* ``MULACT_TRITON_PROTO_FUSED_CE``: the prototypical pixel loss takes its cross-entropy and
+  sparse gradient from one small kernel per region after the argmax (0: a torch gather of
+  ``(B, R, C, C)`` logits and autograd through it).
+
 Results of a tuning run go to ``benchmarks/results/``; a setting that wins there becomes the
 default here, with the measurement cited.
 """
@@ -50,6 +59,16 @@ WARPS = _pow2("MULACT_TRITON_WARPS", DEFAULTS["num_warps"], 1, 16)
 ARGMAX_RUNS = _flag("MULACT_TRITON_ARGMAX_RUNS")
 
 
+def _switch(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip()
+    return default if not raw else _flag(name)
+
+
+DESIGN_DEFAULTS = {"loss_grad_in_forward": True, "proto_fused_ce": True}
+LOSS_GRAD_IN_FORWARD = _switch("MULACT_TRITON_LOSS_GRAD_IN_FORWARD", DESIGN_DEFAULTS["loss_grad_in_forward"])
+PROTO_FUSED_CE = _switch("MULACT_TRITON_PROTO_FUSED_CE", DESIGN_DEFAULTS["proto_fused_ce"])
+
+
 def pixels_per_program(block_c: int, lo: int, hi: int) -> int:
     """Pixels per program for a tile of ``block_c`` class rows: ``TILE // block_c`` clamped to
     ``[lo, hi * TILE / DEFAULT_TILE]`` (the default tile reproduces the original bounds)."""
@@ -60,3 +79,8 @@ def pixels_per_program(block_c: int, lo: int, hi: int) -> int:
 def settings() -> dict:
     """The active knobs, for benchmark records."""
     return {"tile": TILE, "num_warps": WARPS, "argmax_runs": ARGMAX_RUNS}
+
+
+def designs() -> dict:
+    """The active design switches, for benchmark records."""
+    return {"loss_grad_in_forward": LOSS_GRAD_IN_FORWARD, "proto_fused_ce": PROTO_FUSED_CE}

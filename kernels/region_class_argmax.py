@@ -79,3 +79,62 @@ def region_class_argmax_kernel(
         else:
             best = tl.load(keys_ptr + slot, mask=cand, other=0)
             tl.atomic_min(index_ptr + slot, idx, mask=cand & (ordered == best))
+
+
+@triton.jit
+def keys_to_index_kernel(keys_ptr, N, BLOCK: tl.constexpr):
+    """Decode the packed keys into flat pixel indices in place (-1 where no key was written):
+    one read and one write of the (B, R, C) table instead of a chain of torch ops."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    key = tl.load(keys_ptr + offs, mask=mask, other=0)
+    index = tl.where(key != -9223372036854775807 - 1, 2147483647 - (key & 0xFFFFFFFF), -1)
+    tl.store(keys_ptr + offs, index, mask=mask)
+
+
+@triton.jit
+def prototype_ce_kernel(
+    logits_ptr, index_ptr, weight_ptr, out_ptr, grad_ptr, gout_ptr,
+    C, HW, R, inv_t,
+    BACKWARD: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr,
+):
+    """The prototypical pixel loss after the argmax (docs/design.md §2.5), one program per
+    (region, image). Slot ``i`` of the region is class ``i``; its pixel ``index[b, r, i]`` (-1:
+    no pair) is loaded as a row of C logits, so the tile is (slots x classes).
+
+    Forward: ``out[b, r, i] = w_i * (logsumexp(z(x_i)) - z_i(x_i))``, summed by torch.
+    Backward: ``d/d logits[b, c, x] = g / tau * sum over slots j with x_j = x of w_j *
+    (softmax(z(x))_c - [c == j])``. Slots that chose the same pixel are merged in registers and
+    only the first of them stores the row, so the kernel needs no atomics and is deterministic.
+    """
+    r = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.arange(0, BLOCK_C)
+    cmask = offs < C
+    slot0 = (b * R + r) * C
+    pix = tl.load(index_ptr + slot0 + offs, mask=cmask, other=-1)
+    valid = pix >= 0
+    pixc = tl.where(valid, pix, 0)
+    m2 = valid[:, None] & cmask[None, :]
+    x = tl.load(logits_ptr + (b * C + offs[None, :]) * HW + pixc[:, None], mask=m2, other=0.0)
+    x = x.to(ACC) * inv_t
+    xm = tl.where(m2, x, float("-inf"))
+    mx = tl.where(valid, tl.max(xm, 1), 0.0)
+    e = tl.where(m2, tl.exp(xm - mx[:, None]), 0.0)
+    s = tl.where(valid, tl.sum(e, 1), 1.0)
+    w = tl.load(weight_ptr + slot0 + offs, mask=valid, other=0.0)
+    if BACKWARD:
+        g = tl.load(gout_ptr).to(ACC) * inv_t
+        # same[i, j]: slots i and j chose the same pixel; column j is also class j
+        same = (pix[:, None] == pix[None, :]) & valid[:, None] & valid[None, :]
+        wj = tl.where(same, w[None, :], 0.0)
+        total = tl.sum(wj, 1)
+        row = (e / s[:, None] * total[:, None] - wj) * g
+        first = tl.min(tl.where(same, offs[None, :], BLOCK_C), 1)
+        lead = valid & (first == offs)
+        tl.store(grad_ptr + (b * C + offs[None, :]) * HW + pixc[:, None], row.to(grad_ptr.dtype.element_ty),
+                 mask=lead[:, None] & cmask[None, :])
+    else:
+        z_own = tl.sum(tl.where(offs[:, None] == offs[None, :], x, 0.0), 1)
+        nll = (mx + tl.log(s)) - z_own
+        tl.store(out_ptr + slot0 + offs, tl.where(valid, nll * w, 0.0), mask=cmask)

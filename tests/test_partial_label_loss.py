@@ -25,6 +25,13 @@ def _loss_and_grad(logits, regions, labels, temperature, normalize, backend, w_c
     return ce.detach(), mp.detach(), g
 
 
+def _recompute_design(monkeypatch):
+    """Select the recompute design (MULACT_TRITON_LOSS_GRAD_IN_FORWARD=0) for this test."""
+    from mulact.kernels import _tuning
+
+    monkeypatch.setattr(_tuning, "LOSS_GRAD_IN_FORWARD", False)
+
+
 def _close_grad(g, ref):
     # fp32 gradients of size ~1/tau: compare relative to the largest entry.
     torch.testing.assert_close(g.double().cpu(), ref.cpu(), rtol=1e-4, atol=1e-5 * float(ref.abs().max()) + 1e-9)
@@ -162,8 +169,10 @@ def test_gradcheck_float64(backend, normalize):
 
 
 @pytest.mark.parametrize("backend_", ["cpp", "triton"])
-def test_backward_saves_only_small_tensors(backend_):
-    # The fused Function must keep the logits (no copy) plus per-region/per-term tensors only.
+def test_backward_saves_only_small_tensors(monkeypatch, backend_):
+    # The recompute design must keep the logits (no copy) plus per-region/per-term tensors only
+    # (the gradient-in-forward design holds one more: the gradient, test_grad_in_forward_*).
+    _recompute_design(monkeypatch)
     device = backend_device(backend_)
     logits, regions, labels = make_case(2, 6, 8, 9, 5, seed=2, device=device)
     x = logits.clone().requires_grad_(True)
@@ -244,6 +253,7 @@ def test_large_logit_gaps_stay_finite(backend):
 @pytest.mark.parametrize("backend_", ["cpp", "triton"])
 @pytest.mark.parametrize("use", ["both", "ce", "mp"])
 def test_one_backward_launch_and_unused_term_is_skipped(monkeypatch, backend_, use):
+    _recompute_design(monkeypatch)
     module = importlib.import_module("mulact.ops.partial_label_loss")  # the package re-exports the function
 
     calls = []
@@ -348,3 +358,90 @@ def test_cpp_large_gradient_streamed_stores():
     _close_grad(g, r_g.double())
     unlabeled = (labels.sum(-1)[0][regions[0].clamp(min=0)] == 0) | (regions[0] < 0)
     assert bool(unlabeled.any()) and bool((g[0][:, unlabeled] == 0).all())
+
+
+# --------------------------------------------------------------------------------------------
+# Gradient-in-forward design (Triton default; docs/design.md, "Byte model")
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_grad_in_forward_follows_changing_upstream_gradients(normalize):
+    # The forward writes the gradient for the previous backward's upstream gradients; every
+    # change of them (weights, an unused term, a term alone) must still give the exact gradient.
+    pll = importlib.import_module("mulact.ops.partial_label_loss")
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 5, 9, 11, 8, seed=31, device=device)
+    for w_ce, w_mp in [(3.0, 2.0), (3.0, 2.0), (16.0, 8.0), (16.0, 0.0), (0.0, 8.0), (1.0, 1.0), (1.0, 1.0)]:
+        x = logits.detach().clone().requires_grad_(True)
+        ce, mp = partial_label_loss(x, regions, labels, 0.1, normalize, backend="triton")
+        loss = (w_ce * ce if w_ce else 0) + (w_mp * mp if w_mp else 0)  # a weight of 0: the term is unused
+        (g,) = torch.autograd.grad(loss, x)
+        _, _, n_g = _naive(logits, regions, labels, 0.1, normalize, w_ce, w_mp)
+        _close_grad(g, n_g)
+        guess = pll._guess(x.device, torch.float32).cpu().tolist()
+        assert guess == [w_ce or guess[0], w_mp or guess[1]]  # an unused term keeps its guess
+        assert 0 not in guess
+
+
+def test_grad_in_forward_rewrites_only_changed_terms():
+    # The backward kernel touches nothing when the guess holds, and only the pixels of the term
+    # whose gradient changed otherwise: poison the buffer and look at what was rewritten.
+    pll = importlib.import_module("mulact.ops.partial_label_loss")
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 4, 7, 9, 6, seed=5, device=device)
+    terms = pll.region_terms(labels)
+    term_px = terms.long().gather(1, regions.clamp(min=0).flatten(1)).view_as(regions) * (regions >= 0)
+    denom = torch.tensor([5.0, 7.0])
+    used = torch.tensor([3.0, 2.0])
+    for actual, redone in [((3.0, 2.0), ()), ((4.0, 2.0), (1,)), ((3.0, 0.0), (2,)), ((1.0, 1.0), (1, 2))]:
+        actual = torch.tensor(actual)
+        scale = pll._term_scale(actual / denom / 0.1, terms, None)
+        buf = torch.full_like(logits, 123.0)
+        pll._redo_changed_triton(buf, logits, regions, pll.labels_u8(labels), terms, scale, used, actual, 0.1)
+        full = pll._backward_triton(logits, regions, pll.labels_u8(labels), scale, 0.1)
+        rewritten = torch.zeros_like(term_px, dtype=torch.bool)
+        for t in redone:
+            rewritten |= term_px == t
+        rewritten = rewritten.unsqueeze(1).expand_as(buf)
+        assert torch.equal(buf[rewritten], full[rewritten])
+        assert (buf[~rewritten] == 123.0).all()
+
+
+def test_grad_in_forward_second_backward_and_no_grad():
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 4, 6, 7, 6, seed=9, device=device)
+    x = logits.detach().clone().requires_grad_(True)
+    ce, mp = partial_label_loss(x, regions, labels, 0.2, backend="triton")
+    assert "grad_in_forward" in ce.grad_fn.name()  # the design under test ran
+    first = torch.autograd.grad(3 * ce + 2 * mp, x, retain_graph=True)[0]
+    second = torch.autograd.grad(5 * ce + 1 * mp, x)[0]  # recomputed: the buffer was handed on
+    _close_grad(first, _naive(logits, regions, labels, 0.2, "pixel", 3.0, 2.0)[2])
+    _close_grad(second, _naive(logits, regions, labels, 0.2, "pixel", 5.0, 1.0)[2])
+    with torch.no_grad():  # no gradient wanted: no buffer is written
+        ce2, _ = partial_label_loss(x, regions, labels, 0.2, backend="triton")
+    assert ce2.grad_fn is None and torch.equal(ce2, ce.detach())
+
+
+def test_grad_in_forward_holds_one_gradient_buffer():
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 6, 8, 9, 5, seed=2, device=device)
+    x = logits.clone().requires_grad_(True)
+    (ce, mp), saved = saved_tensor_sizes(lambda: partial_label_loss(x, regions, labels, backend="triton",
+                                                                     temperature=0.1))
+    big = [s for s in saved if s[0] > regions.numel()]
+    assert big == [(x.numel(), x.data_ptr())], saved  # the logits, not copied
+    (ce + mp).backward()
+    assert x.grad.shape == x.shape
+
+
+def test_grad_in_forward_guess_miss_equals_hit():
+    # A missed guess rewrites the pixels with the forward's own formula and scale.
+    pll = importlib.import_module("mulact.ops.partial_label_loss")
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 5, 6, 7, 6, seed=21, device=device)
+    grads = []
+    for guess in ([3.0, 2.0], [1.0, 5.0]):
+        pll._guess(logits.device, torch.float32).copy_(torch.tensor(guess))
+        x = logits.detach().clone().requires_grad_(True)
+        ce, mp = partial_label_loss(x, regions, labels, 0.1, "region", backend="triton")
+        grads.append(torch.autograd.grad(3 * ce + 2 * mp, x)[0])
+    assert torch.equal(grads[0], grads[1])

@@ -119,11 +119,15 @@ def test_saves_no_logits_sized_tensor(backend_):
     logits, regions, labels = make_case(2, 6, 8, 9, 5, seed=2, device=device)
     x = logits.clone().requires_grad_(True)
     loss, saved = saved_tensor_sizes(lambda: prototypical_pixel_loss(x, regions, labels, backend=backend_, temperature=0.1))
-    # nothing of the logits' size: the largest saved tensor is the (B, R, C, C) gather of the
-    # prototypical pixels' logits, independent of H and W
+    # nothing of the logits' size but the logits themselves (not copied): with the fused
+    # cross-entropy kernel (Triton) the argmax's (B, R, C) pixels, else the (B, R, C, C) gather
+    # of the prototypical pixels' logits, independent of H and W
     B, C = logits.shape[:2]
-    largest = max(n for n, _ in saved)
-    assert saved and largest < logits.numel() and largest <= B * labels.shape[1] * C * C
+    fused = backend_ == "triton"
+    others = [n for n, p in saved if p != x.data_ptr()]
+    assert saved and others and max(others) < logits.numel()
+    assert max(others) <= B * labels.shape[1] * C * (1 if fused else C)
+    assert fused == any(p == x.data_ptr() for _, p in saved)
     loss.backward()
     assert x.grad.shape == x.shape
 
@@ -189,3 +193,28 @@ def test_cpu_selected_pairs_without_any_pair_give_zero_and_zero_grad():
         loss = _loss_selected(x, index, 0.1, normalize)
         (g,) = torch.autograd.grad(loss, x)
         assert float(loss.detach()) == 0.0 and not g.any()
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_cross_entropy_matches_the_gather(monkeypatch, normalize, dtype):
+    # MULACT_TRITON_PROTO_FUSED_CE=1 (default) against =0 (the torch gather), on the same argmax;
+    # label_sizes with many classes per region make several slots pick one pixel (merged rows).
+    from mulact.kernels import _tuning
+
+    device = backend_device("triton")
+    logits, regions, labels = make_case(2, 7, 5, 6, 4, seed=13, device=device, label_sizes=(2, 5, 7))
+    logits = logits.to(dtype)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(_tuning, "PROTO_FUSED_CE", fused)
+        x = logits.detach().clone().requires_grad_(True)
+        loss = prototypical_pixel_loss(x, regions, labels, 0.3, normalize, backend="triton")
+        (g,) = torch.autograd.grad(3.0 * loss, x)
+        results.append((loss.detach(), g))
+    index = ops.region_class_argmax(logits, regions, labels, 0.3, min_classes=2, backend="triton")
+    flat = index[index >= 0]
+    assert flat.numel() > flat.unique().numel()  # some pixel is the prototype of several classes
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(results[0][0], results[1][0], **tol)
+    torch.testing.assert_close(results[0][1].float(), results[1][1].float(), **tol)

@@ -44,20 +44,35 @@ def _partial_label_loss():
     cases = []
     fwd = [("fp32", "i32", True, 19), ("fp32", "i32", False, 19), ("fp16", "i64", True, 19),
            ("bf16", "i32", False, 19), ("fp64", "i64", True, 19), ("fp32", "i64", False, 1)]
-    for fp, ri, weight, c in fwd:
+    # WRITE_GRAD: the gradient-in-forward design (kernels/_tuning.py LOSS_GRAD_IN_FORWARD, default)
+    fwd += [("fp32", "i64", False, 19, True), ("bf16", "i32", True, 19, True), ("fp16", "i64", False, 2, True),
+            ("fp64", "i64", True, 19, True)]
+    for fp, ri, weight, c, *write in fwd:
+        write = bool(write and write[0])
         bc, bp = _loss_blocks(c, 1 << 20)
-        cases.append((f"partial_label_loss_fwd-{fp}-{ri}-weight{int(weight)}-C{c}",
+        cases.append((f"partial_label_loss_fwd-{fp}-{ri}-weight{int(weight)}-C{c}" + ("-WRITE_GRAD" if write else ""),
                       "partial_label_loss.partial_label_loss_fwd_kernel",
                       dict(logits_ptr=f"*{fp}", regions_ptr=f"*{ri}", labels_ptr="*u8", kind_ptr="*i8",
                            weight_ptr=f"*{_acc(fp)}", sums_ptr=f"*{_acc(fp)}", counts_ptr="*i32", status_ptr="*i32",
+                           scale_ptr=f"*{_acc(fp)}", grad_ptr=f"*{fp}" if write else f"*{_acc(fp)}",
                            C="i32", HW="i32", R="i32", inv_t="fp32"),
-                      dict(HAS_WEIGHT=weight, BLOCK_C=bc, BLOCK_P=bp, ACC=_acc_tl(fp))))
-    for fp, ri, c in (("fp32", "i32", 19), ("fp16", "i64", 19), ("bf16", "i32", 2), ("fp64", "i64", 19)):
+                      dict(HAS_WEIGHT=weight, WRITE_GRAD=write, BLOCK_C=bc, BLOCK_P=bp, ACC=_acc_tl(fp))))
+    # ONLY_CHANGED: the backward of the gradient-in-forward design (rewrites changed terms only)
+    for fp, ri, c, only in (("fp32", "i32", 19, False), ("fp16", "i64", 19, False), ("bf16", "i32", 2, False),
+                            ("fp64", "i64", 19, False), ("fp32", "i64", 19, True), ("bf16", "i32", 19, True),
+                            ("fp64", "i32", 3, True)):
         bc, bp = _loss_blocks(c, 1 << 20)
-        cases.append((f"partial_label_loss_bwd-{fp}-{ri}-C{c}", "partial_label_loss.partial_label_loss_bwd_kernel",
-                      dict(logits_ptr=f"*{fp}", regions_ptr=f"*{ri}", labels_ptr="*u8", scale_ptr=f"*{_acc(fp)}",
-                           grad_ptr=f"*{fp}", C="i32", HW="i32", R="i32", inv_t="fp32"),
-                      dict(BLOCK_C=bc, BLOCK_P=bp, ACC=_acc_tl(fp))))
+        acc = _acc(fp)
+        cases.append((f"partial_label_loss_bwd-{fp}-{ri}-C{c}" + ("-ONLY_CHANGED" if only else ""),
+                      "partial_label_loss.partial_label_loss_bwd_kernel",
+                      dict(logits_ptr=f"*{fp}", regions_ptr=f"*{ri}", labels_ptr="*u8", scale_ptr=f"*{acc}",
+                           grad_ptr=f"*{fp}", kind_ptr="*i8" if only else f"*{acc}", used_ptr=f"*{acc}",
+                           actual_ptr=f"*{acc}", C="i32", HW="i32", R="i32", inv_t="fp32"),
+                      dict(ONLY_CHANGED=only, BLOCK_C=bc, BLOCK_P=bp, ACC=_acc_tl(fp))))
+    for ri in ("i32", "i64"):  # _region_counts_triton
+        cases.append((f"partial_label_loss_region_count-{ri}", "partial_label_loss.region_count_kernel",
+                      dict(regions_ptr=f"*{ri}", counts_ptr="*i32", HW="i32", R="i32"),
+                      dict(BLOCK=256, LOG2_BLOCK=8)))
     return cases
 
 
@@ -79,6 +94,17 @@ def _region_class_argmax():
                                C="i32", HW="i32", R="i32", inv_t="fp32"),
                           dict(PASS=p, BLOCK_C=bc, BLOCK_P=bp, LOG2_BLOCK_P=bp.bit_length() - 1, ACC=_acc_tl(fp),
                                RUNS=runs)))
+    cases.append(("region_class_argmax-keys_to_index", "region_class_argmax.keys_to_index_kernel",
+                  dict(keys_ptr="*i64", N="i32"), dict(BLOCK=1024)))
+    # mulact/ops/prototypical_pixel_loss.py: _launch_ce (the fused cross-entropy after the argmax)
+    for fp, c, backward in (("fp32", 19, False), ("fp32", 19, True), ("bf16", 19, True), ("fp16", 2, True),
+                            ("fp64", 19, False), ("fp64", 3, True)):
+        acc = _acc(fp)
+        cases.append((f"prototype_ce-{fp}-C{c}-BACKWARD{int(backward)}", "region_class_argmax.prototype_ce_kernel",
+                      dict(logits_ptr=f"*{fp}", index_ptr="*i64", weight_ptr=f"*{acc}", out_ptr=f"*{acc}",
+                           grad_ptr=f"*{fp}" if backward else f"*{acc}", gout_ptr=f"*{acc}",
+                           C="i32", HW="i32", R="i32", inv_t="fp32"),
+                      dict(BACKWARD=backward, BLOCK_C=max(2, _npow2(c)), ACC=_acc_tl(fp))))
     return cases
 
 
@@ -203,6 +229,7 @@ def _compile_all() -> None:
 
     assert pll.block_sizes(19, 1 << 20) == _loss_blocks(19, 1 << 20)
     assert pll.block_sizes(1, 1 << 20) == _loss_blocks(1, 1 << 20)
+    assert pll.COUNT_BLOCK == 256
     target = GPUTarget("cuda", 90, 32)
     for name, kernel, signature, constexprs in CASES:
         module, attr = kernel.split(".")

@@ -132,9 +132,9 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
     with device_guard(logits):
         kern.partial_label_loss_fwd_kernel[(nprog, batch)](
             logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
-            num_classes, hw, labels.shape[1], 1.0 / temperature,
-            HAS_WEIGHT=weight is not None, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits),
-            num_warps=WARPS)
+            sums, sums, num_classes, hw, labels.shape[1], 1.0 / temperature,
+            HAS_WEIGHT=weight is not None, WRITE_GRAD=False, BLOCK_C=block_c, BLOCK_P=block_p,
+            ACC=triton_acc(logits), num_warps=WARPS)
     return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
 
 
@@ -152,13 +152,108 @@ def _backward_triton(logits, regions, labels, scale, temperature):
         return grad
     with device_guard(logits):
         kern.partial_label_loss_bwd_kernel[(triton.cdiv(hw, block_p), batch)](
-            logits, regions, labels, scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
-            BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits), num_warps=WARPS)
+            logits, regions, labels, scale, grad, scale, scale, scale, num_classes, hw, labels.shape[1],
+            1.0 / temperature, ONLY_CHANGED=False, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits),
+            num_warps=WARPS)
     return grad
 
 
 _FORWARD = LaunchTable(OP, cpp=_forward_cpp, triton=_forward_triton)
 _BACKWARD = LaunchTable(OP, cpp=_backward_cpp, triton=_backward_triton)
+
+
+# Gradient in the forward (Triton; docs/design.md, "Byte model"). The forward writes the gradient
+# for a guess of the upstream gradients of (L_CE, L_MP): those the previous backward on this device
+# received (training multiplies the terms by constant weights, so the guess holds from the second
+# step on). The guess lives on the device and is read and updated by kernels and device ops only,
+# so no call waits for the GPU. A term whose actual gradient differs from the guess has its pixels
+# rewritten by the backward, from the logits, exactly as the forward would have written them.
+_GUESS: dict = {}
+
+
+def _guess(device, dtype):
+    key = (str(device), dtype)
+    if key not in _GUESS:
+        _GUESS[key] = torch.ones(2, dtype=dtype, device=device)
+    return _GUESS[key]
+
+
+def _region_counts_triton(regions, num_regions):
+    """(B, R) int32 pixels per region: one read of the region ids (not the torch scatter of
+    ``region_pixel_counts``, which moves several int64 copies of the map)."""
+    import triton
+
+    from mulact.kernels import partial_label_loss as kern
+    from mulact.kernels._segments import log2
+
+    batch = regions.shape[0]
+    hw = regions[0].numel() if batch else 0
+    counts = torch.zeros(batch, num_regions, dtype=torch.int32, device=regions.device)
+    if counts.numel() and hw:
+        with device_guard(regions):
+            kern.region_count_kernel[(triton.cdiv(hw, kern.COUNT_BLOCK), batch)](
+                regions, counts, hw, num_regions, BLOCK=kern.COUNT_BLOCK, LOG2_BLOCK=log2(kern.COUNT_BLOCK))
+    return counts
+
+
+def _weight_of(pixels, acc):
+    """(B, R) 1 / pixels of the region, 0 for a region without pixels ("region" normalisation)."""
+    return torch.where(pixels > 0, 1.0 / pixels.clamp(min=1).to(acc), 0.0).to(acc)
+
+
+def _pixel_weight(regions, num_regions, acc):
+    return _weight_of(_region_counts_triton(regions, num_regions), acc)
+
+
+def _term_scale(coef, terms, weight):
+    """(B, R) per-region gradient scale: ``coef[term]`` (coef[0] = 0 for unlabeled regions), times
+    1 / pixels(r) for "region" normalisation."""
+    scale = torch.cat([coef.new_zeros(1), coef])[terms.long()]
+    return scale if weight is None else scale * weight
+
+
+def _forward_grad_triton(logits, regions, labels, terms, weight, scale, temperature, status):
+    """The forward kernel that also writes the gradient ``scale(r) * (softmax(z) - q)``."""
+    import triton
+
+    from mulact.kernels import partial_label_loss as kern
+    from mulact.kernels._tuning import WARPS
+
+    batch, num_classes, height, width = logits.shape
+    hw = height * width
+    block_c, block_p = kern.block_sizes(num_classes, hw)
+    nprog = triton.cdiv(hw, block_p)
+    sums = torch.zeros(batch, nprog, 2, dtype=acc_dtype(logits), device=logits.device)
+    counts = torch.zeros(batch, nprog, 2, dtype=torch.int32, device=logits.device)
+    grad = torch.empty_like(logits)
+    if sums.numel() == 0:
+        return sums.sum((0, 1)), grad.zero_()
+    with device_guard(logits):
+        kern.partial_label_loss_fwd_kernel[(nprog, batch)](
+            logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
+            scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
+            HAS_WEIGHT=weight is not None, WRITE_GRAD=True, BLOCK_C=block_c, BLOCK_P=block_p,
+            ACC=triton_acc(logits), num_warps=WARPS)
+    return sums.sum((0, 1)), grad
+
+
+def _redo_changed_triton(grad, logits, regions, labels, terms, scale, used, actual, temperature):
+    """Rewrite, in place, the pixels of a term whose actual upstream gradient is not the guess."""
+    import triton
+
+    from mulact.kernels import partial_label_loss as kern
+    from mulact.kernels._tuning import WARPS
+
+    batch, num_classes, height, width = logits.shape
+    hw = height * width
+    if grad.numel() == 0:
+        return
+    block_c, block_p = kern.block_sizes(num_classes, hw)
+    with device_guard(logits):
+        kern.partial_label_loss_bwd_kernel[(triton.cdiv(hw, block_p), batch)](
+            logits, regions, labels, scale, grad, terms, used, actual, num_classes, hw, labels.shape[1],
+            1.0 / temperature, ONLY_CHANGED=True, BLOCK_C=block_c, BLOCK_P=block_p, ACC=triton_acc(logits),
+            num_warps=WARPS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +278,11 @@ def _op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor
     terms = region_terms(region_labels)
     weight = None
     if normalize == "region":
-        weight, present = _region_weight(regions, num_regions, acc)
+        if backend == "triton":  # one read of the ids (inside the op, so never traced)
+            pixels = _region_counts_triton(regions, num_regions)
+            weight, present = _weight_of(pixels, acc), pixels > 0
+        else:
+            weight, present = _region_weight(regions, num_regions, acc)
         denom = torch.stack([((terms == t) & present).sum() for t in (1, 2)]).to(acc)
     status = new_status(logits.device)
     sums, counts = forward(logits, regions, labels_u8(region_labels), terms, weight, temperature, status)
@@ -243,6 +342,93 @@ def _backward(ctx, grad_ce, grad_mp, _grad_denom):
 _op.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("mulact::partial_label_loss_grad_in_forward", mutates_args=(), device_types=("cpu", "cuda"))
+def _grad_op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor, temperature: float,
+             normalize: str, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                    torch.Tensor]:
+    """Gradient-in-forward design (Triton only): ``(loss_ce, loss_mp, normalisers (2,),
+    gradient for the guessed upstream gradients, the guess (2,))``."""
+    check_launch(OP, backend, logits)
+    if backend != "triton":
+        raise RuntimeError(f"{OP}: the gradient-in-forward design is Triton only, got backend {backend!r}")
+    num_regions = region_labels.shape[1]
+    acc = acc_dtype(logits)
+    logits = logits.contiguous()
+    regions = index_tensor(regions)
+    terms = region_terms(region_labels)
+    pixels = _region_counts_triton(regions, num_regions)
+    weight = None
+    if normalize == "region":
+        weight = _weight_of(pixels, acc)
+        denom = torch.stack([((terms == t) & (pixels > 0)).sum() for t in (1, 2)]).to(acc)
+    else:
+        denom = torch.stack([torch.where(terms == t, pixels, 0).sum() for t in (1, 2)]).to(acc)
+    denom = denom.clamp(min=1)
+    used = _guess(logits.device, acc).clone()
+    scale = _term_scale(used / denom / temperature, terms, weight)
+    status = new_status(logits.device)
+    sums, grad = _forward_grad_triton(logits, regions, labels_u8(region_labels), terms, weight, scale, temperature,
+                                      status)
+    report_status(OP, status, num_regions, regions=regions)
+    return sums[0] / denom[0], sums[1] / denom[1], denom, grad, used
+
+
+@_grad_op.register_fake
+def _(logits, regions, region_labels, temperature, normalize, backend):
+    acc = acc_dtype(logits)
+    scalar = logits.new_empty((), dtype=acc)
+    return (scalar, scalar.clone(), logits.new_empty(2, dtype=acc),
+            torch.empty_like(logits, memory_format=torch.contiguous_format), logits.new_empty(2, dtype=acc))
+
+
+def _setup_grad_context(ctx, inputs, output):
+    logits, regions, region_labels, temperature, normalize, backend = inputs
+    ctx.temperature, ctx.normalize, ctx.backend = temperature, normalize, backend
+    # The written gradient is held outside save_for_backward: the backward hands it on after
+    # rewriting some pixels in place, which must not trip the saved-tensor version check.
+    # Detached, so the graph does not hold itself through it.
+    ctx.grad_buffer = output[3].detach()
+    ctx.save_for_backward(logits, regions, region_labels, output[2], output[4])
+
+
+def _grad_backward(ctx, grad_ce, grad_mp, _grad_denom, _grad_buffer, _grad_used):
+    logits, regions, region_labels, denom, used = ctx.saved_tensors
+    buffer, ctx.grad_buffer = ctx.grad_buffer, None  # handed on once; a second backward recomputes
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None
+    zero = torch.zeros((), dtype=denom.dtype, device=denom.device)
+    actual = torch.stack([zero if g is None else g.to(denom.dtype) for g in (grad_ce, grad_mp)])
+    if buffer is None or type(buffer) is not torch.Tensor:
+        # retain_graph's second backward, or a trace (torch.compile, opcheck): the recompute design
+        coef = torch.cat([zero.view(1), actual / denom]) / ctx.temperature
+        scale = coef[region_terms(region_labels).long()]
+        if ctx.normalize == "region":
+            scale = scale * _region_weight(regions, region_labels.shape[1], denom.dtype)[0]
+        grad = torch.ops.mulact.partial_label_loss_backward(logits, regions, region_labels, scale, ctx.temperature,
+                                                            ctx.backend)
+        return grad, None, None, None, None, None
+    terms = region_terms(region_labels)
+    weight = _pixel_weight(regions, region_labels.shape[1], denom.dtype) if ctx.normalize == "region" else None
+    scale = _term_scale(actual / denom / ctx.temperature, terms, weight)
+    _redo_changed_triton(buffer, logits.contiguous(), index_tensor(regions), labels_u8(region_labels), terms, scale,
+                         used, actual, ctx.temperature)
+    guess = _guess(buffer.device, denom.dtype)
+    guess.copy_(torch.where((actual != 0) & torch.isfinite(actual), actual, guess))
+    return buffer, None, None, None, None, None
+
+
+_grad_op.register_autograd(_grad_backward, setup_context=_setup_grad_context)
+
+
+def _grad_in_forward(logits, backend):
+    """Whether this call takes the gradient-in-forward design: Triton, a gradient wanted, eager
+    (under torch.compile the recompute design keeps the graph free of in-place updates)."""
+    from mulact.kernels import _tuning
+
+    return (backend == "triton" and _tuning.LOSS_GRAD_IN_FORWARD and torch.is_grad_enabled()
+            and logits.requires_grad and not torch.compiler.is_compiling())
+
+
 # --------------------------------------------------------------------------------------------
 # Public
 # --------------------------------------------------------------------------------------------
@@ -279,6 +465,10 @@ def partial_label_loss(logits, regions, region_labels, temperature, normalize="p
     backend = resolve_backend(OP, logits.device, backend)
     if backend == "reference":
         return partial_label_loss_reference(logits, regions, region_labels, temperature, normalize)
+    if _grad_in_forward(logits, backend):
+        loss_ce, loss_mp = torch.ops.mulact.partial_label_loss_grad_in_forward(
+            logits, regions, region_labels, temperature, normalize, backend)[:2]
+        return loss_ce, loss_mp
     loss_ce, loss_mp, _ = torch.ops.mulact.partial_label_loss(logits, regions, region_labels, temperature, normalize,
                                                               backend)
     return loss_ce, loss_mp

@@ -8,9 +8,12 @@ For every labeled region r with ``|Y(r)| >= 2`` and every ``c in Y(r)``, the pro
     L_PP = mean over r of mean over c in Y(r) of the same            (normalize="region", Eq. 9)
 
 Implementation: the fused argmax kernel (the only pass over the logits; ``backend`` picks it)
-returns the chosen pixels; their C logits are gathered into a ``(B, R, C, C)`` tensor (unused
-slots masked) and ``log_softmax`` runs there in torch.
-Autograd through the gather scatters the gradient back: the only ``(B, C, H, W)`` tensor the
+returns the chosen pixels. With Triton (``_tuning.PROTO_FUSED_CE``, the default), one small
+kernel per region then reads the chosen pixels' C logits and gives the per-pair losses, and in the
+backward the rows of the sparse gradient, written into a zeroed gradient; no ``(B, R, C, C)``
+tensor exists (docs/design.md, "Byte model"). Otherwise (C++, or the switch off) the C logits
+are gathered into a ``(B, R, C, C)`` tensor (unused slots masked) and ``log_softmax`` runs there
+in torch, with autograd through the gather. Either way the only ``(B, C, H, W)`` tensor the
 backward allocates is the gradient itself, and only the chosen pixels get a non-zero gradient.
 The argmax is treated as a constant (it is piecewise constant in the logits). Pairs whose
 region has no pixel in the crop are skipped; with no pair the loss is 0 with a zero gradient.
@@ -19,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import resolve_backend
-from ._dtypes import acc_dtype
+from ._backend import check_launch, resolve_backend
+from ._dtypes import acc_dtype, triton_acc
+from ._labels import device_guard
 from ._validate import check_labeled_loss
 from .region_class_argmax import region_class_argmax_reference
 
@@ -74,8 +78,95 @@ def _loss_masked(logits, index, temperature, normalize):
     return means.sum() / (pairs > 0).sum().clamp(min=1)
 
 
+def slot_weights(index, normalize, acc):
+    """(B, R, C) weight of each (region, class) slot in L_PP: 1 / pairs for "pair", 1 / (pairs of
+    the region * regions with a pair) for "region"; 0 where ``index`` is -1."""
+    valid = index >= 0
+    if normalize == "pair":
+        return valid.to(acc) / valid.sum().clamp(min=1).to(acc)
+    pairs = valid.sum(-1, keepdim=True)
+    regions_with_pairs = (pairs > 0).sum().clamp(min=1).to(acc)
+    return valid.to(acc) / pairs.clamp(min=1).to(acc) / regions_with_pairs
+
+
+def _launch_ce(logits, index, weight, out, grad, gout, temperature, backward):
+    from mulact.kernels import region_class_argmax as kern
+
+    batch, num_classes, height, width = logits.shape
+    num_regions = index.shape[1]
+    if batch * num_regions * num_classes == 0 or height * width == 0:
+        return
+    block_c = max(2, 1 << (num_classes - 1).bit_length())
+    with device_guard(logits):
+        kern.prototype_ce_kernel[(num_regions, batch)](
+            logits, index, weight, out, grad, gout, num_classes, height * width, num_regions, 1.0 / temperature,
+            BACKWARD=backward, BLOCK_C=block_c, ACC=triton_acc(logits))
+
+
+@torch.library.custom_op("mulact::prototype_cross_entropy", mutates_args=(), device_types=("cpu", "cuda"))
+def _ce_op(logits: torch.Tensor, index: torch.Tensor, temperature: float, normalize: str,
+           backend: str) -> torch.Tensor:
+    """L_PP given the argmax's ``(B, R, C)`` pixels, from the Triton kernel (one program per region)."""
+    check_launch(OP, backend, logits)
+    if backend != "triton":
+        raise RuntimeError(f"{OP}: the fused cross-entropy kernel is Triton only, got backend {backend!r}")
+    logits, index = logits.contiguous(), index.contiguous()
+    weight = slot_weights(index, normalize, acc_dtype(logits))
+    out = torch.zeros_like(weight)
+    _launch_ce(logits, index, weight, out, out, out, temperature, False)
+    return out.sum()
+
+
+@_ce_op.register_fake
+def _(logits, index, temperature, normalize, backend):
+    return logits.new_empty((), dtype=acc_dtype(logits))
+
+
+@torch.library.custom_op("mulact::prototype_cross_entropy_backward", mutates_args=(), device_types=("cpu", "cuda"))
+def _ce_backward_op(logits: torch.Tensor, index: torch.Tensor, grad_output: torch.Tensor, temperature: float,
+                    normalize: str, backend: str) -> torch.Tensor:
+    """The gradient of :func:`_ce_op`: zeros except the rows of the chosen pixels."""
+    check_launch(OP, backend, logits)
+    logits, index = logits.contiguous(), index.contiguous()
+    weight = slot_weights(index, normalize, acc_dtype(logits))
+    grad = torch.zeros_like(logits)
+    _launch_ce(logits, index, weight, weight, grad, grad_output.to(weight.dtype).reshape(1), temperature, True)
+    return grad
+
+
+@_ce_backward_op.register_fake
+def _(logits, index, grad_output, temperature, normalize, backend):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _ce_setup_context(ctx, inputs, output):
+    logits, index, temperature, normalize, backend = inputs
+    ctx.temperature, ctx.normalize, ctx.backend = temperature, normalize, backend
+    ctx.save_for_backward(logits, index)
+
+
+def _ce_backward(ctx, grad_output):
+    logits, index = ctx.saved_tensors
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None, None
+    grad = torch.ops.mulact.prototype_cross_entropy_backward(logits, index, grad_output, ctx.temperature,
+                                                            ctx.normalize, ctx.backend)
+    return grad, None, None, None, None
+
+
+_ce_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
+
+
+def _fused_ce(backend):
+    from mulact.kernels import _tuning
+
+    return backend == "triton" and _tuning.PROTO_FUSED_CE
+
+
 def _composite(logits, regions, region_labels, temperature, normalize, backend):
     index = torch.ops.mulact.region_class_argmax(logits.detach(), regions, region_labels, temperature, 2, backend)
+    if _fused_ce(backend):
+        return torch.ops.mulact.prototype_cross_entropy(logits, index, temperature, normalize, backend)
     return loss_from_prototypes(logits, index, temperature, normalize)
 
 

@@ -109,8 +109,9 @@ def _argmax_triton(logits, regions, labels, active, temperature, status):
     with device_guard(logits):
         if logits.dtype != torch.float64:
             launch(logits, regions, labels, active, keys, keys, status, *args, PASS=0, **meta)
-            found = keys != INT64_MIN
-            return torch.where(found, kern.MAX_INDEX - (keys & 0xFFFFFFFF), -1)
+            if keys.numel():
+                kern.keys_to_index_kernel[(triton.cdiv(keys.numel(), 1024),)](keys, keys.numel(), BLOCK=1024)
+            return keys
         index = torch.full(shape, hw, dtype=torch.int64, device=logits.device)
         launch(logits, regions, labels, active, keys, index, status, *args, PASS=1, **meta)
         launch(logits, regions, labels, active, keys, index, status, *args, PASS=2, **meta)
