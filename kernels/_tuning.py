@@ -14,8 +14,15 @@ starting one process per setting with these variables set; they are read once, a
   compile slow at large tiles (sm_90: 12 s at 8192, 424 s at 16384), so pair it with tiles of
   at most 8192.
 
+* ``MULACT_TRITON_DESIGN``: the kernel design of some ops, ``op=name`` pairs separated by
+  commas (e.g. ``region_uncertainty_stats=padded,region_reduce=two_pass``); every op not named
+  runs its default design. :data:`DESIGNS` lists each op's designs and their knob values.
+
 Results of a tuning run go to ``benchmarks/results/``; a setting that wins there becomes the
 default here, with the measurement cited.
+
+The public face of this module is ``mulact.kernels`` (``from mulact.kernels import WARPS``):
+the ops read the settings there, at call time, so a test that patches a value here is seen.
 """
 from __future__ import annotations
 
@@ -50,6 +57,49 @@ WARPS = _pow2("MULACT_TRITON_WARPS", DEFAULTS["num_warps"], 1, 16)
 ARGMAX_RUNS = _flag("MULACT_TRITON_ARGMAX_RUNS")
 
 
+# Designs per op: name -> knob values, the default first. A design changes the kernel (what a
+# program loads, how it aggregates), not its result beyond float summation order;
+# benchmarks/tune_triton.py ranks them on a GPU, each checked against the reference first.
+DESIGNS = {
+    "region_uncertainty_stats": {
+        # class rows split into a power-of-two block and a remainder (C = 20 loads 16 + 4 rows,
+        # not 32), with twice the pixels per program and twice the warps (pixel_scale scales
+        # both): sm_90, fp32, C = 20: 63 registers against the padded design's 128, no spills
+        # (benchmarks/results/kernel_metadata_sm90.md)
+        "split_wide": {"split_classes": True, "pixel_scale": 2},
+        "split": {"split_classes": True, "pixel_scale": 1},
+        "padded": {"split_classes": False, "pixel_scale": 1},  # the 2026-11-30 design (C padded to 32)
+    },
+    "region_reduce": {
+        # max/min/argmax in one pass: atomic_max of a packed (ordered value, inverted index) key;
+        # float64 values keep the two passes (the value alone fills 64 bits)
+        # block 512: 56 registers on sm_90 (1024 would take 128 at 4 warps)
+        "packed_key": {"extremum_passes": 1, "block": 512},
+        "packed_key_256": {"extremum_passes": 1, "block": 256},
+        "two_pass": {"extremum_passes": 2, "block": 256},  # the 2026-11-30 design
+    },
+}
+
+
+def _designs(raw: str) -> dict:
+    chosen = {op: next(iter(table)) for op, table in DESIGNS.items()}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        op, _, name = item.partition("=")
+        if op not in DESIGNS or name not in DESIGNS[op]:
+            known = "; ".join(f"{o}: {', '.join(t)}" for o, t in DESIGNS.items())
+            raise ValueError(f"MULACT_TRITON_DESIGN: expected op=design pairs ({known}), got {item!r}")
+        chosen[op] = name
+    return chosen
+
+
+DESIGN = _designs(os.environ.get("MULACT_TRITON_DESIGN", ""))
+
+
+def design(op: str) -> dict:
+    """Knob values of ``op``'s active design (see :data:`DESIGNS`)."""
+    return DESIGNS[op][DESIGN[op]]
+
+
 def pixels_per_program(block_c: int, lo: int, hi: int) -> int:
     """Pixels per program for a tile of ``block_c`` class rows: ``TILE // block_c`` clamped to
     ``[lo, hi * TILE / DEFAULT_TILE]`` (the default tile reproduces the original bounds)."""
@@ -60,3 +110,8 @@ def pixels_per_program(block_c: int, lo: int, hi: int) -> int:
 def settings() -> dict:
     """The active knobs, for benchmark records."""
     return {"tile": TILE, "num_warps": WARPS, "argmax_runs": ARGMAX_RUNS}
+
+
+def designs() -> dict:
+    """The active design of every op that has several, for benchmark records."""
+    return dict(DESIGN)

@@ -118,8 +118,8 @@ def _backward_cpp(logits, regions, labels, scale, temperature):
 def _forward_triton(logits, regions, labels, terms, weight, temperature, status):
     import triton
 
+    from mulact.kernels import WARPS
     from mulact.kernels import partial_label_loss as kern
-    from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
     hw = height * width
@@ -141,8 +141,8 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
 def _backward_triton(logits, regions, labels, scale, temperature):
     import triton
 
+    from mulact.kernels import WARPS
     from mulact.kernels import partial_label_loss as kern
-    from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
     hw = height * width
