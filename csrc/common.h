@@ -152,10 +152,12 @@ inline int team_size() {
 }
 
 // Record a kernel's findings in the (nonfinite, bad_id) int32 status buffer that
-// mulact/ops/_validate.py::new_status creates as (0, -1). Several partials may report: the
-// largest bad id wins (clipped to int32), so the result does not depend on their order.
-inline void report_status(int32_t* status, bool nonfinite, int64_t bad_id) {
-  if (nonfinite) status[0] = 1;
+// mulact/ops/_validate.py::new_status creates as (0, -1): the one way every kernel, C++ and
+// Triton, reports bad input (docs/design.md §4). `nonfinite` is a code (0 none, 1 the logits;
+// an op may define more, e.g. 2 for stage 2's features); the largest code and the largest bad
+// id win (the id clipped to int32), so the result does not depend on the partials' order.
+inline void report_status(int32_t* status, int32_t nonfinite, int64_t bad_id) {
+  if (nonfinite) status[0] = std::max(status[0], nonfinite);
   if (bad_id >= 0) {
     const int64_t clipped = std::min<int64_t>(bad_id, std::numeric_limits<int32_t>::max());
     status[1] = std::max<int32_t>(status[1], static_cast<int32_t>(clipped));

@@ -857,8 +857,7 @@ void forward_impl(const scalar_t* features, const lscalar_t* logits, const index
     for (int64_t k = 0; k < P.K; ++k) thresholds[b * R * C + P.kreg[k] * C + P.kcls[k]] = alpha[k];
     num_exp[b] = expand ? expand_labels(f, reg, ls.labeled.data(), scan.pairs, P, alpha, img, o) : 0;
   }
-  status[0] = nonfinite;
-  status[1] = static_cast<int32_t>(std::min<int64_t>(bad_id, std::numeric_limits<int32_t>::max()));
+  report_status(status, nonfinite, bad_id);
 }
 
 }  // namespace ppl

@@ -75,8 +75,8 @@ void adjacency_impl(const index_t* reg, int64_t H, int64_t W, int64_t R, std::ve
   for (int t = 0; t < nt; ++t) bad_id = std::max(bad_id, t_bad[t]);
 }
 
-pybind11::tuple region_adjacency_forward(std::uintptr_t regions, int reg_code, int64_t B, int64_t H, int64_t W,
-                                         int64_t R) {
+pybind11::list region_adjacency_forward(std::uintptr_t regions, int reg_code, int64_t B, int64_t H, int64_t W,
+                                        int64_t R, std::uintptr_t status) {
   std::vector<std::vector<int64_t>> keys(static_cast<size_t>(B));
   int64_t bad_id = -1;
   {
@@ -97,7 +97,8 @@ pybind11::tuple region_adjacency_forward(std::uintptr_t regions, int reg_code, i
     }
     out.append(edges);
   }
-  return pybind11::make_tuple(out, bad_id);
+  report_status(ptr<int32_t>(status), 0, bad_id);
+  return out;
 }
 
 }  // namespace
@@ -105,5 +106,6 @@ pybind11::tuple region_adjacency_forward(std::uintptr_t regions, int reg_code, i
 
 MULACT_REGISTER(region_adjacency) {
   m.def("region_adjacency_forward", &mulact::region_adjacency_forward,
-        "Sorted unique 8-connected region pairs (u < v) per image, as (E, 2) int64 arrays (raw pointer input)");
+        "Sorted unique 8-connected region pairs (u < v) per image, as (E, 2) int64 arrays (raw pointer input); "
+        "ids >= R go to the status buffer");
 }

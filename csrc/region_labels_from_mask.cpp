@@ -221,7 +221,7 @@ pybind11::tuple region_labels_from_mask_forward(std::uintptr_t regions, int reg_
                                                 int64_t B, int64_t H, int64_t W, int64_t R, int64_t C, int64_t ignore,
                                                 int64_t trim, std::uintptr_t whole, std::uintptr_t trimmed,
                                                 std::uintptr_t multi_hot, std::uintptr_t dominant,
-                                                std::uintptr_t cost) {
+                                                std::uintptr_t cost, std::uintptr_t status) {
   std::tuple<int64_t, int64_t, bool> res;
   {
     pybind11::gil_scoped_release nogil;
@@ -234,7 +234,8 @@ pybind11::tuple region_labels_from_mask_forward(std::uintptr_t regions, int reg_
       });
     });
   }
-  return pybind11::make_tuple(std::get<0>(res), std::get<1>(res), std::get<2>(res));
+  report_status(ptr<int32_t>(status), 0, std::get<0>(res));
+  return pybind11::make_tuple(std::get<1>(res), std::get<2>(res));
 }
 
 }  // namespace
@@ -242,5 +243,6 @@ pybind11::tuple region_labels_from_mask_forward(std::uintptr_t regions, int reg_
 
 MULACT_REGISTER(region_labels_from_mask) {
   m.def("region_labels_from_mask_forward", &mulact::region_labels_from_mask_forward,
-        "Oracle region labels: class histograms (whole / trimmed), multi-hot, dominant, cost (raw pointers)");
+        "Oracle region labels: class histograms (whole / trimmed), multi-hot, dominant, cost (raw pointers); "
+        "ids >= R go to the status buffer, returns (first foreign gt value, whether there is one)");
 }

@@ -5,7 +5,9 @@
 // atomics are needed. Partials are merged in thread order: within one image the thread ranges
 // are increasing in pixel index, so "strictly better wins" keeps the smallest flat index on
 // ties and max/min/argmax/count are exact and independent of the thread count; float sums are
-// bitwise reproducible for a fixed thread count.
+// bitwise reproducible for a fixed thread count. Max/min without the arg-extremum (modes 4/5:
+// what a call needs when no gradient flows; the backward finds the arg itself) is one
+// branch-free select per value instead of a compare-and-record.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -31,7 +33,7 @@ struct Partial {
   int64_t bad_id = -1;
 };
 
-// mode: 0 = sum (+count), 1 = max (+arg), 2 = min (+arg), 3 = count only.
+// mode: 0 = sum (+count), 1 = max (+arg), 2 = min (+arg), 3 = count only, 4 = max, 5 = min (values only).
 template <int mode, typename T, typename I>
 void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64_t R,
                 typename Acc<T>::type* val_out, int64_t* arg_out, int64_t* cnt_out, int32_t* status) {
@@ -40,8 +42,10 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
   const int64_t total = B * blocks_per_image;
   const int64_t RK = R * K;
   constexpr bool extremum = mode == 1 || mode == 2;
-  const A init = mode == 1 ? -std::numeric_limits<A>::infinity()
-                           : (mode == 2 ? std::numeric_limits<A>::infinity() : A(0));
+  constexpr bool value_only = mode == 4 || mode == 5;
+  constexpr bool largest = mode == 1 || mode == 4;
+  const A init = (mode == 1 || mode == 4) ? -std::numeric_limits<A>::infinity()
+                 : ((mode == 2 || mode == 5) ? std::numeric_limits<A>::infinity() : A(0));
   const int T_max = num_threads();
   std::vector<Partial<A>> parts(T_max);
 
@@ -102,16 +106,29 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
             vb[sl] += acc;
             continue;
           }
+          if constexpr (value_only) {
+            // A select, not a branch: random values mispredict a compare-and-record. Strict
+            // comparison keeps the first of equal values (a -0.0 before a +0.0, as the arg rule).
+            // (An OpenMP simd max over the run, then a zero fix-up, was 1.9x slower on these
+            // superpixel-length runs: the vector prologue and horizontal reduction dominate.)
+            A best = vb[sl];
+            for (int64_t p = run_start[j]; p < e; ++p) {
+              const A v = static_cast<A>(to_float(xk[p]));
+              best = (largest ? v > best : v < best) ? v : best;
+            }
+            vb[sl] = best;
+            continue;
+          }
           int64_t arg = run_start[j];
           A best = static_cast<A>(to_float(xk[arg]));
           for (int64_t p = arg + 1; p < e; ++p) {
             const A v = static_cast<A>(to_float(xk[p]));
-            if (mode == 1 ? v > best : v < best) {  // strict: the first index wins ties
+            if (largest ? v > best : v < best) {  // strict: the first index wins ties
               best = v;
               arg = p;
             }
           }
-          if (ab[sl] < 0 || (mode == 1 ? best > vb[sl] : best < vb[sl])) {
+          if (ab[sl] < 0 || (largest ? best > vb[sl] : best < vb[sl])) {
             vb[sl] = best;
             ab[sl] = arg;
           }
@@ -139,12 +156,14 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
           const int64_t s = (b - Q.b_lo) * RK + r * K + k;
           if (mode == 0) {
             v += Q.val[s];
+          } else if (value_only) {
+            if (largest ? Q.val[s] > v : Q.val[s] < v) v = Q.val[s];  // strict: earlier threads win ties
           } else if (Q.arg[s] >= 0 && (a < 0 || (mode == 1 ? Q.val[s] > v : Q.val[s] < v))) {
             v = Q.val[s];
             a = Q.arg[s];
           }
         }
-        val_out[br * K + k] = (extremum && a < 0) ? A(0) : v;
+        val_out[br * K + k] = ((extremum && a < 0) || (value_only && c == 0)) ? A(0) : v;
         if (extremum) arg_out[br * K + k] = a;
       }
     }
@@ -155,7 +174,7 @@ void reduce_cpu(const T* x, const I* reg, int64_t B, int64_t K, int64_t N, int64
 void forward(std::uintptr_t values, int dtype, std::uintptr_t regions, int index_dtype, int64_t B, int64_t K,
              int64_t N, int64_t R, int mode, std::uintptr_t val_out, std::uintptr_t arg_out, std::uintptr_t cnt_out,
              std::uintptr_t status) {
-  if (mode < 0 || mode > 3) fail("region_reduce: unknown mode code");
+  if (mode < 0 || mode > 5) fail("region_reduce: unknown mode code");
   MULACT_DISPATCH_FLOAT(dtype, "region_reduce", [&] {
     MULACT_DISPATCH_INDEX(index_dtype, "region_reduce", [&] {
       using A = typename Acc<scalar_t>::type;
@@ -169,6 +188,8 @@ void forward(std::uintptr_t values, int dtype, std::uintptr_t regions, int index
         case 0: run(std::integral_constant<int, 0>{}); break;
         case 1: run(std::integral_constant<int, 1>{}); break;
         case 2: run(std::integral_constant<int, 2>{}); break;
+        case 4: run(std::integral_constant<int, 4>{}); break;
+        case 5: run(std::integral_constant<int, 5>{}); break;
         default: run(std::integral_constant<int, 3>{}); break;
       }
     });
@@ -214,7 +235,8 @@ void backward_gather(std::uintptr_t grad, int dtype, std::uintptr_t regions, int
 
 MULACT_REGISTER(region_reduce) {
   m.def("region_reduce_forward", &mulact::forward,
-        "Reduce (B, K, N) values over region ids: mode 0 sum, 1 max, 2 min (with flat argument), 3 count only.",
+        "Reduce (B, K, N) values over region ids: mode 0 sum, 1 max, 2 min (with flat argument), 3 count only, "
+        "4 max, 5 min (values only).",
         pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("region_reduce_backward_gather", &mulact::backward_gather,
         "grad_values[b, k, p] = grad[b, id(p), k] for the sum/mean backward.",

@@ -22,9 +22,15 @@ replaced, kept so that a GPU run can rank both:
 * ``MULACT_TRITON_PROTO_FUSED_CE``: the prototypical pixel loss takes its cross-entropy and
   sparse gradient from one small kernel per region after the argmax (0: a torch gather of
   ``(B, R, C, C)`` logits and autograd through it).
+* ``MULACT_TRITON_DESIGN``: the kernel design of some ops, ``op=name`` pairs separated by
+  commas (e.g. ``region_uncertainty_stats=padded,region_reduce=two_pass``); every op not named
+  runs its default design. :data:`DESIGNS` lists each op's designs and their knob values.
 
 Results of a tuning run go to ``benchmarks/results/``; a setting that wins there becomes the
 default here, with the measurement cited.
+
+The public face of this module is ``mulact.kernels`` (``from mulact.kernels import WARPS``):
+the ops read the settings there, at call time, so a test that patches a value here is seen.
 """
 from __future__ import annotations
 
@@ -68,6 +74,48 @@ DESIGN_DEFAULTS = {"loss_grad_in_forward": True, "proto_fused_ce": True}
 LOSS_GRAD_IN_FORWARD = _switch("MULACT_TRITON_LOSS_GRAD_IN_FORWARD", DESIGN_DEFAULTS["loss_grad_in_forward"])
 PROTO_FUSED_CE = _switch("MULACT_TRITON_PROTO_FUSED_CE", DESIGN_DEFAULTS["proto_fused_ce"])
 
+# Designs per op: name -> knob values, the default first. A design changes the kernel (what a
+# program loads, how it aggregates), not its result beyond float summation order;
+# benchmarks/tune_triton.py ranks them on a GPU, each checked against the reference first.
+DESIGNS = {
+    "region_uncertainty_stats": {
+        # class rows split into a power-of-two block and a remainder (C = 20 loads 16 + 4 rows,
+        # not 32), with twice the pixels per program and twice the warps (pixel_scale scales
+        # both): sm_90, fp32, C = 20: 63 registers against the padded design's 128, no spills
+        # (benchmarks/results/kernel_metadata_sm90.md)
+        "split_wide": {"split_classes": True, "pixel_scale": 2},
+        "split": {"split_classes": True, "pixel_scale": 1},
+        "padded": {"split_classes": False, "pixel_scale": 1},  # the 2026-11-30 design (C padded to 32)
+    },
+    "region_reduce": {
+        # max/min/argmax in one pass: atomic_max of a packed (ordered value, inverted index) key;
+        # float64 values keep the two passes (the value alone fills 64 bits)
+        # block 512: 56 registers on sm_90 (1024 would take 128 at 4 warps)
+        "packed_key": {"extremum_passes": 1, "block": 512},
+        "packed_key_256": {"extremum_passes": 1, "block": 256},
+        "two_pass": {"extremum_passes": 2, "block": 256},  # the 2026-11-30 design
+    },
+}
+
+
+def _designs(raw: str) -> dict:
+    chosen = {op: next(iter(table)) for op, table in DESIGNS.items()}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        op, _, name = item.partition("=")
+        if op not in DESIGNS or name not in DESIGNS[op]:
+            known = "; ".join(f"{o}: {', '.join(t)}" for o, t in DESIGNS.items())
+            raise ValueError(f"MULACT_TRITON_DESIGN: expected op=design pairs ({known}), got {item!r}")
+        chosen[op] = name
+    return chosen
+
+
+DESIGN = _designs(os.environ.get("MULACT_TRITON_DESIGN", ""))
+
+
+def design(op: str) -> dict:
+    """Knob values of ``op``'s active design (see :data:`DESIGNS`)."""
+    return DESIGNS[op][DESIGN[op]]
+
 
 def pixels_per_program(block_c: int, lo: int, hi: int) -> int:
     """Pixels per program for a tile of ``block_c`` class rows: ``TILE // block_c`` clamped to
@@ -82,5 +130,5 @@ def settings() -> dict:
 
 
 def designs() -> dict:
-    """The active design switches, for benchmark records."""
-    return {"loss_grad_in_forward": LOSS_GRAD_IN_FORWARD, "proto_fused_ce": PROTO_FUSED_CE}
+    """The active design switches and per-op designs, for benchmark records."""
+    return {"loss_grad_in_forward": LOSS_GRAD_IN_FORWARD, "proto_fused_ce": PROTO_FUSED_CE, **DESIGN}

@@ -27,33 +27,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._blocks import block_sizes, load_labeled_tile, report_tile_status  # noqa: F401  (launchers read kern.block_sizes)
 from ._segments import run_layout, run_sum
-from ._tuning import pixels_per_program
 
 COUNT_BLOCK = 256  # pixels per program of region_count_kernel (its run scan is log2 of this deep)
-
-
-def block_sizes(num_classes: int, hw: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P): all classes in one tile, ``_tuning.TILE`` (4K) elements per program."""
-    block_c = triton.next_power_of_2(max(num_classes, 1))
-    block_p = pixels_per_program(block_c, 16, 1024)
-    block_p = min(block_p, max(16, triton.next_power_of_2(hw)))
-    return block_c, block_p
-
-
-@triton.jit
-def load_labeled_tile(logits_ptr, regions_ptr, labels_ptr, b, pid_p, C, HW, R, inv_t,
-               BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.arange(0, BLOCK_C)
-    pmask = offs_p < HW
-    cmask = offs_c < C
-    b64 = b.to(tl.int64)
-    rid = tl.load(regions_ptr + b64 * HW + offs_p, mask=pmask, other=-1).to(tl.int64)
-    valid = pmask & (rid >= 0) & (rid < R)
-    bad = pmask & (rid >= R)
-    ridc = tl.where(valid, rid, 0)
-    return offs_p, offs_c, pmask, cmask, b64, rid, valid, bad, ridc
 
 
 @triton.jit
@@ -71,15 +48,6 @@ def _softmax_stats(x, y, m2):
     s = tl.sum(e, 0)
     sy = tl.sum(ey, 0)
     return mx_s, my_s, e, ey, s, sy
-
-
-@triton.jit
-def report_tile_status(status_ptr, bad, rid, m2, x):
-    finite = (x == x) & (tl.abs(x) != float("inf"))
-    nonfinite = tl.max(tl.max(tl.where(m2 & ~finite, 1, 0), 1), 0)
-    tl.atomic_max(status_ptr, nonfinite, mask=nonfinite > 0)
-    worst = tl.minimum(tl.max(tl.where(bad, rid, -1), 0), 2147483647).to(tl.int32)  # clip, never wrap
-    tl.atomic_max(status_ptr + 1, worst, mask=worst >= 0)
 
 
 @triton.jit

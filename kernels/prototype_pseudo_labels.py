@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._blocks import log1p_accurate
+from ._blocks import log1p_accurate, report_bad_ids, report_nonfinite_count
 
 OP = "prototype_pseudo_labels"
 IGNORE_INDEX = 255
@@ -94,7 +94,7 @@ def _scan_kernel(reg_ptr, labeled_ptr, lidx_ptr, labels_ptr, logits_ptr, best_pt
     y = p // W
     x = p % W
     r = tl.load(reg_ptr + offs, mask=m, other=-1).to(tl.int64)
-    tl.atomic_max(status_ptr + 1, tl.minimum(tl.max(tl.where(m & (r >= R), r, -1), 0), 2147483647).to(tl.int32))
+    report_bad_ids(r, m, R, status_ptr)
     ok = m & (r >= 0) & (r < R)
     r = tl.where(ok, r, 0)
     lab = tl.load(labeled_ptr + b * R + r, mask=ok, other=0) != 0
@@ -105,7 +105,7 @@ def _scan_kernel(reg_ptr, labeled_ptr, lidx_ptr, labels_ptr, logits_ptr, best_pt
         _adjacent(reg_ptr, labeled_ptr, lidx_ptr, adj_ptr, offs, b, y, x, r, ok, lab, H, W, R, L, 1, -1)
     rows = ok & lab
     lsm, m2, finite, cc = _log_softmax_rows(logits_ptr, b, p, rows, HW, C, tau, BLOCK_C)
-    tl.atomic_max(status_ptr, tl.max(tl.where(rows & ~finite, 1, 0), 0).to(tl.int32))
+    report_nonfinite_count(tl.sum(tl.where(rows & ~finite, 1, 0), 0), status_ptr)
     slot = (b * R + r)[:, None] * C + cc[None, :]
     bits = tl.load(labels_ptr + slot, mask=m2, other=0) != 0
     tl.atomic_max(best_ptr + slot, lsm, mask=m2 & bits & finite[:, None])

@@ -20,9 +20,8 @@ import triton
 import triton.language as tl
 
 
-from ._blocks import log1p_accurate
+from ._blocks import block_sizes, load_labeled_tile, log1p_accurate, report_tile_status  # noqa: F401  (launchers read kern.block_sizes)
 from ._segments import run_layout, run_max_rows
-from .partial_label_loss import load_labeled_tile, report_tile_status, block_sizes  # noqa: F401  (shared tile helpers)
 
 MAX_INDEX = 2**31 - 1
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LaunchTable, resolve_backend
+from ._backend import LaunchTable, check_launch, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype, triton_acc
 from ._labels import device_guard, labels_u8, num_labels, region_pixel_counts
@@ -118,8 +118,8 @@ def _backward_cpp(logits, regions, labels, scale, temperature):
 def _forward_triton(logits, regions, labels, terms, weight, temperature, status):
     import triton
 
+    from mulact.kernels import WARPS
     from mulact.kernels import partial_label_loss as kern
-    from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
     hw = height * width
@@ -141,8 +141,8 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
 def _backward_triton(logits, regions, labels, scale, temperature):
     import triton
 
+    from mulact.kernels import WARPS
     from mulact.kernels import partial_label_loss as kern
-    from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
     hw = height * width

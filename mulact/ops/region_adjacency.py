@@ -58,8 +58,9 @@ def region_adjacency_reference(regions: torch.Tensor, num_regions: int) -> list[
 def _cpp(regions: torch.Tensor, num_regions: int) -> list[torch.Tensor]:
     b, h, w = regions.shape
     reg = index_tensor(regions)
-    arrays, bad_id = ext().region_adjacency_forward(ptr(reg), code(reg), b, h, w, num_regions)
-    if bad_id >= 0:
+    status = V.new_status(regions.device)
+    arrays = ext().region_adjacency_forward(ptr(reg), code(reg), b, h, w, num_regions, ptr(status))
+    if int(status[1]) >= 0:
         V.check_region_ids(OP, regions, num_regions)
     return [torch.from_numpy(a) for a in arrays]
 

@@ -87,9 +87,9 @@ def _argmax_cpp(logits, regions, labels, active, temperature, status):
 def _argmax_triton(logits, regions, labels, active, temperature, status):
     import triton
 
+    from mulact.kernels import ARGMAX_RUNS, WARPS
     from mulact.kernels import region_class_argmax as kern
     from mulact.kernels._segments import log2
-    from mulact.kernels._tuning import ARGMAX_RUNS, WARPS
 
     batch, num_classes, height, width = logits.shape
     hw = height * width

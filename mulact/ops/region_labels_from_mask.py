@@ -210,10 +210,11 @@ def _cpp(gt, regions, num_regions, num_classes, ignore_index, trim) -> RegionLab
     multi_hot = torch.empty(b, num_regions, c1, dtype=torch.bool)
     dominant = torch.empty(b, num_regions, dtype=torch.int64)
     cost = torch.empty(b, num_regions, dtype=torch.int64)
-    bad_id, bad_gt, has_bad_gt = ext().region_labels_from_mask_forward(
+    status = V.new_status(regions.device)
+    bad_gt, has_bad_gt = ext().region_labels_from_mask_forward(
         ptr(reg), code(reg), ptr(g), code(g), b, h, w, num_regions, num_classes, ignore_index, trim,
-        ptr(whole), ptr(trimmed), ptr(multi_hot), ptr(dominant), ptr(cost))
-    if bad_id >= 0:
+        ptr(whole), ptr(trimmed), ptr(multi_hot), ptr(dominant), ptr(cost), ptr(status))
+    if int(status[1]) >= 0:
         V.check_region_ids(OP, regions, num_regions)
     if has_bad_gt:
         raise _bad_gt_error(bad_gt, num_classes, ignore_index)

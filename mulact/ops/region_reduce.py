@@ -12,7 +12,8 @@ from ._status import report as report_status
 
 OP = "region_reduce"
 REDUCTIONS = ("sum", "mean", "max", "min", "count", "argmax")
-_CPP_MODE = {"sum": 0, "mean": 0, "max": 1, "argmax": 1, "min": 2, "count": 3}
+# kernel modes: "max"/"min" also find the arg-extremum, "max_value"/"min_value" need not
+_CPP_MODE = {"sum": 0, "max": 1, "min": 2, "count": 3, "max_value": 4, "min_value": 5}
 
 
 def _check(values, regions, num_regions, reduce) -> None:
@@ -84,8 +85,9 @@ def _forward_cpp(v3, reg, B, K, N, R, mode, acc, status):
 def _forward_triton(v3, reg, B, K, N, R, mode, acc, status):
     from mulact.kernels.region_reduce import region_extremum_triton, region_sum_triton
 
-    if mode in ("max", "min"):
-        val, arg = region_extremum_triton(v3, reg, R, mode == "max", status, acc)
+    if mode in ("max", "min", "max_value", "min_value"):
+        with device_guard(v3):
+            val, arg = region_extremum_triton(v3, reg, R, mode.startswith("max"), status, acc)
         return val, None, arg
     val, cnt = region_sum_triton(v3 if mode != "count" else None, reg, B, K, N, R, status, acc)
     return val, cnt.to(torch.int64), None
@@ -110,7 +112,8 @@ _GATHER = LaunchTable(OP, cpp=_gather_cpp, triton=_gather_triton)
 
 def _kernel_forward(which: str, v3: torch.Tensor | None, reg: torch.Tensor, B: int, K: int, N: int, R: int,
                     mode: str, acc: torch.dtype):
-    """Returns ``(val (B, R, K) acc, count (B, R) int64, arg (B, R, K) int64 or None)``."""
+    """Returns ``(val (B, R, K) acc, count (B, R) int64, arg (B, R, K) int64 or None)``; the
+    ``*_value`` modes return an arg only where the kernel finds it at no cost (Triton)."""
     launch = _FORWARD.launcher(which, reg)
     status = V.new_status(reg.device)
     val, cnt, arg = launch(v3, reg, B, K, N, R, mode, acc, status)
@@ -124,7 +127,8 @@ def _op(values: torch.Tensor, regions: torch.Tensor, num_regions: int, reduce: s
     """Fused reduction of ``(B, K, H, W)`` values: ``(out, aux)``. ``out`` is ``(B, R, K)`` in the
     values' dtype (sum/mean/max/min), ``(B, R)`` int64 (count) or ``(B, R, K)`` int64 (argmax);
     ``aux`` is what the backward needs: the ``(B, R)`` pixel counts (sum/mean), the ``(B, R, K)``
-    arg-extremum (max/min), or an empty tensor."""
+    arg-extremum of max/min where the kernel finds it at no cost (Triton's packed keys; the C++
+    kernel skips it and the backward finds it), else an empty tensor."""
     B, K, H, W = values.shape
     N, R = H * W, num_regions
     reg = index_tensor(regions)
@@ -134,12 +138,12 @@ def _op(values: torch.Tensor, regions: torch.Tensor, num_regions: int, reduce: s
         return cnt, empty
     v3 = values.reshape(B, K, N).contiguous()
     acc = _acc(values.dtype)
-    mode = {"sum": "sum", "mean": "sum", "max": "max", "argmax": "max", "min": "min"}[reduce]
+    mode = {"sum": "sum", "mean": "sum", "max": "max_value", "argmax": "max", "min": "min_value"}[reduce]
     val, cnt, arg = _kernel_forward(backend, v3, reg, B, K, N, R, mode, acc)
     if reduce == "argmax":
         return arg, empty
     if reduce in ("max", "min"):
-        return val.to(values.dtype), arg
+        return val.to(values.dtype), arg if arg is not None else empty
     if reduce == "mean":
         val = val / cnt.clamp(min=1).unsqueeze(-1).to(acc)
     return val.to(values.dtype), cnt
@@ -154,8 +158,10 @@ def _(values, regions, num_regions, reduce, backend):
         return values.new_empty(B, R, dtype=torch.int64), empty
     if reduce == "argmax":
         return values.new_empty(B, R, K, dtype=torch.int64), empty
-    aux = values.new_empty(B, R, dtype=torch.int64) if reduce in ("sum", "mean") else values.new_empty(
-        B, R, K, dtype=torch.int64)
+    if reduce in ("sum", "mean"):
+        aux = values.new_empty(B, R, dtype=torch.int64)
+    else:  # max/min: the arg-extremum from Triton, nothing from C++
+        aux = values.new_empty((B, R, K) if backend == "triton" else (0,), dtype=torch.int64)
     return values.new_empty(B, R, K), aux
 
 
@@ -185,12 +191,13 @@ def _(grad, regions, count, reduce, backend):
 
 def _setup_context(ctx, inputs, output):
     values, regions, num_regions, reduce, backend = inputs
-    ctx.reduce, ctx.backend, ctx.dtype = reduce, backend, values.dtype
-    ctx.save_for_backward(regions, output[1])
+    ctx.reduce, ctx.backend, ctx.dtype, ctx.num_regions = reduce, backend, values.dtype, num_regions
+    find_arg = reduce in ("max", "min") and output[1].numel() == 0 and values.numel() > 0
+    ctx.save_for_backward(regions, output[1], values if find_arg else None)
 
 
 def _backward(ctx, grad, _grad_aux):
-    regions, aux = ctx.saved_tensors
+    regions, aux, values = ctx.saved_tensors
     if ctx.reduce in ("count", "argmax"):
         return None, None, None, None, None
     if ctx.reduce in ("sum", "mean"):
@@ -199,6 +206,11 @@ def _backward(ctx, grad, _grad_aux):
     # empty regions (arg -1) add 0 at a dummy slot, with no data-dependent shape.
     B, R, K = grad.shape
     H, W = regions.shape[1:]
+    if values is not None:  # the forward skipped the arg-extremum (C++): one more pass, here only
+        aux, _ = torch.ops.mulact.region_reduce(values if ctx.reduce == "max" else -values, regions,
+                                                ctx.num_regions, "argmax", ctx.backend)
+    elif aux.numel() == 0:  # no pixels at all
+        aux = torch.full((B, R, K), -1, dtype=torch.int64, device=grad.device)
     hit = aux >= 0
     src = torch.where(hit, grad, 0).to(ctx.dtype).transpose(1, 2)
     out = torch.zeros(B, K, H * W, dtype=ctx.dtype, device=grad.device)
