@@ -1,16 +1,19 @@
-"""Time the Triton kernels' launch settings on a GPU, one process per setting.
+"""Rank the Triton kernels' designs and launch settings on a GPU, one process per candidate.
 
-    python benchmarks/tune_triton.py                  # on a CUDA machine, ~5 minutes at most
+    python benchmarks/tune_triton.py                  # on a CUDA machine, 6 minutes at most
     python benchmarks/tune_triton.py --cpu --out DIR  # tiny shapes under the interpreter (tests)
 
-The settings are the knobs of ``kernels/_tuning.py`` (``MULACT_TRITON_TILE``,
-``MULACT_TRITON_WARPS``, ``MULACT_TRITON_ARGMAX_RUNS``); they are read when the kernels are
-imported, so every setting runs in a fresh process with its environment. Each process builds
-the Cityscapes-shape inputs of ``gpu_check.py`` (4x20x769x769 and 1x20x1024x2048, R = 2048),
-checks the fused op against the reference (``rel_err_vs_reference``; a setting with an error
-above 1e-4 is reported and never ranked) and times the ``mulact`` provider of the four ops of
-``gpu_check.py`` with CUDA events. The default setting runs first, so every other setting has
-its speed-up against it. Settings are started while ``--budget`` allows.
+A candidate is a launch setting (the knobs of ``kernels/_tuning.py``: ``MULACT_TRITON_TILE``,
+``MULACT_TRITON_WARPS``, ``MULACT_TRITON_ARGMAX_RUNS``) plus, for the ops that have several,
+a kernel design (``MULACT_TRITON_DESIGN``, the ``DESIGNS`` table of the same module). They are
+read when the kernels are imported, so every candidate runs in a fresh process with its
+environment and a time cap (``--setting-timeout``). Each process builds the Cityscapes-shape
+inputs of ``gpu_check.py`` (4x20x769x769 and 1x20x1024x2048, R = 2048), checks each fused op
+against the reference (``rel_err_vs_reference``; a candidate with an error above 1e-4 is
+reported and never ranked) and times the ``mulact`` provider of the ops of ``gpu_check.py``
+plus ``region_reduce`` max with CUDA events. A design candidate times only the op it changes.
+The default runs first, then every other design of every op, then the launch settings, each
+started while ``--budget`` allows, so the designs are ranked even on a short lease.
 
 It writes ``<device>_<date>_tuning.md`` and ``.json`` (into ``--out``, default
 ``benchmarks/results``): per op and shape, every setting's median time, GB/s, % of the peak
@@ -36,6 +39,9 @@ HERE = Path(__file__).resolve().parent
 # (tests/test_triton_tuning.py checks that the two agree).
 DEFAULT = {"tile": 4096, "num_warps": 4, "argmax_runs": 0}
 MAX_ERROR = 1e-4
+# The op each design table belongs to, as the rows of a child name it.
+DESIGN_ROWS = {"region_uncertainty_stats": ["region_uncertainty_stats"],
+               "region_reduce": ["region_reduce_mean", "region_reduce_max"]}
 
 
 # The argmax's run reduction scans a (classes x pixels) int64 tile with log2(pixels) gathers; its
@@ -54,12 +60,48 @@ def settings_grid(tiles, warps, runs) -> list[dict]:
     return grid
 
 
+def design_candidates(designs: dict, only=None) -> list[dict]:
+    """One candidate per non-default design of each op (``designs``: ``kernels/_tuning.py::DESIGNS``),
+    at the default launch setting; ``only`` (``op=name`` strings) restricts them."""
+    out = []
+    for op, table in designs.items():
+        for name in list(table)[1:]:
+            if only is None or f"{op}={name}" in only:
+                out.append(dict(DEFAULT, design={op: name}))
+    return out
+
+
 def label(s: dict) -> str:
-    return f"tile {s['tile']}, {s['num_warps']} warps, argmax runs {'on' if s['argmax_runs'] else 'off'}"
+    text = f"tile {s['tile']}, {s['num_warps']} warps, argmax runs {'on' if s['argmax_runs'] else 'off'}"
+    return text + "".join(f", {op} design {name}" for op, name in s.get("design", {}).items())
+
+
+def rows_of(s: dict) -> list[str] | None:
+    """The child rows a candidate is timed on: a design candidate only its op's; None = all."""
+    if not s.get("design"):
+        return None
+    return [row for op in s["design"] for row in DESIGN_ROWS[op]]
 
 
 # ------------------------------------------------------------------------------ child process
-def child(device: str, reps: int) -> dict:
+def _max_case(device: str, shape):
+    """region_reduce max over the logits of ``gpu_check._cases`` (its inputs, its seed): the
+    check (exact on every design) and the timed call."""
+    import torch
+    from _partial_label_inputs import stage1_inputs
+
+    from mulact import ops
+
+    B, C, H, W, R = shape
+    logits, regions, _ = stage1_inputs(device, B, C, H, W, R)
+    values, regions = logits.detach(), regions.to(torch.int32)
+    moved = values.numel() * values.element_size() + regions.numel() * 4 + B * R * C * values.element_size()
+    fn = lambda: ops.region_reduce(values, regions, R, "max")  # noqa: E731
+    return (lambda: (fn(),), lambda: (ops.region_reduce_reference(values, regions, R, "max"),)), (
+        {"mulact": fn}, moved, False)
+
+
+def child(device: str, reps: int, only_rows=None) -> dict:
     gc = runpy.run_path(str(HERE / "gpu_check.py"), run_name="tune_triton_child")
     gc["_prepare_imports"]()
     if device == "cpu":  # the interpreter runs the Triton kernels; without the override the CPU takes C++
@@ -73,7 +115,10 @@ def child(device: str, reps: int) -> dict:
     rows = []
     for shape in gc["CPU_SHAPES"] if device == "cpu" else gc["GPU_SHAPES"]:
         checks, cases = gc["_cases"](device, shape, "inductor")
+        checks["region_reduce_max"], cases["region_reduce_max"] = _max_case(device, shape)
         for op, (providers, moved, _) in cases.items():
+            if only_rows is not None and op not in only_rows:
+                continue
             row = {"op": op, "shape": "x".join(map(str, shape[:4])), "R": shape[4], "bytes": moved}
             try:
                 row["rel_err_vs_reference"] = gc["max_relative_error"](*checks[op])
@@ -81,22 +126,25 @@ def child(device: str, reps: int) -> dict:
                 fn()
                 sec = gc["median_seconds"](fn, device, reps=reps, warmup=2)
                 row.update(status="ok", ms=gc["_sig"](sec * 1e3), GBps=gc["_sig"](moved / sec / 1e9),
-                           backend=ops.last_backend(op.replace("_mean", "")))
+                           backend=ops.last_backend(op.replace("_mean", "").replace("_max", "")))
             except Exception as exc:
                 row["status"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
             rows.append(row)
         del checks, cases
         if device == "cuda":
             torch.cuda.empty_cache()
-    return {"settings": _tuning.settings(), "rows": rows}
+    return {"settings": _tuning.settings(), "designs": _tuning.designs(), "rows": rows}
 
 
 # ------------------------------------------------------------------------------ parent
 def run_setting(s: dict, device: str, reps: int, timeout: float) -> dict:
     env = dict(os.environ)
     env.update({"MULACT_TRITON_TILE": str(s["tile"]), "MULACT_TRITON_WARPS": str(s["num_warps"]),
-                "MULACT_TRITON_ARGMAX_RUNS": str(int(s["argmax_runs"]))})
+                "MULACT_TRITON_ARGMAX_RUNS": str(int(s["argmax_runs"])),
+                "MULACT_TRITON_DESIGN": ",".join(f"{op}={name}" for op, name in s.get("design", {}).items())})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--reps", str(reps)]
+    if rows_of(s) is not None:
+        cmd += ["--rows", *rows_of(s)]
     if device == "cpu":
         cmd.append("--cpu")
     start = time.monotonic()
@@ -109,9 +157,11 @@ def run_setting(s: dict, device: str, reps: int, timeout: float) -> dict:
     if proc.returncode != 0 or not lines:
         return {"settings": s, "status": f"exit {proc.returncode}: {proc.stderr[-600:]}", "rows": [], "seconds": seconds}
     result = json.loads(lines[-1])
-    if result["settings"] != s:  # the knobs did not reach the kernels: never rank such a run
-        return {"settings": s, "status": f"knobs not applied: the child ran {result['settings']}", "rows": [],
-                "seconds": seconds}
+    knobs = {k: v for k, v in s.items() if k != "design"}
+    designs_ok = all(result["designs"].get(op) == name for op, name in s.get("design", {}).items())
+    if result["settings"] != knobs or not designs_ok:  # the knobs did not reach the kernels: never rank such a run
+        return {"settings": s, "status": f"knobs not applied: the child ran {result['settings']}, "
+                f"{result['designs']}", "rows": [], "seconds": seconds}
     return {"settings": s, "status": "ok", "rows": result["rows"], "seconds": seconds}
 
 
@@ -141,10 +191,12 @@ def rank(results: list[dict], peak: float | None) -> list[dict]:
 
 
 def render(report: dict) -> str:
-    lines = [f"# Triton launch settings, {report['device'].get('name')} ({report['date']})", "",
+    lines = [f"# Triton designs and launch settings, {report['device'].get('name')} ({report['date']})", "",
              f"torch {report['device'].get('torch')}, triton {report['device'].get('triton')}; "
              f"peak bandwidth {report['peak_GBps']} GB/s; {report['reps']} timed calls per setting (median). "
-             f"Settings with a relative error above {MAX_ERROR:g} against the reference are never ranked.", ""]
+             f"Candidates with a relative error above {MAX_ERROR:g} against the reference are never ranked; a "
+             "design candidate (kernels/_tuning.py::DESIGNS) runs at the default launch setting and times only "
+             "its op.", ""]
     for block in report["ranking"]:
         lines += [f"## {block['op']} {block['shape']} R={block['R']}", "",
                   f"Best: {label(block['best']) if block['best'] else 'none usable'}", "",
@@ -167,18 +219,21 @@ def main(argv=None) -> dict | None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cpu", action="store_true", help="tiny shapes under TRITON_INTERPRET=1 (exercises the script)")
     p.add_argument("--out", type=Path, default=HERE / "results")
-    p.add_argument("--budget", type=float, default=300.0, help="seconds; no setting is started after it runs out")
+    p.add_argument("--budget", type=float, default=360.0, help="seconds; no candidate is started after it runs out")
     p.add_argument("--tiles", type=int, nargs="+", default=[4096, 2048, 8192, 16384])
     p.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     p.add_argument("--argmax-runs", type=int, nargs="+", default=[0, 1], choices=[0, 1])
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--setting-timeout", type=float, default=120.0,
                    help="seconds one setting's process may take (compiles included) before it is stopped")
+    p.add_argument("--designs", nargs="*", default=None,
+                   help="op=design candidates to rank (default: every non-default design of kernels/_tuning.py)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rows", nargs="+", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = "cpu" if args.cpu else "cuda"
     if args.child:
-        print(json.dumps(child(device, args.reps)))
+        print(json.dumps(child(device, args.reps, args.rows)))
         return None
 
     gc = runpy.run_path(str(HERE / "gpu_check.py"), run_name="tune_triton_parent")
@@ -195,7 +250,10 @@ def main(argv=None) -> dict | None:
     peak = (dev.get("peak_bandwidth_table_GBps") or dev.get("copy_GBps") or 0) * 1e9 or None
     report["peak_GBps"] = peak / 1e9 if peak else None
     end = time.monotonic() + args.budget
-    grid = settings_grid(args.tiles, args.warps, args.argmax_runs)
+    from mulact.kernels import DESIGNS
+
+    settings = settings_grid(args.tiles, args.warps, args.argmax_runs)
+    grid = settings[:1] + design_candidates(DESIGNS, args.designs) + settings[1:]
     results, skipped = [], []
     for s in grid:
         left = end - time.monotonic()

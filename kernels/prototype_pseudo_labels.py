@@ -33,9 +33,21 @@ from ._blocks import log1p_accurate, report_bad_ids, report_nonfinite_count
 OP = "prototype_pseudo_labels"
 IGNORE_INDEX = 255
 EPS = 1e-12
-BLOCK_N = 256  # pixels per program of the scan kernels
+BLOCK_N = 256  # most pixels per program of the scan kernels
+SCAN_ELEMS = 2048  # (pixels x classes) per scan program: 64 pixels at C = 20 (256 spilled on sm_90)
 BLOCK_P = 64  # pixels per tile of the assignment kernel
 TILE_ELEMS = 4096  # BLOCK_P * BLOCK_K * BLOCK_D budget of the (pixels, prototypes, channels) product
+TAP_ELEMS = 512  # BLOCK_P * BLOCK_D budget of each of the four bilinear taps (more spilled on sm_90)
+
+
+def scan_block(block_c: int) -> int:
+    """Pixels per program of the scan and argmin kernels for a class tile of ``block_c`` rows
+    (benchmarks/results/kernel_metadata_sm90.md: no spills)."""
+    return max(16, min(BLOCK_N, SCAN_ELEMS // block_c))
+
+
+def assign_block_d(d: int, block_k: int) -> int:
+    return max(2, min(triton.next_power_of_2(d), TILE_ELEMS // (BLOCK_P * block_k), TAP_ELEMS // BLOCK_P))
 
 
 @triton.jit
@@ -251,7 +263,7 @@ def _assign(feat_cl, protos, thr, kcls, plist, pix, groups, group_start, group_c
     npl = group_cnt[tg].contiguous()
     max_npl = int(npl.max())
     block_k = min(16, max(2, triton.next_power_of_2(max_npl)))
-    block_d = max(2, min(triton.next_power_of_2(d), TILE_ELEMS // (BLOCK_P * block_k)))
+    block_d = assign_block_d(d, block_k)
     rec_k = torch.empty(pix.numel(), dtype=torch.int64, device=pix.device) if record else out
     rec_s = torch.empty(pix.numel(), dtype=torch.float32, device=pix.device) if record else thr
     _assign_kernel[(tg.numel(),)](
@@ -292,13 +304,14 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     lg = logits.contiguous()
     best = torch.full((bsz * r_count * c,), float("-inf"), dtype=torch.float32, device=dev)
     block_c = max(2, triton.next_power_of_2(c))
-    grid = (triton.cdiv(n, BLOCK_N),)
+    block_n = scan_block(block_c)
+    grid = (triton.cdiv(n, block_n),)
     _scan_kernel[grid](reg, labeled_u8, lidx, labels_u8, lg, best, adj, status, n, h, w, r_count, c, big_l,
-                       float(temperature), DO_ADJ=expand, BLOCK=BLOCK_N, BLOCK_C=block_c)
+                       float(temperature), DO_ADJ=expand, BLOCK=block_n, BLOCK_C=block_c)
     check_status(status)
     idx = torch.full((bsz * r_count * c,), hw, dtype=torch.int64, device=dev)
     _argmin_kernel[grid](reg, labeled_u8, labels_u8, lg, best, idx, n, h, w, r_count, c, float(temperature),
-                         BLOCK=BLOCK_N, BLOCK_C=block_c)
+                         BLOCK=block_n, BLOCK_C=block_c)
     proto_index = torch.where(labels_b.reshape(-1) & (idx < hw), idx, -1).view(bsz, r_count, c)
 
     out = torch.full((n,), IGNORE_INDEX, dtype=torch.int64, device=dev)

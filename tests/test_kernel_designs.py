@@ -139,3 +139,34 @@ def test_design_environment_is_checked(monkeypatch):
     for bad in ("region_reduce=fast", "nope=padded", "region_reduce"):
         with pytest.raises(ValueError, match="MULACT_TRITON_DESIGN"):
             tuning._designs(bad)
+
+
+def test_launch_settings_are_public_and_live(monkeypatch):
+    import mulact.kernels as kernels
+
+    monkeypatch.setattr(tuning, "WARPS", 8)
+    assert kernels.WARPS == 8 and kernels.design("region_reduce") == tuning.design("region_reduce")
+    with pytest.raises(AttributeError):
+        kernels.NOT_A_SETTING  # noqa: B018
+    # the ops read the settings through the package, never the private module
+    from pathlib import Path
+
+    ops_dir = Path(__file__).resolve().parents[1] / "mulact" / "ops"
+    assert not [p.name for p in ops_dir.glob("*.py") if "kernels._tuning" in p.read_text()]
+
+
+def test_tile_helpers_live_in_one_module():
+    # the labeled tile, its block sizes and the status reports are defined in kernels/_blocks.py
+    # only: a kernel module that uses one imports it from there
+    import importlib
+    import pkgutil
+
+    import mulact.kernels as kernels
+    from mulact.kernels import _blocks
+
+    shared = ("block_sizes", "load_labeled_tile", "report_tile_status", "report_bad_ids", "report_nonfinite")
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"mulact.kernels.{info.name}")
+        for name in shared:
+            if hasattr(module, name):
+                assert getattr(module, name) is getattr(_blocks, name), (info.name, name)

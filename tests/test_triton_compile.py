@@ -109,26 +109,37 @@ def _region_class_argmax():
 
 
 def _region_reduce():
-    # kernels/region_reduce.py: region_sum_triton / region_extremum_triton / region_gather_triton;
-    # max vs min is the runtime `sign`, so one compile covers both.
+    # kernels/region_reduce.py: region_sum_triton / region_extremum_triton / region_gather_triton
+    # at the blocks of kernels/_tuning.py::DESIGNS["region_reduce"] (packed_key 512 is the default;
+    # packed_key_256 and two_pass use 256); max vs min is the runtime `sign`, so one compile covers both.
     cases = []
-    blk = dict(BLOCK=256, LOG2_BLOCK=8)
-    for fp, ri, with_values in (("fp32", "i32", True), ("fp16", "i64", True), ("bf16", "i32", True),
-                                ("fp64", "i64", True), ("fp32", "i64", False), ("fp64", "i32", False)):
+    for fp, ri, with_values, blk in (("fp32", "i32", True, 512), ("fp16", "i64", True, 512), ("bf16", "i32", True, 512),
+                                     ("fp64", "i64", True, 512), ("fp32", "i64", False, 512), ("fp64", "i32", False, 512),
+                                     ("fp32", "i32", True, 256)):
         acc = _acc(fp)
-        cases.append((f"region_reduce_sum-{fp}-{ri}-values{int(with_values)}", "region_reduce._region_sum_kernel",
+        cases.append((f"region_reduce_sum-{fp}-{ri}-values{int(with_values)}-block{blk}",
+                      "region_reduce._region_sum_kernel",
                       dict(x_ptr=f"*{fp if with_values else acc}", reg_ptr=f"*{ri}", out_ptr=f"*{acc}",
                            cnt_ptr="*i32", status_ptr="*i32", K="i32", N="i32", R="i32"),
-                      dict(WITH_VALUES=with_values, ACC_FP64=acc == "fp64", **blk)))
-    for fp, ri in (("fp32", "i32"), ("fp16", "i64"), ("bf16", "i32"), ("fp64", "i64")):
+                      dict(WITH_VALUES=with_values, ACC_FP64=acc == "fp64", BLOCK=blk, LOG2_BLOCK=blk.bit_length() - 1)))
+    for fp, ri, blk in (("fp32", "i32", 512), ("fp16", "i64", 512), ("bf16", "i32", 512), ("fp32", "i64", 256)):
+        cases.append((f"region_reduce_key-{fp}-{ri}-block{blk}", "region_reduce._region_extremum_key_kernel",
+                      dict(x_ptr=f"*{fp}", reg_ptr=f"*{ri}", key_ptr="*i64", status_ptr="*i32", K="i32", N="i32",
+                           R="i32", sign="fp32"),
+                      dict(BLOCK=blk, LOG2_BLOCK=blk.bit_length() - 1)))
+    # two passes: float64 (any design, block 512 by default) and the two_pass design (256)
+    for fp, ri, blk in (("fp64", "i64", 512), ("fp64", "i32", 256), ("fp32", "i32", 256), ("bf16", "i64", 256)):
         acc = _acc(fp)
         sig = dict(x_ptr=f"*{fp}", reg_ptr=f"*{ri}", best_ptr=f"*{acc}")
-        cases.append((f"region_reduce_max-{fp}-{ri}", "region_reduce._region_max_kernel",
+        blocks = dict(BLOCK=blk, LOG2_BLOCK=blk.bit_length() - 1)
+        cases.append((f"region_reduce_max-{fp}-{ri}-block{blk}", "region_reduce._region_max_kernel",
                       dict(**sig, status_ptr="*i32", K="i32", N="i32", R="i32", sign="fp32"),
-                      dict(ACC_FP64=acc == "fp64", **blk)))
-        cases.append((f"region_reduce_argbest-{fp}-{ri}", "region_reduce._region_argbest_kernel",
+                      dict(ACC_FP64=acc == "fp64", **blocks)))
+        cases.append((f"region_reduce_argbest-{fp}-{ri}-block{blk}", "region_reduce._region_argbest_kernel",
                       dict(**sig, arg_ptr="*i64", K="i32", N="i32", R="i32", sign="fp32"),
-                      dict(ACC_FP64=acc == "fp64", **blk)))
+                      dict(ACC_FP64=acc == "fp64", **blocks)))
+    for fp, ri in (("fp32", "i32"), ("fp16", "i64"), ("bf16", "i32"), ("fp64", "i64")):
+        acc = _acc(fp)
         cases.append((f"region_reduce_gather-{fp}-{ri}", "region_reduce._region_gather_kernel",
                       dict(g_ptr=f"*{acc}", reg_ptr=f"*{ri}", out_ptr=f"*{fp}", K="i32", N="i32", R="i32"),
                       dict(BLOCK=256)))
@@ -136,27 +147,42 @@ def _region_reduce():
 
 
 def _region_uncertainty_stats():
-    # kernels/region_uncertainty_stats.py: region_uncertainty_stats_triton, MEASURE 0..3
+    # kernels/region_uncertainty_stats.py: region_uncertainty_stats_triton, MEASURE 0..3, with the
+    # class tiles and blocks of each design of kernels/_tuning.py::DESIGNS (launch_blocks; checked
+    # against it in the child): split_wide (default) 8 warps, split and padded 4 warps
     cases = []
-    for fp, ri, measure, c in (("fp32", "i32", 0, 19), ("fp32", "i64", 1, 19), ("fp32", "i32", 2, 19),
-                               ("fp32", "i32", 3, 19), ("fp16", "i64", 2, 19), ("bf16", "i32", 0, 2),
-                               ("fp64", "i64", 1, 19), ("fp32", "i32", 2, 1)):
+    stats_sig = dict(x_ptr="*fp32", reg_ptr="*i32", u_ptr="*fp32", n_ptr="*i32", prob_ptr="*fp32", status_ptr="*i32",
+                     C="i32", N="i32", R="i32", inv_t="fp32")
+    for fp, ri, measure, c, design in (("fp32", "i32", 0, 20, "split_wide"), ("fp32", "i64", 1, 19, "split_wide"),
+                                       ("fp32", "i32", 2, 20, "split_wide"), ("fp32", "i32", 3, 20, "split_wide"),
+                                       ("fp16", "i64", 2, 19, "split_wide"), ("bf16", "i32", 0, 2, "split_wide"),
+                                       ("fp64", "i64", 1, 19, "split_wide"), ("fp32", "i32", 2, 1, "split_wide"),
+                                       ("bf16", "i32", 0, 20, "split"), ("fp32", "i32", 0, 20, "padded"),
+                                       ("bf16", "i32", 0, 20, "padded")):
         acc = _acc(fp)
-        c_pad = _npow2(c)
-        block = max(16, min(256, 4096 // c_pad))
-        cases.append((f"region_uncertainty_stats-{fp}-{ri}-MEASURE{measure}-C{c}",
+        head, tail, block, warps = _stats_blocks(c, design)
+        cases.append((f"region_uncertainty_stats-{fp}-{ri}-MEASURE{measure}-C{c}-{design}",
                       "region_uncertainty_stats._region_uncertainty_stats_kernel",
-                      dict(x_ptr=f"*{fp}", reg_ptr=f"*{ri}", u_ptr=f"*{acc}", n_ptr="*i32", prob_ptr=f"*{acc}",
-                           status_ptr="*i32", C="i32", N="i32", R="i32", inv_t="fp32"),
-                      dict(MEASURE=measure, C_PAD=c_pad, BLOCK=block, LOG2_BLOCK=block.bit_length() - 1,
-                           ACC_FP64=acc == "fp64")))
+                      dict(stats_sig, x_ptr=f"*{fp}", reg_ptr=f"*{ri}", u_ptr=f"*{acc}", prob_ptr=f"*{acc}"),
+                      dict(MEASURE=measure, C_HEAD=head, C_TAIL=tail, BLOCK=block, LOG2_BLOCK=block.bit_length() - 1,
+                           ACC_FP64=acc == "fp64"), dict(num_warps=warps)))
     # the largest pixel block benchmarks/tune_triton.py tries (MULACT_TRITON_TILE=16384 at C = 20)
-    cases.append(("region_uncertainty_stats-fp32-i32-MEASURE0-C19-tile16384",
-                  "region_uncertainty_stats._region_uncertainty_stats_kernel",
-                  dict(x_ptr="*fp32", reg_ptr="*i32", u_ptr="*fp32", n_ptr="*i32", prob_ptr="*fp32",
-                       status_ptr="*i32", C="i32", N="i32", R="i32", inv_t="fp32"),
-                  dict(MEASURE=0, C_PAD=32, BLOCK=512, LOG2_BLOCK=9, ACC_FP64=False)))
+    cases.append(("region_uncertainty_stats-fp32-i32-MEASURE0-C20-split_wide-tile16384",
+                  "region_uncertainty_stats._region_uncertainty_stats_kernel", stats_sig,
+                  dict(MEASURE=0, C_HEAD=16, C_TAIL=4, BLOCK=1024, LOG2_BLOCK=10, ACC_FP64=False), dict(num_warps=16)))
     return cases
+
+
+STATS_DESIGNS = {"split_wide": (True, 2), "split": (True, 1), "padded": (False, 1)}
+
+
+def _stats_blocks(c: int, design: str) -> tuple[int, int, int, int]:
+    # mirrors kernels/region_uncertainty_stats.py::launch_blocks at the default tile and warps
+    split, scale = STATS_DESIGNS[design]
+    full = _npow2(c)
+    head, tail = (full // 2, _npow2(c - full // 2)) if split and full != c else (full, 1)
+    lanes = head if tail == 1 else _npow2(head + tail)
+    return head, tail, max(16, min(256, 4096 // lanes)) * scale, 4 * scale
 
 
 def _region_adjacency():
@@ -179,8 +205,17 @@ def _region_labels_from_mask():
     return cases
 
 
+def _scan_block(block_c: int) -> int:
+    return max(16, min(256, 2048 // block_c))
+
+
+def _assign_block_d(d: int, block_k: int) -> int:
+    return max(2, min(_npow2(d), 4096 // (64 * block_k), 512 // 64))
+
+
 def _prototype_pseudo_labels():
-    # kernels/prototype_pseudo_labels.py: prototype_pseudo_labels_triton and _assign
+    # kernels/prototype_pseudo_labels.py: prototype_pseudo_labels_triton and _assign (scan_block and
+    # assign_block_d, checked against the kernels' own in the child)
     cases = []
     for fp, ri, do_adj, c in (("fp32", "i32", True, 19), ("fp16", "i64", False, 19), ("bf16", "i32", True, 2),
                               ("fp64", "i64", True, 1)):
@@ -189,12 +224,12 @@ def _prototype_pseudo_labels():
                       dict(reg_ptr=f"*{ri}", labeled_ptr="*u8", lidx_ptr="*i64", labels_ptr="*u8",
                            logits_ptr=f"*{fp}", best_ptr="*fp32", adj_ptr="*u8", status_ptr="*i32",
                            N="i32", H="i32", W="i32", R="i32", C="i32", L="i32", tau="fp32"),
-                      dict(DO_ADJ=do_adj, BLOCK=256, BLOCK_C=bc)))
+                      dict(DO_ADJ=do_adj, BLOCK=_scan_block(bc), BLOCK_C=bc)))
         cases.append((f"prototype_argmin-{fp}-{ri}-C{c}", "prototype_pseudo_labels._argmin_kernel",
                       dict(reg_ptr=f"*{ri}", labeled_ptr="*u8", labels_ptr="*u8", logits_ptr=f"*{fp}",
                            best_ptr="*fp32", idx_ptr="*i64", N="i32", H="i32", W="i32", R="i32", C="i32",
                            tau="fp32"),
-                      dict(BLOCK=256, BLOCK_C=bc)))
+                      dict(BLOCK=_scan_block(bc), BLOCK_C=bc)))
     geom = dict(HW="i32", W="i32", fh="i32", fw="i32", D="i32")
     for d in (64, 3):
         cases.append((f"prototype_proto-D{d}", "prototype_pseudo_labels._proto_kernel",
@@ -207,13 +242,37 @@ def _prototype_pseudo_labels():
                            pix_ptr="*i64", tile_pix0_ptr="*i64", tile_npix_ptr="*i64", tile_pl0_ptr="*i64",
                            tile_npl_ptr="*i64", out_ptr="*i64", rec_k_ptr="*i64", rec_s_ptr="*fp32",
                            **geom, C="i32", scale_h="fp32", scale_w="fp32", eps="fp32"),
-                      dict(RECORD=record, BLOCK_P=64, BLOCK_K=block_k,
-                           BLOCK_D=max(2, min(_npow2(d), 4096 // (64 * block_k))))))
+                      dict(RECORD=record, BLOCK_P=64, BLOCK_K=block_k, BLOCK_D=_assign_block_d(d, block_k))))
     return cases
 
 
 CASES = (_partial_label_loss() + _region_class_argmax() + _region_reduce() + _region_uncertainty_stats()
          + _region_adjacency() + _region_labels_from_mask() + _prototype_pseudo_labels())
+
+
+RESOURCES = os.environ.get("MULACT_COMPILE_RESOURCES") == "1"  # set by the fixture below and kernel_metadata.py
+
+
+def _resources(compiled) -> dict:
+    """Registers, spills and stack of the sm_90 machine code (ptxas -v on the kernel's PTX, with
+    the ptxas Triton ships) and the shared memory Triton allocates (its compiled metadata)."""
+    import tempfile
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptx = compiled.asm["ptx"]
+    arch = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        out = subprocess.run([get_ptxas(90).path, f"-arch={arch}", "-v", str(src), "-o", str(Path(tmp) / "kernel.o")],
+                             capture_output=True, text=True, check=True).stderr
+    def grab(pattern):
+        m = re.search(pattern, out)
+        return int(m.group(1)) if m else 0
+    return dict(n_regs=grab(r"Used (\d+) registers"), spill_stores=grab(r"(\d+) bytes spill stores"),
+                spill_loads=grab(r"(\d+) bytes spill loads"), stack=grab(r"(\d+) bytes stack frame"),
+                shared=int(compiled.metadata.shared), num_warps=int(compiled.metadata.num_warps))
 
 
 def _compile_all() -> None:
@@ -230,8 +289,24 @@ def _compile_all() -> None:
     assert pll.block_sizes(19, 1 << 20) == _loss_blocks(19, 1 << 20)
     assert pll.block_sizes(1, 1 << 20) == _loss_blocks(1, 1 << 20)
     assert pll.COUNT_BLOCK == 256
+    from mulact.kernels import _tuning
+    from mulact.kernels import region_uncertainty_stats as stats
+
+    assert set(_tuning.DESIGNS["region_uncertainty_stats"]) == set(STATS_DESIGNS)
+    default = _tuning.DESIGN["region_uncertainty_stats"]
+    for design in STATS_DESIGNS:
+        _tuning.DESIGN["region_uncertainty_stats"] = design
+        for c in (1, 2, 19, 20, 33):
+            assert stats.launch_blocks(c) == _stats_blocks(c, design)[:3], (design, c)
+    _tuning.DESIGN["region_uncertainty_stats"] = default
+    from mulact.kernels import prototype_pseudo_labels as proto
+
+    for bc in (2, 4, 32, 64, 256):
+        assert proto.scan_block(bc) == _scan_block(bc), bc
+        for d in (3, 64, 512):
+            assert proto.assign_block_d(d, bc if bc <= 16 else 16) == _assign_block_d(d, bc if bc <= 16 else 16)
     target = GPUTarget("cuda", 90, 32)
-    for name, kernel, signature, constexprs in CASES:
+    for name, kernel, signature, constexprs, *options in CASES:
         module, attr = kernel.split(".")
         fn = getattr(importlib.import_module(f"mulact.kernels.{module}"), attr)
         constexprs = {k: (getattr(tl, v[3:]) if isinstance(v, str) and v.startswith("tl.") else v)
@@ -246,8 +321,9 @@ def _compile_all() -> None:
             if missing:
                 raise TypeError(f"no dtype or constexpr value for {missing} of {attr}")
             full = {p: ("constexpr" if p in constexprs else signature[p]) for p in params}
-            triton.compile(ASTSource(fn, full, constexprs=constexprs), target=target)
-            record = dict(case=name, ok=True)
+            compiled = triton.compile(ASTSource(fn, full, constexprs=constexprs), target=target,
+                                      options=options[0] if options else None)
+            record = dict(case=name, ok=True, **(_resources(compiled) if RESOURCES else {}))
         except Exception as err:  # reported per case by the parent
             cause = f"\ncaused by {type(err.__cause__).__name__}: {err.__cause__}" if err.__cause__ else ""
             record = dict(case=name, ok=False, error=f"{type(err).__name__}: {err}{cause}"[-4000:])
@@ -259,7 +335,7 @@ def _compile_all() -> None:
 def compiled(tmp_path_factory):
     # A fresh process, because this one runs the kernels under TRITON_INTERPRET=1; an empty
     # cache, so that every variant goes through the compiler on every run.
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1",
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1", MULACT_COMPILE_RESOURCES="1",
                TRITON_CACHE_DIR=str(tmp_path_factory.mktemp("triton-cache")))
     done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900,
                           cwd=ROOT)
@@ -271,12 +347,24 @@ def compiled(tmp_path_factory):
     return results, done
 
 
+# Cases that spill today (2026-12-03, benchmarks/results/kernel_metadata_sm90.md) in kernels whose
+# redesign is under way (issue 22): each entry goes when its kernel fits. The argmax's run
+# reduction at tile 8192 is a tuning candidate, not a default.
+KNOWN_SPILLS = {"partial_label_loss_bwd-fp32-i32-C19", "partial_label_loss_bwd-fp16-i64-C19",
+                "region_class_argmax-bf16-i64-PASS0-RUNS-tile8192"}
+
+
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_kernel_compiles_for_sm90(compiled, case):
     results, done = compiled
     assert case in results, f"compile process ended early (rc={done.returncode}): {done.stderr[-3000:]}"
     record = results[case]
     assert record["ok"], f"{case} does not compile for sm_90: {record['error']}"
+    # registers that do not fit go to local memory: every design is meant to fit
+    # (benchmarks/results/kernel_metadata_sm90.md lists the counts)
+    if "fp64" in case or case in KNOWN_SPILLS:  # float64 runs in tests only
+        return
+    assert record["spill_stores"] == 0 and record["spill_loads"] == 0, f"{case} spills: {record}"
 
 
 def test_every_launched_kernel_is_covered():

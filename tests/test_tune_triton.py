@@ -24,6 +24,23 @@ def test_grid_puts_the_default_first(tune):
     assert dict(tile=16384, num_warps=4, argmax_runs=1) not in big  # its compile takes minutes
 
 
+def test_design_candidates_follow_the_designs_table(tune):
+    from mulact.kernels import DESIGNS
+
+    cands = tune["design_candidates"](DESIGNS)
+    assert len(cands) == sum(len(t) - 1 for t in DESIGNS.values())  # every design but each op's default
+    for c in cands:
+        (op, name), = c["design"].items()
+        assert name in DESIGNS[op] and name != next(iter(DESIGNS[op]))
+        assert {k: v for k, v in c.items() if k != "design"} == tune["DEFAULT"]
+        assert name in tune["label"](c)
+        assert set(tune["rows_of"](c)) == set(tune["DESIGN_ROWS"][op])
+    assert set(tune["DESIGN_ROWS"]) == set(DESIGNS)  # a new design table needs its rows here
+    assert tune["design_candidates"](DESIGNS, ["region_reduce=two_pass"]) == [
+        dict(tune["DEFAULT"], design={"region_reduce": "two_pass"})]
+    assert tune["rows_of"](tune["DEFAULT"]) is None
+
+
 def test_ranking_uses_only_correct_settings(tune):
     default, fast, wrong = tune["DEFAULT"], dict(tile=8192, num_warps=8, argmax_runs=0), \
         dict(tile=2048, num_warps=4, argmax_runs=1)
@@ -39,14 +56,20 @@ def test_ranking_uses_only_correct_settings(tune):
 
 
 def test_cpu_run_reaches_the_kernels(tune, tmp_path):
+    # two launch settings and two designs; generous caps: the interpreter on a shared CPU is slow
     report = tune["main"](["--cpu", "--out", str(tmp_path), "--tiles", "4096", "1024", "--warps", "4",
-                           "--argmax-runs", "0", "1", "--reps", "1", "--budget", "900"])
+                           "--argmax-runs", "0", "--reps", "1", "--budget", "1800", "--setting-timeout", "900",
+                           "--designs", "region_uncertainty_stats=padded", "region_reduce=two_pass"])
     runs = report["settings_run"]
     assert len(runs) == 4 and all(r["status"] == "ok" for r in runs), [r["status"] for r in runs]
     assert runs[0]["settings"] == tune["DEFAULT"]
-    ops = {"region_uncertainty_stats", "partial_label_loss", "prototypical_pixel_loss", "region_reduce_mean"}
+    assert [r["settings"].get("design") for r in runs[1:3]] == [{"region_uncertainty_stats": "padded"},
+                                                                 {"region_reduce": "two_pass"}]
+    ops = {"region_uncertainty_stats", "partial_label_loss", "prototypical_pixel_loss", "region_reduce_mean",
+           "region_reduce_max"}
     for r in runs:
-        assert {row["op"] for row in r["rows"]} == ops
+        want = set(tune["rows_of"](r["settings"]) or ops)
+        assert {row["op"] for row in r["rows"]} == want
         for row in r["rows"]:
             assert row["status"] == "ok" and row["backend"] == "triton", row
             assert row["rel_err_vs_reference"] < 1e-5, row

@@ -1,0 +1,158 @@
+"""Byte model of the statistics, region reduction and stage-2 kernels (docs/design.md, "Byte model").
+
+    python benchmarks/byte_model.py            # prints the markdown rows of docs/design.md
+
+For each op and Cityscapes shape it gives the bytes the op must move (each input read once,
+each output written once) and the bytes the Triton path moves, counted from the code of each
+design: every load and store a kernel issues (re-reads included, whether or not a cache would
+serve them), each atomic as a read plus a write of its slot, the buffers torch fills or reduces
+between launches, and one read + one write per element-wise torch step on the way. Masked
+lanes (the padded classes) issue no memory traffic and are not bytes; the lanes column says how
+many of the loaded lanes hold a class. Atomics are counted on the benchmarks' synthetic inputs
+(``_shapes.blocky_regions``, random logits: top-1 changes at almost every pixel, the worst case
+for the run pre-aggregation), block by block as the kernels see them. Roofline time = bytes
+over the datasheet bandwidth (H100 SXM 3.35 TB/s, H200 4.8 TB/s; a device copy reaches ~88 %).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _partial_label_inputs import partial_labels  # noqa: E402
+from _shapes import blocky_regions  # noqa: E402
+
+SHAPES = [(1, 20, 1024, 2048, 2048), (4, 20, 769, 769, 2048)]
+BW = {"H100": 3.35e12, "H200": 4.8e12}
+E = 4  # float32 logits / values (the dtype of benchmarks/gpu_check.py)
+ID = 4  # int32 region ids
+FEAT_D, FEAT_STRIDE = 256, 4  # stage 2: DeepLabV3+ decoder features, 256 channels at stride 4
+
+
+def run_tails(keys: torch.Tensor, block: int) -> int:
+    """Runs of equal, valid (>= 0) keys inside blocks of ``block`` pixels of each image: the
+    atomics the run pre-aggregation issues."""
+    B, N = keys.shape
+    pad = (-N) % block
+    k = torch.nn.functional.pad(keys, (0, pad), value=-1).view(B, -1, block)
+    starts = torch.ones_like(k, dtype=torch.bool)
+    starts[..., 1:] = k[..., 1:] != k[..., :-1]
+    return int((starts & (k >= 0)).sum())
+
+
+def inputs(shape):
+    B, C, H, W, R = shape
+    g = torch.Generator().manual_seed(0)
+    ids = blocky_regions(B, H, W, R, seed=0, void_fraction=0.02).view(B, -1)
+    top1 = torch.randint(0, C, (B, H * W), generator=g)  # argmax of i.i.d. logits: uniform
+    return ids, top1
+
+
+def stats_rows(shape, ids, top1):
+    B, C, H, W, R = shape
+    N = H * W
+    must = B * C * N * E + B * N * ID + B * R * C * 8 + C * 4
+    slot = torch.where(ids >= 0, ids * C + top1, -1)
+    out = {}
+    for name, block, lanes in (("before: padded, 128 px", 128, 32), ("after: split_wide, 256 px", 256, 20)):
+        progs = B * -(-N // block)
+        moved = (B * R * C * 8  # zero-filled u_sum and count
+                 + B * C * N * E + B * N * ID  # one pass over logits and ids
+                 + 2 * progs * C * 4  # per-program softmax rows: written, then summed by torch
+                 + 2 * run_tails(slot, block) * 8  # u and count atomics per run of (region, top-1)
+                 + B * R * C * 4)  # num_pixels = count.sum()
+        out[name] = (must, moved, f"{C}/{lanes}")
+    return out
+
+
+def reduce_rows(shape, ids):
+    B, K, H, W, R = shape
+    N = H * W
+    valid_px = int((ids >= 0).sum())
+    out = {}
+    must_mean = B * K * N * E + B * N * ID + B * R * K * E
+    for name, block in (("mean, before: 256 px", 256), ("mean, after: 512 px", 512)):
+        runs = run_tails(ids, block)
+        moved = (B * R * K * 4 + B * R * 4  # zero-filled sums and counts
+                 + B * K * N * E + B * N * ID  # values and ids once
+                 + runs * 8 * (K + 1)  # one atomic per run per plane, one for the count
+                 + B * R * 4 + B * R * 8  # counts to int64
+                 + B * R * K * 4 + B * R * 8 + B * R * K * 4)  # sum / count
+        out[name] = (must_mean, moved, "")
+    must_max = B * K * N * E + B * N * ID + B * R * K * E
+    epilogue = B * R * K * (8 + 1) + B * R * K * (8 + 8) + B * R * K * (8 + 4 + 4) + B * R * K * 8
+    runs = run_tails(ids, 256)
+    two_pass = (B * R * K * (4 + 8)  # best and arg filled
+                + 2 * (B * K * N * E + B * N * ID)  # two passes over values and ids
+                + valid_px * K * 4  # pass 2 re-reads the region's best at every pixel
+                + 2 * runs * K * 8  # atomic_max, then atomic_min, per run and plane
+                + epilogue)  # arg == N, masked_fill, gather of the value, masked_fill
+    runs = run_tails(ids, 512)
+    packed = (B * R * K * 8  # keys filled
+              + B * K * N * E + B * N * ID  # one pass
+              + runs * K * 16  # one int64 atomic_max per run and plane
+              + epilogue)  # keys == MIN, index from the key, gather of the value, masked_fill
+    out["max / argmax, before: two passes, 256 px"] = (must_max, two_pass, "")
+    out["max / argmax, after: packed key, 512 px"] = (must_max, packed, "")
+    return out
+
+
+def prototype_rows(shape, ids):
+    """Stage 2 at full resolution: prototypes, localization and expansion (the Triton path)."""
+    B, C, H, W, R = shape
+    N = H * W
+    D, fh, fw = FEAT_D, -(-H // FEAT_STRIDE), -(-W // FEAT_STRIDE)
+    labels = partial_labels(B, R, C, seed=0)
+    labeled = labels.any(-1)
+    lab_px = torch.zeros_like(ids, dtype=torch.bool)
+    classes_px = torch.zeros(ids.shape, dtype=torch.int64)
+    for b in range(B):
+        ok = ids[b] >= 0
+        lab_px[b, ok] = labeled[b, ids[b, ok]]
+        classes_px[b, ok] = labels[b, ids[b, ok]].sum(-1)
+    n_lab = int(lab_px.sum())
+    n_cls = int(classes_px.sum())  # (pixel, labeled class) candidates
+    n_exp = int(((ids >= 0) & ~lab_px).sum()) // 2  # about half the unlabeled pixels touch a labeled region
+    feat = B * D * fh * fw * 4
+    outputs = B * N * 8 + B * R * C * (4 + 8)
+    must = B * N * ID + n_lab * C * E + feat + B * R * C + outputs
+    scan = B * N * (ID + 1) + B * N * 4 * (ID + 1) + n_lab * C * (E + 1) + n_cls * 8
+    argmin = B * N * (ID + 1) + n_lab * C * (E + 1) + n_cls * 4
+    bookkeeping = B * N * (4 + 8) + B * N * 8 * 5 + B * N * (8 + 1) + (n_lab + n_exp) * (8 + 8 * 4 * 2)
+    assign = (n_lab + n_exp) * 4 * D * 4 + B * N * 8 + n_lab * 12  # 4 bilinear taps of D channels per pixel
+    before = feat * 2 + scan + argmin + bookkeeping + assign + outputs
+    # A design the model points at (not built): similarities and tap Gram entries at low resolution
+    # (u.p = sum_i w_i f_i.p and |u|^2 = sum_ij w_i w_j f_i.f_j are linear in the taps), so a full-
+    # resolution pixel reads 4 taps x (its prototypes + 4 Gram entries) floats instead of 4 x D.
+    k_per_px = 8
+    lowres = feat + B * fh * fw * (k_per_px + 4) * 4 * 2
+    target = feat * 2 + scan + argmin + bookkeeping + lowres + (n_lab + n_exp) * 4 * (k_per_px + 4) * 4 + outputs
+    return {"before (current)": (must, before, ""),
+            f"target, not built: low-res similarities (~{k_per_px} prototypes/px)": (must, target, "")}
+
+
+def table() -> str:
+    """Rows in the format of docs/design.md's "Byte model" table; the roofline time is that of
+    the bytes the op must move (the floor no design beats)."""
+    lines = ["| op | shape | must move (MB) | current kernels move (MB) | ratio | roofline time H100 / H200 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for shape in SHAPES:
+        B, C, H, W, R = shape
+        label = f"{B}×{C}×{H}×{W}, R={R}"
+        ids, top1 = inputs(shape)
+        groups = [("region_uncertainty_stats", stats_rows(shape, ids, top1)),
+                  ("region_reduce", reduce_rows(shape, ids)),
+                  (f"prototype_pseudo_labels (D={FEAT_D}, stride {FEAT_STRIDE})", prototype_rows(shape, ids))]
+        for op, rows in groups:
+            for design, (must, moved, lanes) in rows.items():
+                t = " / ".join(f"{must / bw * 1e6:.0f} µs" for bw in BW.values())
+                lanes = f", {lanes} class lanes loaded" if lanes else ""
+                lines.append(f"| {op}, {design}{lanes} | {label} | {must / 1e6:.1f} | {moved / 1e6:.1f} | "
+                             f"{moved / must:.2f} | {t} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
