@@ -7,12 +7,15 @@ Providers, side by side per shape (``16 * L_CE + 8 * L_MP``, pixel normalisation
 * ``loop``      — per image, per labeled region: boolean mask, ``log_softmax`` of the
   region's pixels, ``logsumexp`` over the label set; pixel losses collected per term, averaged;
 * ``composite`` — vectorised torch: ``log_softmax`` + masked ``logsumexp`` with label masks
-  gathered per pixel + ``scatter_add`` sums/counts per term.
+  gathered per pixel + ``scatter_add`` sums/counts per term;
+* ``mulact_recompute`` (CUDA) — the Triton op with the previous design, the backward
+  recomputing the gradient from the logits (``MULACT_TRITON_LOSS_GRAD_IN_FORWARD=0``), beside
+  the default gradient-in-forward design, so one run ranks the two.
 
 Every provider's loss and gradient are checked against the reference before timing.
-``extra_info``: bytes that any implementation must move (logits read in the forward, read again
-and the gradient written in the backward, region ids read twice), the achieved GB/s over them,
-and on CUDA the peak memory allocated beyond the inputs.
+``extra_info``: the bytes any implementation must move (docs/design.md, "Byte model": the
+labeled pixels' logits read once, the gradient written once, the region ids read once), the
+achieved GB/s over them, and on CUDA the peak memory allocated beyond the inputs.
 
 Run: ``python -m pytest benchmarks/bench_partial_label_loss.py --benchmark-only``.
 """
@@ -26,7 +29,7 @@ from _partial_label_inputs import stage1_inputs
 from mulact.ops import last_backend, partial_label_loss, partial_label_loss_reference
 
 TAU = 0.1
-PROVIDERS = ["mulact", "reference", "loop", "composite", "compiled"]
+PROVIDERS = ["mulact", "mulact_recompute", "reference", "loop", "composite", "compiled"]
 # (device, B, C, H, W, R): CPU scaled to a small machine; CUDA at Cityscapes training crops.
 SHAPES = [("cpu", 2, 20, 256, 512, 512)]
 if torch.cuda.is_available():
@@ -70,6 +73,14 @@ COMPILED = None  # the composite under torch.compile, made per test (fresh compi
 def run(provider, logits, regions, labels):
     if provider == "mulact":
         ce, mp = partial_label_loss(logits, regions, labels, temperature=TAU)
+    elif provider == "mulact_recompute":
+        from mulact.kernels import _tuning
+
+        _tuning.LOSS_GRAD_IN_FORWARD = False
+        try:
+            ce, mp = partial_label_loss(logits, regions, labels, temperature=TAU)
+        finally:
+            _tuning.LOSS_GRAD_IN_FORWARD = True
     elif provider == "reference":
         ce, mp = partial_label_loss_reference(logits, regions, labels, TAU)
     elif provider == "loop":
@@ -86,6 +97,8 @@ def run(provider, logits, regions, labels):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
 def test_partial_label_loss_fwd_bwd(benchmark, shape, provider):
     device, batch, classes, height, width, num_regions = shape
+    if provider == "mulact_recompute" and device != "cuda":
+        pytest.skip("a Triton design: CUDA only (the CPU runs the C++ kernel)")
     logits, regions, labels = stage1_inputs(device, batch, classes, height, width, num_regions)
     global COMPILED
     COMPILED = Compiled(composite)
@@ -100,10 +113,10 @@ def test_partial_label_loss_fwd_bwd(benchmark, shape, provider):
     benchmark.group = f"partial_label_loss fwd+bwd {device} {batch}x{classes}x{height}x{width} R={num_regions}"
     rounds = {"loop": 2}.get(provider, 5) if device == "cpu" else 20
     benchmark.pedantic(run, args=(provider, logits, regions, labels), rounds=rounds, iterations=1, warmup_rounds=1)
-    if provider == "mulact":
+    if provider.startswith("mulact"):
         benchmark.extra_info["backend"] = last_backend("partial_label_loss")
-    moved = 3 * logits.numel() * logits.element_size() + 2 * regions.numel() * regions.element_size()
     labeled = float((labels.any(-1).gather(1, regions.clamp(min=0).flatten(1)) & (regions >= 0).flatten(1)).float().mean())
+    moved = int((1 + labeled) * logits.numel() * logits.element_size() + regions.numel() * regions.element_size())
     benchmark.extra_info["bytes"] = moved
     benchmark.extra_info["GB/s"] = gb_per_s(benchmark, moved)
     benchmark.extra_info["labeled_pixel_fraction"] = round(labeled, 3)

@@ -7,11 +7,15 @@ Providers, side by side per shape (tau = 0.1, mean over (region, class) pairs):
 * ``loop``      — per image: ``log_softmax``; per multi-class region, per labeled class:
   boolean mask, ``argmax`` over the region's pixels, CE at the chosen pixel;
 * ``composite`` — vectorised torch: ``log_softmax`` over the whole batch, ``scatter_reduce``
-  amax per (image, class, region), first pixel reaching it, gather, CE.
+  amax per (image, class, region), first pixel reaching it, gather, CE;
+* ``mulact_gather`` (CUDA) — the Triton op with the previous design, a torch gather of
+  ``(B, R, C, C)`` logits after the argmax (``MULACT_TRITON_PROTO_FUSED_CE=0``), beside the
+  default fused cross-entropy kernel, so one run ranks the two.
 
-Losses and gradients are checked against the reference before timing. ``extra_info``: bytes
-(logits read once for the argmax, gradient written, region ids read), GB/s, and on CUDA the
-peak memory allocated beyond the inputs.
+Losses and gradients are checked against the reference before timing. ``extra_info``: the
+bytes any implementation must move (docs/design.md, "Byte model": the logits of the pixels of
+multi-label regions read once for the argmax, the gradient written, region ids read), GB/s,
+and on CUDA the peak memory allocated beyond the inputs.
 
 Run: ``python -m pytest benchmarks/bench_prototypical_pixel_loss.py --benchmark-only``.
 """
@@ -25,7 +29,7 @@ from _partial_label_inputs import stage1_inputs
 from mulact.ops import last_backend, prototypical_pixel_loss, prototypical_pixel_loss_reference
 
 TAU = 0.1
-PROVIDERS = ["mulact", "reference", "loop", "composite", "compiled"]
+PROVIDERS = ["mulact", "mulact_gather", "reference", "loop", "composite", "compiled"]
 SHAPES = [("cpu", 2, 20, 256, 512, 512)]
 if torch.cuda.is_available():
     SHAPES += [("cuda", 4, 20, 769, 769, 2048)]
@@ -72,6 +76,14 @@ COMPILED = None  # the composite under torch.compile, made per test (fresh compi
 def run(provider, logits, regions, labels):
     if provider == "mulact":
         loss = prototypical_pixel_loss(logits, regions, labels, TAU)
+    elif provider == "mulact_gather":
+        from mulact.kernels import _tuning
+
+        _tuning.PROTO_FUSED_CE = False
+        try:
+            loss = prototypical_pixel_loss(logits, regions, labels, TAU)
+        finally:
+            _tuning.PROTO_FUSED_CE = True
     elif provider == "reference":
         loss = prototypical_pixel_loss_reference(logits, regions, labels, TAU)
     elif provider == "loop":
@@ -87,6 +99,8 @@ def run(provider, logits, regions, labels):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
 def test_prototypical_pixel_loss_fwd_bwd(benchmark, shape, provider):
     device, batch, classes, height, width, num_regions = shape
+    if provider == "mulact_gather" and device != "cuda":
+        pytest.skip("a Triton design: CUDA only (the CPU runs the C++ kernel)")
     logits, regions, labels = stage1_inputs(device, batch, classes, height, width, num_regions)
     global COMPILED
     COMPILED = Compiled(composite)
@@ -102,9 +116,11 @@ def test_prototypical_pixel_loss_fwd_bwd(benchmark, shape, provider):
     benchmark.group = f"prototypical_pixel_loss fwd+bwd {device} {batch}x{classes}x{height}x{width} R={num_regions}"
     rounds = {"loop": 2}.get(provider, 5) if device == "cpu" else 20
     benchmark.pedantic(run, args=(provider, logits, regions, labels), rounds=rounds, iterations=1, warmup_rounds=1)
-    if provider == "mulact":
+    if provider.startswith("mulact"):
         benchmark.extra_info["backend"] = last_backend("prototypical_pixel_loss")
-    moved = 2 * logits.numel() * logits.element_size() + regions.numel() * regions.element_size()
+    multi = labels.sum(-1) >= 2
+    in_multi = float((multi.gather(1, regions.clamp(min=0).flatten(1)) & (regions >= 0).flatten(1)).float().mean())
+    moved = int((1 + in_multi) * logits.numel() * logits.element_size() + regions.numel() * regions.element_size())
     benchmark.extra_info["bytes"] = moved
     benchmark.extra_info["GB/s"] = gb_per_s(benchmark, moved)
     benchmark.extra_info["pairs"] = int((labels & (labels.sum(-1, keepdim=True) >= 2)).sum())

@@ -66,9 +66,10 @@ def partial_label_loss_fwd_kernel(
     kind = tl.load(kind_ptr + b64 * R + ridc, mask=valid, other=0).to(tl.int32)
     active = valid & (kind > 0)
     m2 = cmask[:, None] & active[None, :]
-    x = tl.load(logits_ptr + (b64 * C + offs_c[:, None]) * HW + offs_p[None, :], mask=m2, other=0.0)
+    tile = offs_c[:, None] * HW + offs_p[None, :]  # int32: a tile's offsets within its image
+    x = tl.load(logits_ptr + b64 * C * HW + tile, mask=m2, other=0.0)
     x = x.to(ACC) * inv_t
-    y = tl.load(labels_ptr + (b64 * R + ridc[None, :]) * C + offs_c[:, None], mask=m2, other=0) != 0
+    y = tl.load(labels_ptr + b64 * R * C + (ridc.to(tl.int32)[None, :] * C + offs_c[:, None]), mask=m2, other=0) != 0
     report_tile_status(status_ptr, bad, rid, m2, x)
     mx, my, e, ey, s, sy = _softmax_stats(x, y, m2)
     s_safe = tl.where(active, s, 1.0)
@@ -91,8 +92,7 @@ def partial_label_loss_fwd_kernel(
         rs = tl.where(active, scale / s_safe, 0.0)
         rsy = tl.where(active, scale / sy_safe, 0.0)
         g = e * rs[None, :] - ey * rsy[None, :]
-        offs = (b64 * C + offs_c[:, None]) * HW + offs_p[None, :]
-        tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])
+        tl.store(grad_ptr + b64 * C * HW + tile, g.to(grad_ptr.dtype.element_ty), mask=cmask[:, None] & pmask[None, :])
 
 
 @triton.jit
@@ -128,14 +128,14 @@ def _write_grad(logits_ptr, regions_ptr, labels_ptr, scale_ptr, grad_ptr, kind_p
         active = active & redo
         out_mask = cmask[:, None] & redo[None, :]
     m2 = cmask[:, None] & active[None, :]
-    offs = (b64 * C + offs_c[:, None]) * HW + offs_p[None, :]
-    x = tl.load(logits_ptr + offs, mask=m2, other=0.0).to(ACC) * inv_t
-    y = tl.load(labels_ptr + (b64 * R + ridc[None, :]) * C + offs_c[:, None], mask=m2, other=0) != 0
+    tile = offs_c[:, None] * HW + offs_p[None, :]  # int32: a tile's offsets within its image
+    x = tl.load(logits_ptr + b64 * C * HW + tile, mask=m2, other=0.0).to(ACC) * inv_t
+    y = tl.load(labels_ptr + b64 * R * C + (ridc.to(tl.int32)[None, :] * C + offs_c[:, None]), mask=m2, other=0) != 0
     mx, my, e, ey, s, sy = _softmax_stats(x, y, m2)
     rs = tl.where(active, scale / tl.where(active, s, 1.0), 0.0)
     rsy = tl.where(active, scale / tl.where(active, sy, 1.0), 0.0)
     g = e * rs[None, :] - ey * rsy[None, :]
-    tl.store(grad_ptr + offs, g.to(grad_ptr.dtype.element_ty), mask=out_mask)
+    tl.store(grad_ptr + b64 * C * HW + tile, g.to(grad_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit

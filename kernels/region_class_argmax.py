@@ -135,5 +135,7 @@ def prototype_ce_kernel(
                  mask=lead[:, None] & cmask[None, :])
     else:
         z_own = tl.sum(tl.where(offs[:, None] == offs[None, :], x, 0.0), 1)
-        nll = (mx + tl.log(s)) - z_own
+        # log(s) - (z_own - max), as torch's log_softmax: (mx + log s) - z_own would round a
+        # confident pixel's tiny loss to the ulp of the logits
+        nll = tl.log(s) - (z_own - mx)
         tl.store(out_ptr + slot0 + offs, tl.where(valid, nll * w, 0.0), mask=cmask)

@@ -218,3 +218,15 @@ def test_fused_cross_entropy_matches_the_gather(monkeypatch, normalize, dtype):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(results[0][0], results[1][0], **tol)
     torch.testing.assert_close(results[0][1].float(), results[1][1].float(), **tol)
+
+
+def test_confident_pixels_keep_their_tiny_loss(backend):
+    # Prototypical pixels are the most confident ones: their loss is tiny next to the logits, and
+    # must not be rounded to the logits' ulp (lse - z computed as log(s) - (z - max)).
+    device = backend_device(backend)
+    logits, regions, labels = make_case(1, 5, 24, 32, 6, seed=3, device=device, label_sizes=(2,))
+    logits = logits * 0.5  # z up to ~30, losses ~1e-8: lse - z in float32 would give 0 or ~2e-6
+    loss = prototypical_pixel_loss(logits, regions, labels, 0.1, backend=backend)
+    ref = ops.prototypical_pixel_loss_reference(logits.double(), regions, labels, 0.1)
+    assert 0 < float(ref) < 1e-6
+    torch.testing.assert_close(loss.double().cpu(), ref.cpu(), rtol=0.05, atol=0)  # float32 rounding of 1 + tiny

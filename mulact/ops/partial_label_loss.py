@@ -115,6 +115,18 @@ def _backward_cpp(logits, regions, labels, scale, temperature):
     return grad
 
 
+INT32_MAX = 2**31 - 1
+
+
+def _check_int32_tiles(logits, labels):
+    """The Triton kernels address a tile within one image with int32 offsets (fewer registers,
+    no spills at the default tile); an image's logits and the label table must fit them."""
+    batch, num_classes, height, width = logits.shape
+    if num_classes * height * width > INT32_MAX or labels.shape[1] * num_classes > INT32_MAX:
+        raise ValueError(f"{OP}: one image's logits ({num_classes}x{height}x{width}) or the label table "
+                         f"({labels.shape[1]}x{num_classes}) exceed the {INT32_MAX} int32 offsets of the Triton kernels")
+
+
 def _forward_triton(logits, regions, labels, terms, weight, temperature, status):
     import triton
 
@@ -122,6 +134,7 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
     from mulact.kernels import partial_label_loss as kern
 
     batch, num_classes, height, width = logits.shape
+    _check_int32_tiles(logits, labels)
     hw = height * width
     block_c, block_p = kern.block_sizes(num_classes, hw)
     nprog = triton.cdiv(hw, block_p)
@@ -145,6 +158,7 @@ def _backward_triton(logits, regions, labels, scale, temperature):
     from mulact.kernels import partial_label_loss as kern
 
     batch, num_classes, height, width = logits.shape
+    _check_int32_tiles(logits, labels)
     hw = height * width
     block_c, block_p = kern.block_sizes(num_classes, hw)
     grad = torch.empty_like(logits)
@@ -220,6 +234,7 @@ def _forward_grad_triton(logits, regions, labels, terms, weight, scale, temperat
     from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
+    _check_int32_tiles(logits, labels)
     hw = height * width
     block_c, block_p = kern.block_sizes(num_classes, hw)
     nprog = triton.cdiv(hw, block_p)
@@ -245,6 +260,7 @@ def _redo_changed_triton(grad, logits, regions, labels, terms, scale, used, actu
     from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
+    _check_int32_tiles(logits, labels)
     hw = height * width
     if grad.numel() == 0:
         return
