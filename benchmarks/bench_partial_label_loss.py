@@ -9,7 +9,7 @@ Providers, side by side per shape (``16 * L_CE + 8 * L_MP``, pixel normalisation
 * ``composite`` — vectorised torch: ``log_softmax`` + masked ``logsumexp`` with label masks
   gathered per pixel + ``scatter_add`` sums/counts per term;
 * ``mulact_recompute`` (CUDA) — the Triton op with the previous design, the backward
-  recomputing the gradient from the logits (``MULACT_TRITON_LOSS_GRAD_IN_FORWARD=0``), beside
+  recomputing the gradient from the logits (``MULACT_TRITON_DESIGN=partial_label_loss=recompute``), beside
   the default gradient-in-forward design, so one run ranks the two.
 
 Every provider's loss and gradient are checked against the reference before timing.
@@ -76,11 +76,11 @@ def run(provider, logits, regions, labels):
     elif provider == "mulact_recompute":
         from mulact.kernels import _tuning
 
-        _tuning.LOSS_GRAD_IN_FORWARD = False
+        _tuning.DESIGN["partial_label_loss"] = "recompute"
         try:
             ce, mp = partial_label_loss(logits, regions, labels, temperature=TAU)
         finally:
-            _tuning.LOSS_GRAD_IN_FORWARD = True
+            _tuning.DESIGN["partial_label_loss"] = "grad_in_forward"
     elif provider == "reference":
         ce, mp = partial_label_loss_reference(logits, regions, labels, TAU)
     elif provider == "loop":

@@ -9,7 +9,7 @@ Providers, side by side per shape (tau = 0.1, mean over (region, class) pairs):
 * ``composite`` — vectorised torch: ``log_softmax`` over the whole batch, ``scatter_reduce``
   amax per (image, class, region), first pixel reaching it, gather, CE;
 * ``mulact_gather`` (CUDA) — the Triton op with the previous design, a torch gather of
-  ``(B, R, C, C)`` logits after the argmax (``MULACT_TRITON_PROTO_FUSED_CE=0``), beside the
+  ``(B, R, C, C)`` logits after the argmax (``MULACT_TRITON_DESIGN=prototypical_pixel_loss=gather``), beside the
   default fused cross-entropy kernel, so one run ranks the two.
 
 Losses and gradients are checked against the reference before timing. ``extra_info``: the
@@ -79,11 +79,11 @@ def run(provider, logits, regions, labels):
     elif provider == "mulact_gather":
         from mulact.kernels import _tuning
 
-        _tuning.PROTO_FUSED_CE = False
+        _tuning.DESIGN["prototypical_pixel_loss"] = "gather"
         try:
             loss = prototypical_pixel_loss(logits, regions, labels, TAU)
         finally:
-            _tuning.PROTO_FUSED_CE = True
+            _tuning.DESIGN["prototypical_pixel_loss"] = "fused_ce"
     elif provider == "reference":
         loss = prototypical_pixel_loss_reference(logits, regions, labels, TAU)
     elif provider == "loop":

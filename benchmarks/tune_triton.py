@@ -41,7 +41,9 @@ DEFAULT = {"tile": 4096, "num_warps": 4, "argmax_runs": 0}
 MAX_ERROR = 1e-4
 # The op each design table belongs to, as the rows of a child name it.
 DESIGN_ROWS = {"region_uncertainty_stats": ["region_uncertainty_stats"],
-               "region_reduce": ["region_reduce_mean", "region_reduce_max"]}
+               "region_reduce": ["region_reduce_mean", "region_reduce_max"],
+               "partial_label_loss": ["partial_label_loss"],
+               "prototypical_pixel_loss": ["prototypical_pixel_loss"]}
 
 
 # The argmax's run reduction scans a (classes x pixels) int64 tile with log2(pixels) gathers; its

@@ -14,17 +14,11 @@ starting one process per setting with these variables set; they are read once, a
   compile slow at large tiles (sm_90: 12 s at 8192, 424 s at 16384), so pair it with tiles of
   at most 8192.
 
-Design switches (docs/design.md, "Byte model"), 1 = the new design (default), 0 = the one it
-replaced, kept so that a GPU run can rank both:
-
-* ``MULACT_TRITON_LOSS_GRAD_IN_FORWARD``: the partial-label loss writes its gradient in the
-  forward and the backward only rescales it (0: the backward recomputes it from the logits).
-* ``MULACT_TRITON_PROTO_FUSED_CE``: the prototypical pixel loss takes its cross-entropy and
-  sparse gradient from one small kernel per region after the argmax (0: a torch gather of
-  ``(B, R, C, C)`` logits and autograd through it).
 * ``MULACT_TRITON_DESIGN``: the kernel design of some ops, ``op=name`` pairs separated by
   commas (e.g. ``region_uncertainty_stats=padded,region_reduce=two_pass``); every op not named
-  runs its default design. :data:`DESIGNS` lists each op's designs and their knob values.
+  runs its default design. :data:`DESIGNS` lists each op's designs and their knob values; the
+  replaced design of each op stays selectable so that a GPU run can rank old against new
+  (docs/design.md, "Byte model").
 
 Results of a tuning run go to ``benchmarks/results/``; a setting that wins there becomes the
 default here, with the measurement cited.
@@ -65,15 +59,6 @@ WARPS = _pow2("MULACT_TRITON_WARPS", DEFAULTS["num_warps"], 1, 16)
 ARGMAX_RUNS = _flag("MULACT_TRITON_ARGMAX_RUNS")
 
 
-def _switch(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip()
-    return default if not raw else _flag(name)
-
-
-DESIGN_DEFAULTS = {"loss_grad_in_forward": True, "proto_fused_ce": True}
-LOSS_GRAD_IN_FORWARD = _switch("MULACT_TRITON_LOSS_GRAD_IN_FORWARD", DESIGN_DEFAULTS["loss_grad_in_forward"])
-PROTO_FUSED_CE = _switch("MULACT_TRITON_PROTO_FUSED_CE", DESIGN_DEFAULTS["proto_fused_ce"])
-
 # Designs per op: name -> knob values, the default first. A design changes the kernel (what a
 # program loads, how it aggregates), not its result beyond float summation order;
 # benchmarks/tune_triton.py ranks them on a GPU, each checked against the reference first.
@@ -94,6 +79,17 @@ DESIGNS = {
         "packed_key": {"extremum_passes": 1, "block": 512},
         "packed_key_256": {"extremum_passes": 1, "block": 256},
         "two_pass": {"extremum_passes": 2, "block": 256},  # the 2026-11-30 design
+    },
+    "partial_label_loss": {
+        # the forward writes the gradient while the logits are in registers, the backward only
+        # rewrites terms whose upstream gradient differs from the device-side guess
+        "grad_in_forward": {"grad_in_forward": True},
+        "recompute": {"grad_in_forward": False},  # the 2026-11-30 design: the backward re-reads the logits
+    },
+    "prototypical_pixel_loss": {
+        # cross-entropy and sparse gradient rows from one kernel per region after the argmax
+        "fused_ce": {"fused_ce": True},
+        "gather": {"fused_ce": False},  # the 2026-11-30 design: a torch (B, R, C, C) gather + autograd
     },
 }
 
@@ -130,5 +126,5 @@ def settings() -> dict:
 
 
 def designs() -> dict:
-    """The active design switches and per-op designs, for benchmark records."""
-    return {"loss_grad_in_forward": LOSS_GRAD_IN_FORWARD, "proto_fused_ce": PROTO_FUSED_CE, **DESIGN}
+    """The active design of every op that has several, for benchmark records."""
+    return dict(DESIGN)

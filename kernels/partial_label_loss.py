@@ -14,7 +14,7 @@ reported through the shared ``status`` buffer.
 Backward: one launch writes the full gradient ``scale(r) * (softmax(z) - q)``; ``scale``
 already combines both terms' upstream gradients, normalisers and ``1 / tau``.
 
-Gradient in the forward (the default design, ``_tuning.LOSS_GRAD_IN_FORWARD``; docs/design.md,
+Gradient in the forward (the default design, ``_tuning.DESIGNS`` ``grad_in_forward``; docs/design.md,
 "Byte model"): the gradient has a closed form, so the forward writes it while the logits are in
 registers (``WRITE_GRAD``), scaled by the normalisers, counted beforehand from the region ids
 alone (``region_count_kernel``), and by a guess of the upstream gradients (those of the previous

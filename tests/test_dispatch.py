@@ -156,7 +156,21 @@ def _registered_ops_args():
         "prototype_pseudo_labels": (features, logits, regions, labels, True, 0.5),
         "region_adjacency": (regions, 5),
         "region_labels_from_mask": (gt, regions, 5, 4, 255, 1),
+        "partial_label_loss_grad_in_forward": (logits, regions, labels, 0.5, "pixel"),
+        "prototype_cross_entropy": (logits, torch.zeros(2, 5, 4, dtype=torch.int64), 0.5, "pixel"),
+        "prototype_cross_entropy_backward": (logits, torch.zeros(2, 5, 4, dtype=torch.int64), torch.ones(()), 0.5,
+                                             "pixel"),
     }
+
+
+# the registered ops that exist for a Triton-only design (kernels/_tuning.py DESIGNS)
+TRITON_ONLY = {"partial_label_loss_grad_in_forward", "prototype_cross_entropy", "prototype_cross_entropy_backward"}
+
+
+def test_every_registered_op_is_listed():
+    registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("mulact::")}
+    composites = {"prototypical_pixel_loss"}  # CompositeImplicitAutograd over the ops below: no kernel of its own
+    assert registered == set(_registered_ops_args()) | composites
 
 
 @pytest.mark.parametrize("name", list(_registered_ops_args()))
@@ -165,6 +179,9 @@ def test_every_registered_op_dispatches_through_its_launch_table(name, monkeypat
     op = getattr(torch.ops.mulact, name)
     with pytest.raises(RuntimeError, match=r"backend 'reference' has no fused kernel; expected one of cpp, triton"):
         op(*args, "reference")
+    if name in TRITON_ONLY:
+        with pytest.raises(RuntimeError, match=r"design '\w+' has no cpp kernel; it runs on triton"):
+            op(*args, "cpp")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match=r"backend 'triton' cannot run: .*TRITON_INTERPRET=1"):
         op(*args, "triton")
@@ -193,6 +210,14 @@ def test_no_op_module_spells_its_own_dispatch():
                 raise AssertionError(f"{path.name}:{node.lineno}: check_launch outside LaunchTable")
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "LaunchTable":
                 tables += 1
-    assert tables == 9  # one per registered kernel entry (forward and backward count apart)
+    # one per registered kernel entry (forward and backward count apart; the Triton-only designs
+    # share one table per design), plus partial_label_loss's region pixel counts
+    assert tables == 12
     with pytest.raises(TypeError, match="expected one launcher for each of cpp, triton, got cpp"):
         _backend.LaunchTable("probe", cpp=len)
+    with pytest.raises(TypeError, match="expected launchers for some of cpp, triton, got none"):
+        _backend.LaunchTable("probe", design="d")
+    table = _backend.LaunchTable("probe", design="d", triton=len)
+    assert table.covers("triton") and not table.covers("cpp")
+    with pytest.raises(RuntimeError, match="probe: design 'd' has no cpp kernel; it runs on triton"):
+        table.launcher("cpp", torch.zeros(1))

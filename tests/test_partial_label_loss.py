@@ -26,10 +26,10 @@ def _loss_and_grad(logits, regions, labels, temperature, normalize, backend, w_c
 
 
 def _recompute_design(monkeypatch):
-    """Select the recompute design (MULACT_TRITON_LOSS_GRAD_IN_FORWARD=0) for this test."""
+    """Select the recompute design (MULACT_TRITON_DESIGN=partial_label_loss=recompute) for this test."""
     from mulact.kernels import _tuning
 
-    monkeypatch.setattr(_tuning, "LOSS_GRAD_IN_FORWARD", False)
+    monkeypatch.setitem(_tuning.DESIGN, "partial_label_loss", "recompute")
 
 
 def _close_grad(g, ref):

@@ -198,7 +198,7 @@ def test_cpu_selected_pairs_without_any_pair_give_zero_and_zero_grad():
 @pytest.mark.parametrize("normalize", NORMALIZE)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_cross_entropy_matches_the_gather(monkeypatch, normalize, dtype):
-    # MULACT_TRITON_PROTO_FUSED_CE=1 (default) against =0 (the torch gather), on the same argmax;
+    # design fused_ce (default) against gather (the torch (B, R, C, C) gather), on the same argmax;
     # label_sizes with many classes per region make several slots pick one pixel (merged rows).
     from mulact.kernels import _tuning
 
@@ -206,8 +206,8 @@ def test_fused_cross_entropy_matches_the_gather(monkeypatch, normalize, dtype):
     logits, regions, labels = make_case(2, 7, 5, 6, 4, seed=13, device=device, label_sizes=(2, 5, 7))
     logits = logits.to(dtype)
     results = []
-    for fused in (True, False):
-        monkeypatch.setattr(_tuning, "PROTO_FUSED_CE", fused)
+    for design in ("fused_ce", "gather"):
+        monkeypatch.setitem(_tuning.DESIGN, "prototypical_pixel_loss", design)
         x = logits.detach().clone().requires_grad_(True)
         loss = prototypical_pixel_loss(x, regions, labels, 0.3, normalize, backend="triton")
         (g,) = torch.autograd.grad(3.0 * loss, x)

@@ -44,7 +44,7 @@ def _partial_label_loss():
     cases = []
     fwd = [("fp32", "i32", True, 19), ("fp32", "i32", False, 19), ("fp16", "i64", True, 19),
            ("bf16", "i32", False, 19), ("fp64", "i64", True, 19), ("fp32", "i64", False, 1)]
-    # WRITE_GRAD: the gradient-in-forward design (kernels/_tuning.py LOSS_GRAD_IN_FORWARD, default)
+    # WRITE_GRAD: the gradient-in-forward design (kernels/_tuning.py DESIGNS partial_label_loss grad_in_forward, default)
     fwd += [("fp32", "i64", False, 19, True), ("bf16", "i32", True, 19, True), ("fp16", "i64", False, 2, True),
             ("fp64", "i64", True, 19, True)]
     for fp, ri, weight, c, *write in fwd:

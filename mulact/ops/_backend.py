@@ -110,18 +110,36 @@ class LaunchTable:
     run on ``tensor``'s device (:func:`check_launch`) and returns ``f`` or ``g``. The public
     function of the op resolves the backend first (:func:`resolve_backend`) and calls the
     reference itself for ``"reference"``, so only fused backends reach a table.
+
+    A kernel *design* that exists for some backends only (e.g. a Triton-only fusion, chosen in
+    ``mulact.kernels.DESIGNS``) names itself: ``LaunchTable(OP, design="fused_ce",
+    triton=g)``. The op asks :meth:`covers` before taking that path, and :meth:`launcher`
+    refuses a backend the design has no kernel for.
     """
 
-    def __init__(self, op: str, **launchers) -> None:
-        if set(launchers) != set(FUSED):
+    def __init__(self, op: str, *, design: str | None = None, **launchers) -> None:
+        given = set(launchers)
+        if design is None and given != set(FUSED):
             raise TypeError(f"LaunchTable({op!r}): expected one launcher for each of {', '.join(FUSED)}, got "
                             f"{', '.join(sorted(launchers)) or 'none'}")
+        if design is not None and (not given or not given <= set(FUSED)):
+            raise TypeError(f"LaunchTable({op!r}, design={design!r}): expected launchers for some of "
+                            f"{', '.join(FUSED)}, got {', '.join(sorted(launchers)) or 'none'}")
         self.op = op
+        self.design = design
         self.launchers = launchers
+
+    def covers(self, backend: str) -> bool:
+        """Whether this table has a kernel for ``backend``."""
+        return backend in self.launchers
 
     def launcher(self, backend: str, tensor: torch.Tensor):
         check_launch(self.op, backend, tensor)
-        if backend not in self.launchers:  # "reference" (or a name the op's schema let through)
+        if backend not in self.launchers:
+            if self.design is not None and backend in FUSED:
+                raise RuntimeError(f"{self.op}: design {self.design!r} has no {backend} kernel; it runs on "
+                                   f"{', '.join(sorted(self.launchers))}")
+            # "reference" (or a name the op's schema let through)
             raise RuntimeError(f"{self.op}: backend {backend!r} has no fused kernel; expected one of "
                                f"{', '.join(FUSED)}")
         return self.launchers[backend]

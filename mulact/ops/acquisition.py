@@ -99,7 +99,10 @@ def _check_class_vector(name: str, t, num_classes: int) -> None:
 
 def _check_distribution(name: str, p: torch.Tensor) -> None:
     """P(c) is a mean of softmax vectors: finite, non-negative, summing to 1 (up to the float32
-    rounding of a pool-wide sum)."""
+    rounding of a pool-wide sum). Not checked while torch.compile traces: reading the values
+    would be a data-dependent branch (a graph break); the eager call checks them."""
+    if torch.compiler.is_compiling():
+        return
     total = float(p.double().sum())
     if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or abs(total - 1.0) > 1e-3:
         raise ValueError(f"{OP}: `{name}` must be a probability vector (finite, >= 0, summing to 1, as "

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import LaunchTable, check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._cpp import code, ext, index_tensor, ptr
 from ._dtypes import acc_dtype, triton_acc
 from ._labels import device_guard, labels_u8, num_labels, region_pixel_counts
@@ -230,8 +230,8 @@ def _forward_grad_triton(logits, regions, labels, terms, weight, scale, temperat
     """The forward kernel that also writes the gradient ``scale(r) * (softmax(z) - q)``."""
     import triton
 
+    from mulact.kernels import WARPS
     from mulact.kernels import partial_label_loss as kern
-    from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
     _check_int32_tiles(logits, labels)
@@ -252,12 +252,18 @@ def _forward_grad_triton(logits, regions, labels, terms, weight, scale, temperat
     return sums.sum((0, 1)), grad
 
 
+# "region" normalisation's pixel counts: Triton counts them in one read of the ids, C++ with
+# torch's scatter; the gradient-in-forward design exists on Triton only.
+_PIXELS = LaunchTable(OP, cpp=region_pixel_counts, triton=_region_counts_triton)
+_GRAD_IN_FORWARD = LaunchTable(OP, design="grad_in_forward", triton=_forward_grad_triton)
+
+
 def _redo_changed_triton(grad, logits, regions, labels, terms, scale, used, actual, temperature):
     """Rewrite, in place, the pixels of a term whose actual upstream gradient is not the guess."""
     import triton
 
+    from mulact.kernels import WARPS
     from mulact.kernels import partial_label_loss as kern
-    from mulact.kernels._tuning import WARPS
 
     batch, num_classes, height, width = logits.shape
     _check_int32_tiles(logits, labels)
@@ -294,11 +300,8 @@ def _op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.Tensor
     terms = region_terms(region_labels)
     weight = None
     if normalize == "region":
-        if backend == "triton":  # one read of the ids (inside the op, so never traced)
-            pixels = _region_counts_triton(regions, num_regions)
-            weight, present = _weight_of(pixels, acc), pixels > 0
-        else:
-            weight, present = _region_weight(regions, num_regions, acc)
+        pixels = _PIXELS.launcher(backend, regions)(regions, num_regions)  # inside the op, so never traced
+        weight, present = _weight_of(pixels, acc), pixels > 0
         denom = torch.stack([((terms == t) & present).sum() for t in (1, 2)]).to(acc)
     status = new_status(logits.device)
     sums, counts = forward(logits, regions, labels_u8(region_labels), terms, weight, temperature, status)
@@ -364,9 +367,7 @@ def _grad_op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.T
                                                     torch.Tensor]:
     """Gradient-in-forward design (Triton only): ``(loss_ce, loss_mp, normalisers (2,),
     gradient for the guessed upstream gradients, the guess (2,))``."""
-    check_launch(OP, backend, logits)
-    if backend != "triton":
-        raise RuntimeError(f"{OP}: the gradient-in-forward design is Triton only, got backend {backend!r}")
+    forward = _GRAD_IN_FORWARD.launcher(backend, logits)
     num_regions = region_labels.shape[1]
     acc = acc_dtype(logits)
     logits = logits.contiguous()
@@ -383,8 +384,7 @@ def _grad_op(logits: torch.Tensor, regions: torch.Tensor, region_labels: torch.T
     used = _guess(logits.device, acc).clone()
     scale = _term_scale(used / denom / temperature, terms, weight)
     status = new_status(logits.device)
-    sums, grad = _forward_grad_triton(logits, regions, labels_u8(region_labels), terms, weight, scale, temperature,
-                                      status)
+    sums, grad = forward(logits, regions, labels_u8(region_labels), terms, weight, scale, temperature, status)
     report_status(OP, status, num_regions, regions=regions)
     return sums[0] / denom[0], sums[1] / denom[1], denom, grad, used
 
@@ -439,9 +439,9 @@ _grad_op.register_autograd(_grad_backward, setup_context=_setup_grad_context)
 def _grad_in_forward(logits, backend):
     """Whether this call takes the gradient-in-forward design: Triton, a gradient wanted, eager
     (under torch.compile the recompute design keeps the graph free of in-place updates)."""
-    from mulact.kernels import _tuning
+    from mulact.kernels import design
 
-    return (backend == "triton" and _tuning.LOSS_GRAD_IN_FORWARD and torch.is_grad_enabled()
+    return (_GRAD_IN_FORWARD.covers(backend) and design(OP)["grad_in_forward"] and torch.is_grad_enabled()
             and logits.requires_grad and not torch.compiler.is_compiling())
 
 

@@ -8,10 +8,10 @@ For every labeled region r with ``|Y(r)| >= 2`` and every ``c in Y(r)``, the pro
     L_PP = mean over r of mean over c in Y(r) of the same            (normalize="region", Eq. 9)
 
 Implementation: the fused argmax kernel (the only pass over the logits; ``backend`` picks it)
-returns the chosen pixels. With Triton (``_tuning.PROTO_FUSED_CE``, the default), one small
+returns the chosen pixels. With Triton (design ``fused_ce``, the default), one small
 kernel per region then reads the chosen pixels' C logits and gives the per-pair losses, and in the
 backward the rows of the sparse gradient, written into a zeroed gradient; no ``(B, R, C, C)``
-tensor exists (docs/design.md, "Byte model"). Otherwise (C++, or the switch off) the C logits
+tensor exists (docs/design.md, "Byte model"). Otherwise (C++, or the ``gather`` design) the C logits
 are gathered into a ``(B, R, C, C)`` tensor (unused slots masked) and ``log_softmax`` runs there
 in torch, with autograd through the gather. Either way the only ``(B, C, H, W)`` tensor the
 backward allocates is the gradient itself, and only the chosen pixels get a non-zero gradient.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._backend import check_launch, resolve_backend
+from ._backend import LaunchTable, resolve_backend
 from ._dtypes import acc_dtype, triton_acc
 from ._labels import device_guard
 from ._validate import check_labeled_loss
@@ -103,17 +103,18 @@ def _launch_ce(logits, index, weight, out, grad, gout, temperature, backward):
             BACKWARD=backward, BLOCK_C=block_c, ACC=triton_acc(logits))
 
 
+_FUSED_CE = LaunchTable(OP, design="fused_ce", triton=_launch_ce)
+
+
 @torch.library.custom_op("mulact::prototype_cross_entropy", mutates_args=(), device_types=("cpu", "cuda"))
 def _ce_op(logits: torch.Tensor, index: torch.Tensor, temperature: float, normalize: str,
            backend: str) -> torch.Tensor:
     """L_PP given the argmax's ``(B, R, C)`` pixels, from the Triton kernel (one program per region)."""
-    check_launch(OP, backend, logits)
-    if backend != "triton":
-        raise RuntimeError(f"{OP}: the fused cross-entropy kernel is Triton only, got backend {backend!r}")
+    launch = _FUSED_CE.launcher(backend, logits)
     logits, index = logits.contiguous(), index.contiguous()
     weight = slot_weights(index, normalize, acc_dtype(logits))
     out = torch.zeros_like(weight)
-    _launch_ce(logits, index, weight, out, out, out, temperature, False)
+    launch(logits, index, weight, out, out, out, temperature, False)
     return out.sum()
 
 
@@ -126,11 +127,11 @@ def _(logits, index, temperature, normalize, backend):
 def _ce_backward_op(logits: torch.Tensor, index: torch.Tensor, grad_output: torch.Tensor, temperature: float,
                     normalize: str, backend: str) -> torch.Tensor:
     """The gradient of :func:`_ce_op`: zeros except the rows of the chosen pixels."""
-    check_launch(OP, backend, logits)
+    launch = _FUSED_CE.launcher(backend, logits)
     logits, index = logits.contiguous(), index.contiguous()
     weight = slot_weights(index, normalize, acc_dtype(logits))
     grad = torch.zeros_like(logits)
-    _launch_ce(logits, index, weight, weight, grad, grad_output.to(weight.dtype).reshape(1), temperature, True)
+    launch(logits, index, weight, weight, grad, grad_output.to(weight.dtype).reshape(1), temperature, True)
     return grad
 
 
@@ -158,9 +159,9 @@ _ce_op.register_autograd(_ce_backward, setup_context=_ce_setup_context)
 
 
 def _fused_ce(backend):
-    from mulact.kernels import _tuning
+    from mulact.kernels import design
 
-    return backend == "triton" and _tuning.PROTO_FUSED_CE
+    return _FUSED_CE.covers(backend) and design(OP)["fused_ce"]
 
 
 def _composite(logits, regions, region_labels, temperature, normalize, backend):

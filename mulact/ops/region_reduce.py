@@ -106,6 +106,9 @@ def _gather_triton(g, reg, B, K, N, R, dtype):
         return region_gather_triton(g, reg, K, N, dtype)
 
 
+# Triton's packed keys find the arg-extremum of max/min at no cost and hand it to the backward;
+# the C++ kernel skips it and the backward finds it. The fake implementation gives the same shapes.
+_forward_triton.gives_arg = True
 _FORWARD = LaunchTable(OP, cpp=_forward_cpp, triton=_forward_triton)
 _GATHER = LaunchTable(OP, cpp=_gather_cpp, triton=_gather_triton)
 
@@ -161,7 +164,8 @@ def _(values, regions, num_regions, reduce, backend):
     if reduce in ("sum", "mean"):
         aux = values.new_empty(B, R, dtype=torch.int64)
     else:  # max/min: the arg-extremum from Triton, nothing from C++
-        aux = values.new_empty((B, R, K) if backend == "triton" else (0,), dtype=torch.int64)
+        gives_arg = getattr(_FORWARD.launchers.get(backend), "gives_arg", False)
+        aux = values.new_empty((B, R, K) if gives_arg else (0,), dtype=torch.int64)
     return values.new_empty(B, R, K), aux
 
 
