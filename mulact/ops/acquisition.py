@@ -99,14 +99,15 @@ def _check_class_vector(name: str, t, num_classes: int) -> None:
 
 def _check_distribution(name: str, p: torch.Tensor) -> None:
     """P(c) is a mean of softmax vectors: finite, non-negative, summing to 1 (up to the float32
-    rounding of a pool-wide sum). Not checked while torch.compile traces: reading the values
-    would be a data-dependent branch (a graph break); the eager call checks them."""
-    if torch.compiler.is_compiling():
-        return
-    total = float(p.double().sum())
-    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or abs(total - 1.0) > 1e-3:
-        raise ValueError(f"{OP}: `{name}` must be a probability vector (finite, >= 0, summing to 1, as "
-                         f"class_prior returns), got sum {total:.6g} and min {float(p.min()):.6g}")
+    rounding of a pool-wide sum). Eager CPU calls raise naming the values; on CUDA and under
+    ``torch.compile`` the check is ``torch._assert_async`` (no host sync, no graph break), as in
+    :func:`class_prior`."""
+    what = f"{OP}: `{name}` must be a probability vector (finite, >= 0, summing to 1, as class_prior returns)"
+    ok = torch.isfinite(p).all() & (p >= 0).all() & ((p.double().sum() - 1.0).abs() <= 1e-3)
+    if p.device.type != "cpu" or torch.compiler.is_compiling():
+        torch._assert_async(ok, what)
+    elif not bool(ok):
+        raise ValueError(f"{what}, got sum {float(p.double().sum()):.6g} and min {float(p.min()):.6g}")
 
 
 def dominant_class(count: torch.Tensor) -> torch.Tensor:
