@@ -352,6 +352,16 @@ def region_scores(method: str, u_sum: torch.Tensor, count: torch.Tensor, *, prio
         generator: for ``"random"``.
 
     Empty regions and undefined-dominant regions score exactly 0 (see :func:`selectable`).
+
+    Example:
+        >>> import torch
+        >>> from mulact.ops import region_uncertainty_stats
+        >>> logits = torch.randn(2, 20, 32, 32)
+        >>> regions = torch.randint(0, 16, (2, 32, 32))
+        >>> stats = region_uncertainty_stats(logits, regions, 16, temperature=0.1, measure=measure_for("pixbal"))
+        >>> prior = class_prior(stats.prob_sum, stats.num_pixels)
+        >>> region_scores("pixbal", stats.u_sum, stats.count, prior=prior, nu=6.0, undefined_class=19).shape
+        torch.Size([2, 16])
     """
     entry = acquisition(method)
     _check_stats(u_sum, count)
