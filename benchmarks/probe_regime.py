@@ -11,12 +11,15 @@ plus ``TrainConfig`` overrides; for each seed the probe measures
   stage-2 pixel loss) so only the labels differ from a round's stage 1.
 - ``rounds``: ``mulact-train`` with the same options in a child process; the per-round mIoU
   comes from its ``metrics.json``.
+- ``curve``: one-round ``mulact-train`` runs (round 1 selects at random) at a few click
+  budgets: whether mIoU rises with labels under the setting, at a fraction of the rounds' cost
+  (no acquisition passes, no intermediate rounds).
 
 ::
 
-    python benchmarks/probe_regime.py --name demo                       # today's demo preset
-    python benchmarks/probe_regime.py --name it480 --set iterations=480 --set budget=250 \\
-        --seeds 0 1 --mode both --no-stage2
+    python benchmarks/probe_regime.py --name demo --no-stage2            # today's demo preset
+    python benchmarks/probe_regime.py --name it360 --set iterations=360 --set budget=250 \\
+        --seeds 0 1 --mode ceiling curve --budgets 250 1000 --no-stage2
 
 Results accumulate in ``<out>/results.json`` (one entry per setting and seed, rewritten after
 each measurement) and ``<out>/report.md`` is regenerated from it. Wall times are those of the
@@ -37,7 +40,13 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mulact-train: spinning threads stall on shared CPUs
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "regime_probe_2026-12-03")
-MODES = ("ceiling", "rounds", "both")
+MODES = ("ceiling", "rounds", "curve")
+# Options that change what the AL rounds do but not the full-supervision training: settings
+# that differ only in these share one ceiling per seed (measured once, copied with its origin).
+NOT_CEILING = {"name", "run_dir", "rounds", "budget", "acquisition", "labeling", "nu", "acquisition_batch_size",
+               "oracle", "expected_classes_prior", "loss", "lambda_ce", "lambda_mp", "lambda_pp", "stage2",
+               "stage2_iterations", "lr_stage2", "expand", "pseudo", "eval_interval", "checkpoint_interval",
+               "trim", "num_workers", "dist_timeout", "eval_batch_size", "device"}
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -104,6 +113,20 @@ def train_ceiling(cfg, ckpt_dir: str) -> dict:
                           desc="ceiling eval")
     return {"miou": ev["miou"], "iou": ev["iou"], "train_images": n, "iterations": cfg.iterations,
             "last_loss": summary["last_loss"], "train_seconds": train_s, "seconds": time.time() - t0}
+
+
+def ceiling_key(cfg) -> str:
+    """The options of ``cfg`` that the ceiling depends on, as canonical JSON."""
+    return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in NOT_CEILING}, sort_keys=True)
+
+
+def find_ceiling(results: dict, key: str, seed: int):
+    """``(setting name, ceiling record)`` of a ceiling already measured for ``key`` and ``seed``."""
+    for name, entry in results["settings"].items():
+        rec = entry["runs"].get(str(seed), {}).get("ceiling")
+        if rec is not None and rec.get("key") == key and "copied_from" not in rec:
+            return name, rec
+    return None, None
 
 
 def cli_args(overrides: dict) -> list[str]:
@@ -190,14 +213,31 @@ def report(results: dict) -> str:
         first = runs[seeds[0]].get("rounds", {}).get("rounds", [])
         if first:
             pct = f"{first[0]['percent_full_cost']:.1f} → {first[-1]['percent_full_cost']:.1f}"
-        wall = "; ".join(
-            f"{runs[s].get('ceiling', {}).get('seconds', math.nan):.0f} / {runs[s].get('rounds', {}).get('seconds', math.nan):.0f}"
-            for s in seeds)
+        def ceiling_wall(rec):
+            c = rec.get("ceiling", {})
+            return f"= `{c['copied_from']}`" if "copied_from" in c else f"{c.get('seconds', math.nan):.0f}"
+
+        wall = "; ".join(f"{ceiling_wall(runs[s])} / {runs[s].get('rounds', {}).get('seconds', math.nan):.0f}"
+                         for s in seeds)
         load = "; ".join(f"{runs[s].get('load', math.nan):.1f}" for s in seeds)
         ov = ", ".join(f"{k}={v}" for k, v in entry["overrides"].items()) or "–"
         lines.append(f"| `{name}` | {ov} | {', '.join(seeds)} | {_mean_sd(ceil)} | {_mean_sd(r1)} | "
                      f"{_mean_sd(rn)} ({last_round}) | {_mean_sd(diffs(ceil, r1))} | {_mean_sd(diffs(rn, r1))} | "
                      f"{_mean_sd(diffs(ceil, rn))} | {pct} | {wall} | {load} |")
+    curve_rows = []
+    for name, entry in results["settings"].items():
+        for s in sorted(entry["runs"], key=int):
+            curve = entry["runs"][s].get("curve", {})
+            if curve:
+                ceil = entry["runs"][s].get("ceiling", {}).get("miou")
+                cells = ", ".join(
+                    f"{int(b)} clicks ({m['percent_full_cost']:.1f} %): {100 * m['miou']:.1f} ({m['seconds']:.0f} s)"
+                    for b, m in sorted(curve.items(), key=lambda kv: int(kv[0])))
+                curve_rows.append(f"| `{name}` | {s} | {'–' if ceil is None else f'{100 * ceil:.1f}'} | {cells} |")
+    if curve_rows:
+        lines += ["", "One-round runs (random selection, stage 1 unless the setting turns stage 2 on): mIoU (%) "
+                  "against clicks, beside the ceiling of the same seed.", "",
+                  "| setting | seed | ceiling | clicks (% full cost): mIoU (wall) |", "|---|---|---:|---|", *curve_rows]
     lines += ["", "Per-round mIoU (%) of every run (reported model; stage-1 in brackets when stage 2 is on):", ""]
     for name, entry in results["settings"].items():
         for s in sorted(entry["runs"], key=int):
@@ -223,7 +263,11 @@ def main(argv=None) -> int:
                    help="a mulact-train option of this setting (repeatable)")
     p.add_argument("--no-stage2", action="store_true", help="shorthand for --set stage2=false (rounds only)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--mode", choices=MODES, default="both")
+    p.add_argument("--mode", choices=MODES, nargs="+", default=["ceiling", "rounds"],
+                   help="ceiling: full supervision; rounds: the AL run; curve: one-round runs (random "
+                        "selection) at each of --budgets, mIoU against clicks without the rounds in between")
+    p.add_argument("--budgets", type=int, nargs="+", default=None,
+                   help="curve: clicks of each one-round run (default: the setting's budget and 4x it)")
     p.add_argument("--out", default=DEFAULT_OUT, help="directory of results.json and report.md")
     p.add_argument("--runs-dir", default=os.path.join("runs", "probe"), help="where run directories go")
     p.add_argument("--report-only", action="store_true", help="rewrite report.md from results.json")
@@ -246,13 +290,20 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             run_dir = os.path.join(args.runs_dir, args.name, f"seed_{seed}")
             rec = entry["runs"].setdefault(str(seed), {})
-            want_ceiling = args.mode in ("ceiling", "both") and "ceiling" not in rec
-            want_rounds = args.mode in ("rounds", "both") and "rounds" not in rec
-            if want_ceiling or want_rounds:
+            want_ceiling = "ceiling" in args.mode and "ceiling" not in rec
+            want_rounds = "rounds" in args.mode and "rounds" not in rec
+            budgets = args.budgets or [resolve(args.preset, overrides, seed, run_dir).budget * k for k in (1, 4)]
+            want_curve = [b for b in budgets if "curve" in args.mode and str(b) not in rec.get("curve", {})]
+            if want_ceiling or want_rounds or want_curve:
                 rec["load"] = os.getloadavg()[0]
             if want_ceiling:
                 cfg = resolve(args.preset, overrides, seed, run_dir)
-                rec["ceiling"] = train_ceiling(cfg, os.path.join(run_dir + "-ceiling"))
+                key = ceiling_key(cfg)
+                origin, known = find_ceiling(results, key, seed)
+                if known is not None:
+                    rec["ceiling"] = {**known, "copied_from": origin, "seconds": 0.0, "train_seconds": 0.0}
+                else:
+                    rec["ceiling"] = {**train_ceiling(cfg, os.path.join(run_dir + "-ceiling")), "key": key}
                 print(f"{args.name} seed {seed}: ceiling mIoU {100 * rec['ceiling']['miou']:.2f} "
                       f"({rec['ceiling']['seconds']:.0f}s)", flush=True)
                 save_results(path, results)
@@ -261,6 +312,12 @@ def main(argv=None) -> int:
                 print(f"{args.name} seed {seed}: rounds mIoU "
                       + " ".join(f"{100 * m['miou']:.2f}" for m in rec["rounds"]["rounds"])
                       + f" ({rec['rounds']['seconds']:.0f}s)", flush=True)
+                save_results(path, results)
+            for b in want_curve:
+                one = run_rounds(args.preset, {**overrides, "rounds": 1, "budget": b}, seed, f"{run_dir}-curve{b}")
+                rec.setdefault("curve", {})[str(b)] = {**one["rounds"][0], "seconds": one["seconds"]}
+                print(f"{args.name} seed {seed}: one round of {b} clicks, mIoU {100 * one['rounds'][0]['miou']:.2f} "
+                      f"({one['seconds']:.0f}s)", flush=True)
                 save_results(path, results)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "report.md"), "w") as fh:

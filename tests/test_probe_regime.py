@@ -27,7 +27,7 @@ def test_probe_records_ceiling_and_rounds(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "out"
     args = ["--name", "tiny", *_tiny_sets(), "--no-stage2", "--out", str(out),
-            "--runs-dir", str(tmp_path / "runs")]
+            "--runs-dir", str(tmp_path / "runs"), "--mode", "ceiling", "rounds", "curve", "--budgets", "25"]
     assert probe_regime.main(args) == 0
     results = json.loads((out / "results.json").read_text())
     entry = results["settings"]["tiny"]
@@ -39,18 +39,34 @@ def test_probe_records_ceiling_and_rounds(tmp_path, monkeypatch):
     assert [m["round"] for m in rounds] == [1, 2]
     assert rounds[0]["cumulative_clicks"] < rounds[1]["cumulative_clicks"]
     assert "stage2_miou" not in rounds[0]  # --no-stage2 reached the child run
+    # a one-round run at round 1's budget is round 1 itself (same seed, same random selection)
+    curve = run["curve"]["25"]
+    assert curve["round"] == 1 and curve["cumulative_clicks"] == rounds[0]["cumulative_clicks"]
+    assert curve["miou"] == rounds[0]["miou"]
     # the run directory is the loop's own, with the setting's options
     cfg = (tmp_path / "runs" / "tiny" / "seed_0" / "config.yaml").read_text()
     assert "iterations: 4" in cfg and "stage2: false" in cfg
     text = (out / "report.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| `tiny`"))
     assert f"{100 * ceiling['miou']:.1f}" in row and f"{100 * rounds[0]['miou']:.1f}" in row
+    assert any(line.startswith("| `tiny` | 0 |") and "25 clicks" in line for line in text.splitlines())
     # a rerun measures nothing new; the same name with other options is refused
     mtime = os.path.getmtime(out / "results.json")
     assert probe_regime.main(args) == 0
     assert os.path.getmtime(out / "results.json") == mtime
     with pytest.raises(SystemExit):
         probe_regime.main([*args, "--set", "lr=0.001"])
+    # a setting that differs only in AL options shares the ceiling; one with another lr does not
+    base = [a for a in args if a != "tiny"]
+    base[base.index("--name") + 1:base.index("--name") + 1] = ["other-budget"]
+    base = base[:base.index("--mode")]
+    assert probe_regime.main([*base, "--set", "budget=30", "--mode", "ceiling"]) == 0
+    shared = json.loads((out / "results.json").read_text())["settings"]["other-budget"]["runs"]["0"]["ceiling"]
+    assert shared["copied_from"] == "tiny" and shared["miou"] == ceiling["miou"]
+    assert "= `tiny`" in (out / "report.md").read_text()
+    key_lr = probe_regime.ceiling_key(probe_regime.resolve("demo", {"lr": "0.001"}, 0, str(tmp_path / "r")))
+    assert key_lr != probe_regime.ceiling_key(probe_regime.resolve("demo", {}, 0, str(tmp_path / "r")))
+    assert probe_regime.find_ceiling(json.loads((out / "results.json").read_text()), key_lr, 0) == (None, None)
 
 
 @pytest.mark.parametrize("bad", ["iterations", "=3", "no_such_option=1"])
