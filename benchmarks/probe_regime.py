@@ -213,16 +213,17 @@ def report(results: dict) -> str:
         first = runs[seeds[0]].get("rounds", {}).get("rounds", [])
         if first:
             pct = f"{first[0]['percent_full_cost']:.1f} → {first[-1]['percent_full_cost']:.1f}"
-        def ceiling_wall(rec):
-            c = rec.get("ceiling", {})
-            return f"= `{c['copied_from']}`" if "copied_from" in c else f"{c.get('seconds', math.nan):.0f}"
+        def seconds(rec, part):
+            c = rec.get(part, {})
+            if "copied_from" in c:
+                return f"= `{c['copied_from']}`"
+            return f"{c['seconds']:.0f}" if "seconds" in c else "–"
 
-        wall = "; ".join(f"{ceiling_wall(runs[s])} / {runs[s].get('rounds', {}).get('seconds', math.nan):.0f}"
-                         for s in seeds)
+        wall = "; ".join(f"{seconds(runs[s], 'ceiling')} / {seconds(runs[s], 'rounds')}" for s in seeds)
         load = "; ".join(f"{runs[s].get('load', math.nan):.1f}" for s in seeds)
         ov = ", ".join(f"{k}={v}" for k, v in entry["overrides"].items()) or "–"
         lines.append(f"| `{name}` | {ov} | {', '.join(seeds)} | {_mean_sd(ceil)} | {_mean_sd(r1)} | "
-                     f"{_mean_sd(rn)} ({last_round}) | {_mean_sd(diffs(ceil, r1))} | {_mean_sd(diffs(rn, r1))} | "
+                     f"{_mean_sd(rn)}{f' ({last_round})' if last_round else ''} | {_mean_sd(diffs(ceil, r1))} | {_mean_sd(diffs(rn, r1))} | "
                      f"{_mean_sd(diffs(ceil, rn))} | {pct} | {wall} | {load} |")
     curve_rows = []
     for name, entry in results["settings"].items():
