@@ -1,0 +1,330 @@
+"""Probe a training regime: the full-supervision ceiling and the AL rounds under one setting.
+
+Why this exists: a comparison of labeling strategies or acquisition functions can only be read
+from runs whose mIoU is limited by labels, not by training (issue 20). A setting is a preset
+plus ``TrainConfig`` overrides; for each seed the probe measures
+
+- ``ceiling``: the same model, schedule and augmentation as stage 1 of a round, trained on
+  every pixel of every training image (plain cross-entropy on the ground truth, void = 255
+  ignored), evaluated on the validation split. It reuses the loop's building blocks
+  (:func:`mulact.engine.train.train_model`, :class:`mulact.al.data.AugmentedView`, the
+  stage-2 pixel loss) so only the labels differ from a round's stage 1.
+- ``rounds``: ``mulact-train`` with the same options in a child process; the per-round mIoU
+  comes from its ``metrics.json``.
+- ``curve``: one-round ``mulact-train`` runs (round 1 selects at random) at a few click
+  budgets: whether mIoU rises with labels under the setting, at a fraction of the rounds' cost
+  (no acquisition passes, no intermediate rounds).
+
+::
+
+    python benchmarks/probe_regime.py --name demo --no-stage2            # today's demo preset
+    python benchmarks/probe_regime.py --name it360 --set iterations=360 --set budget=250 \\
+        --seeds 0 1 --mode ceiling curve --budgets 250 1000 --no-stage2
+
+Results accumulate in ``<out>/results.json`` (one entry per setting and seed, rewritten after
+each measurement) and ``<out>/report.md`` is regenerated from it. Wall times are those of the
+machine the probe ran on; the 1-minute load average at the start of each measurement is
+recorded beside them, because a shared machine can make them several times longer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mulact-train: spinning threads stall on shared CPUs
+
+DEFAULT_OUT = os.path.join("benchmarks", "results", "regime_probe_2026-12-03")
+MODES = ("ceiling", "rounds", "curve")
+# Options that change what the AL rounds do but not the full-supervision training: settings
+# that differ only in these share one ceiling per seed (measured once, copied with its origin).
+NOT_CEILING = {"name", "run_dir", "rounds", "budget", "acquisition", "labeling", "nu", "acquisition_batch_size",
+               "oracle", "expected_classes_prior", "loss", "lambda_ce", "lambda_mp", "lambda_pp", "stage2",
+               "stage2_iterations", "lr_stage2", "expand", "pseudo", "eval_interval", "checkpoint_interval",
+               "trim", "num_workers", "dist_timeout", "eval_batch_size", "device"}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["iterations=480", "stage2=false"]`` → ``{"iterations": "480", "stage2": "false"}``
+    (converted later by :func:`mulact.config.resolve_config`, which names a bad value)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected OPTION=VALUE (a mulact-train option, e.g. iterations=480)")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def resolve(preset: str, overrides: dict, seed: int, run_dir: str):
+    from mulact.config import resolve_config
+
+    return resolve_config(preset, None, {**overrides, "seed": seed, "run_dir": run_dir})
+
+
+def train_ceiling(cfg, ckpt_dir: str) -> dict:
+    """Full supervision under ``cfg``: stage 1's model, schedule and augmentation, every pixel
+    labeled. Resumable from ``ckpt_dir`` like a round's stage."""
+    import numpy as np
+    import torch
+
+    from mulact.al.data import AugmentedView, build_split
+    from mulact.al.stage2 import stage2_step
+    from mulact.data import TrainTransform
+    from mulact.engine.evaluate import evaluate_dataset
+    from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
+    from mulact.model import build_model
+
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if cfg.device == "auto" else cfg.device))
+    train, val = build_split(cfg, "train"), build_split(cfg, "val")
+    n = len(train) if cfg.max_train_images is None else min(len(train), cfg.max_train_images)
+    if cfg.max_val_images is not None:
+        val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
+    transform = TrainTransform(cfg.crop_size, (cfg.scale_min, cfg.scale_max), flip=cfg.hflip,
+                               ignore_index=train.ignore_index)
+    view = AugmentedView(train, transform)  # no label_fn: the ground-truth mask of every image
+    # the seeds of round 1's stage 1 (mulact.al.loop): the same initial weights and batch stream
+    model = build_model(train.num_classes, cfg.encoder, cfg.encoder_weights, cfg.decoder_channels,
+                        seed=derive_seed(cfg.seed, 0xB0D)).to(device)
+    seed = derive_seed(cfg.seed, 1, 1)
+    settings = TrainSettings(
+        iterations=cfg.iterations, lr=cfg.lr, encoder_lr_mult=cfg.encoder_lr_mult, weight_decay=cfg.weight_decay,
+        poly_power=cfg.poly_power, seed=seed, device=str(device), amp=cfg.amp,
+        checkpoint_interval=cfg.checkpoint_interval, eval_interval=0, desc="ceiling", compile=cfg.compile)
+
+    def loader(start):
+        sampler = ResumableBatchSampler(np.arange(n), cfg.batch_size, cfg.iterations, seed, start)
+        return torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                           collate_fn=collate_pad)
+
+    os.makedirs(ckpt_dir, exist_ok=True)
+    t0 = time.time()
+    summary = train_model(model, loader, lambda m, b, p: stage2_step(m, b, device=device, temperature=cfg.temperature),
+                          settings, os.path.join(ckpt_dir, "ceiling_last.pt"))
+    train_s = time.time() - t0
+    ev = evaluate_dataset(model, val, train.num_classes, device, batch_size=cfg.eval_batch_size,
+                          num_workers=cfg.num_workers, ignore_index=train.ignore_index, amp=cfg.amp,
+                          desc="ceiling eval")
+    return {"miou": ev["miou"], "iou": ev["iou"], "train_images": n, "iterations": cfg.iterations,
+            "last_loss": summary["last_loss"], "train_seconds": train_s, "seconds": time.time() - t0}
+
+
+def ceiling_key(cfg) -> str:
+    """The options of ``cfg`` that the ceiling depends on, as canonical JSON."""
+    return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in NOT_CEILING}, sort_keys=True)
+
+
+def find_ceiling(results: dict, key: str, seed: int):
+    """``(setting name, ceiling record)`` of a ceiling already measured for ``key`` and ``seed``."""
+    for name, entry in results["settings"].items():
+        rec = entry["runs"].get(str(seed), {}).get("ceiling")
+        if rec is not None and rec.get("key") == key and "copied_from" not in rec:
+            return name, rec
+    return None, None
+
+
+def cli_args(overrides: dict) -> list[str]:
+    """``mulact-train`` flags for ``overrides`` (booleans as ``--x`` / ``--no-x``)."""
+    from mulact.config import convert, field_type, flag
+
+    args = []
+    for key, value in overrides.items():  # keys already checked by resolve()
+        if field_type(key)[0] is bool:
+            args.append(flag(key) if convert(key, value) else "--no-" + key.replace("_", "-"))
+        else:
+            args += [flag(key), str(value)]
+    return args
+
+
+def run_rounds(preset: str, overrides: dict, seed: int, run_dir: str) -> dict:
+    """``mulact-train`` under the setting in a child process (resumes an unfinished run dir)."""
+    cmd = [sys.executable, "-m", "mulact.cli", "--preset", preset,
+           *cli_args({**overrides, "seed": seed, "run_dir": run_dir})]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mulact-train failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    with open(os.path.join(run_dir, "metrics.json")) as fh:
+        rounds = json.load(fh)["rounds"]
+    keep = ("round", "clicks", "cumulative_clicks", "percent_full_cost", "labeled_regions", "labeled_images",
+            "miou", "stage1_miou", "stage2_miou", "stage1_seconds", "stage2_seconds")
+    return {"rounds": [{k: m[k] for k in keep if k in m} for m in rounds], "seconds": time.time() - t0}
+
+
+# -- results -------------------------------------------------------------------------------
+def load_results(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {"settings": {}}
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def save_results(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(results, fh, indent=1, sort_keys=True, default=float)
+    os.replace(tmp, path)
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [100 * v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _round_miou(run: dict, r: int, key: str = "miou"):
+    rounds = run.get("rounds", {}).get("rounds", [])
+    return next((m.get(key) for m in rounds if m["round"] == r), None)
+
+
+def report(results: dict) -> str:
+    """Markdown: per setting, mean ± sd over seeds of ceiling, round 1, last round and the gaps."""
+    lines = ["# Regime probe: full-supervision ceiling vs AL rounds", "",
+             "Per setting (preset + overrides) and seed: `ceiling` = the round's stage-1 model, schedule and "
+             "augmentation trained on every pixel of the train split (plain CE on the ground truth); "
+             "r1 / rN = the run's reported mIoU after round 1 and after its last round (stage 1 when stage 2 "
+             "is off). Values are mean ± sd over the seeds listed. Wall times are per seed, on the machine and "
+             "load recorded (load = 1-minute load average at the start).", "",
+             "| setting | overrides | seeds | ceiling | r1 | rN (N) | ceiling − r1 | rN − r1 | ceiling − rN "
+             "| % full cost r1 → rN | wall ceiling / rounds (s) | load |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    for name, entry in results["settings"].items():
+        runs = entry["runs"]
+        seeds = sorted(runs, key=int)
+        ceil = [runs[s].get("ceiling", {}).get("miou") for s in seeds]
+        last_round = max((m["round"] for s in seeds for m in runs[s].get("rounds", {}).get("rounds", [])), default=0)
+        r1 = [_round_miou(runs[s], 1) for s in seeds]
+        rn = [_round_miou(runs[s], last_round) for s in seeds]
+
+        def diffs(a, b):
+            return [x - y if x is not None and y is not None else None for x, y in zip(a, b)]
+
+        pct = ""
+        first = runs[seeds[0]].get("rounds", {}).get("rounds", [])
+        if first:
+            pct = f"{first[0]['percent_full_cost']:.1f} → {first[-1]['percent_full_cost']:.1f}"
+        def seconds(rec, part):
+            c = rec.get(part, {})
+            if "copied_from" in c:
+                return f"= `{c['copied_from']}`"
+            return f"{c['seconds']:.0f}" if "seconds" in c else "–"
+
+        wall = "; ".join(f"{seconds(runs[s], 'ceiling')} / {seconds(runs[s], 'rounds')}" for s in seeds)
+        load = "; ".join(f"{runs[s].get('load', math.nan):.1f}" for s in seeds)
+        ov = ", ".join(f"{k}={v}" for k, v in entry["overrides"].items()) or "–"
+        lines.append(f"| `{name}` | {ov} | {', '.join(seeds)} | {_mean_sd(ceil)} | {_mean_sd(r1)} | "
+                     f"{_mean_sd(rn)}{f' ({last_round})' if last_round else ''} | {_mean_sd(diffs(ceil, r1))} | {_mean_sd(diffs(rn, r1))} | "
+                     f"{_mean_sd(diffs(ceil, rn))} | {pct} | {wall} | {load} |")
+    curve_rows = []
+    for name, entry in results["settings"].items():
+        for s in sorted(entry["runs"], key=int):
+            curve = entry["runs"][s].get("curve", {})
+            if curve:
+                ceil = entry["runs"][s].get("ceiling", {}).get("miou")
+                cells = ", ".join(
+                    f"{int(b)} clicks ({m['percent_full_cost']:.1f} %): {100 * m['miou']:.1f} ({m['seconds']:.0f} s)"
+                    for b, m in sorted(curve.items(), key=lambda kv: int(kv[0])))
+                curve_rows.append(f"| `{name}` | {s} | {'–' if ceil is None else f'{100 * ceil:.1f}'} | {cells} |")
+    if curve_rows:
+        lines += ["", "One-round runs (random selection, stage 1 unless the setting turns stage 2 on): mIoU (%) "
+                  "against clicks, beside the ceiling of the same seed.", "",
+                  "| setting | seed | ceiling | clicks (% full cost): mIoU (wall) |", "|---|---|---:|---|", *curve_rows]
+    lines += ["", "Per-round mIoU (%) of every run (reported model; stage-1 in brackets when stage 2 is on):", ""]
+    for name, entry in results["settings"].items():
+        for s in sorted(entry["runs"], key=int):
+            rounds = entry["runs"][s].get("rounds", {}).get("rounds", [])
+            if not rounds:
+                continue
+            cells = []
+            for m in rounds:
+                cell = f"r{m['round']} {100 * m['miou']:.1f}"
+                if "stage2_miou" in m:
+                    cell += f" [{100 * m['stage1_miou']:.1f}]"
+                cells.append(cell + f" @{m['cumulative_clicks']}")
+            lines.append(f"- `{name}` seed {s}: " + ", ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True, help="setting name (key in results.json)")
+    p.add_argument("--preset", default="demo", help="mulact-train preset the overrides apply to")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="OPTION=VALUE",
+                   help="a mulact-train option of this setting (repeatable)")
+    p.add_argument("--no-stage2", action="store_true", help="shorthand for --set stage2=false (rounds only)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--mode", choices=MODES, nargs="+", default=["ceiling", "rounds"],
+                   help="ceiling: full supervision; rounds: the AL run; curve: one-round runs (random "
+                        "selection) at each of --budgets, mIoU against clicks without the rounds in between")
+    p.add_argument("--budgets", type=int, nargs="+", default=None,
+                   help="curve: clicks of each one-round run (default: the setting's budget and 4x it)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="directory of results.json and report.md")
+    p.add_argument("--runs-dir", default=os.path.join("runs", "probe"), help="where run directories go")
+    p.add_argument("--report-only", action="store_true", help="rewrite report.md from results.json")
+    args = p.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.overrides)
+        if args.no_stage2:
+            overrides["stage2"] = "false"
+        for seed in args.seeds:  # every option checked before any work
+            resolve(args.preset, overrides, seed, os.path.join(args.runs_dir, args.name, f"seed_{seed}"))
+    except ValueError as err:
+        p.error(str(err))
+    path = os.path.join(args.out, "results.json")
+    results = load_results(path)
+    if not args.report_only:
+        entry = results["settings"].setdefault(args.name, {"preset": args.preset, "overrides": overrides, "runs": {}})
+        if entry["overrides"] != overrides or entry.get("preset") != args.preset:
+            p.error(f"--name {args.name}: results.json holds it with other options "
+                    f"({entry.get('preset')}, {entry['overrides']}); pick another name")
+        for seed in args.seeds:
+            run_dir = os.path.join(args.runs_dir, args.name, f"seed_{seed}")
+            rec = entry["runs"].setdefault(str(seed), {})
+            want_ceiling = "ceiling" in args.mode and "ceiling" not in rec
+            want_rounds = "rounds" in args.mode and "rounds" not in rec
+            budgets = args.budgets or [resolve(args.preset, overrides, seed, run_dir).budget * k for k in (1, 4)]
+            want_curve = [b for b in budgets if "curve" in args.mode and str(b) not in rec.get("curve", {})]
+            if want_ceiling or want_rounds or want_curve:
+                rec["load"] = os.getloadavg()[0]
+            if want_ceiling:
+                cfg = resolve(args.preset, overrides, seed, run_dir)
+                key = ceiling_key(cfg)
+                origin, known = find_ceiling(results, key, seed)
+                if known is not None:
+                    rec["ceiling"] = {**known, "copied_from": origin, "seconds": 0.0, "train_seconds": 0.0}
+                else:
+                    rec["ceiling"] = {**train_ceiling(cfg, os.path.join(run_dir + "-ceiling")), "key": key}
+                print(f"{args.name} seed {seed}: ceiling mIoU {100 * rec['ceiling']['miou']:.2f} "
+                      f"({rec['ceiling']['seconds']:.0f}s)", flush=True)
+                save_results(path, results)
+            if want_rounds:
+                rec["rounds"] = run_rounds(args.preset, overrides, seed, run_dir)
+                print(f"{args.name} seed {seed}: rounds mIoU "
+                      + " ".join(f"{100 * m['miou']:.2f}" for m in rec["rounds"]["rounds"])
+                      + f" ({rec['rounds']['seconds']:.0f}s)", flush=True)
+                save_results(path, results)
+            for b in want_curve:
+                one = run_rounds(args.preset, {**overrides, "rounds": 1, "budget": b}, seed, f"{run_dir}-curve{b}")
+                rec.setdefault("curve", {})[str(b)] = {**one["rounds"][0], "seconds": one["seconds"]}
+                print(f"{args.name} seed {seed}: one round of {b} clicks, mIoU {100 * one['rounds'][0]['miou']:.2f} "
+                      f"({one['seconds']:.0f}s)", flush=True)
+                save_results(path, results)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "report.md"), "w") as fh:
+        fh.write(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
