@@ -21,12 +21,16 @@ from mulact import distributed as dist
 from mulact.config import TrainConfig
 from mulact.runstore import DamagedFileError, RunDir, RunStateError, atomic_write, digest, remove_temp_files
 
-__all__ = ["RUNTIME_OPTIONS", "RunData", "Session", "open_session"]
+__all__ = ["CONTINUATION_OPTIONS", "RUNTIME_OPTIONS", "RunData", "Session", "open_session"]
 
 log = logging.getLogger(__name__)
 
 # Options that may differ between the original command and a rerun of the same run.
 RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size", "dist_timeout"}
+# Options a rerun may change to keep labeling (README, "Keep labeling"): more rounds, another
+# budget for the rounds not selected yet. Finished rounds keep their selections and models;
+# fewer rounds than the run has selected are refused (PoolRecords.load).
+CONTINUATION_OPTIONS = {"rounds", "budget"}
 
 
 @dataclass
@@ -141,17 +145,18 @@ def check_config(session: Session) -> None:
     path = run.config
     current = cfg.to_dict()
     # what must match on a rerun, recorded apart from config.yaml so a damaged copy can be rebuilt
-    key = digest(json.dumps({k: v for k, v in current.items() if k not in RUNTIME_OPTIONS},
-                            sort_keys=True, default=str).encode())
+    key = _config_key(current, RUNTIME_OPTIONS | CONTINUATION_OPTIONS)
     store = run.manifest
     recorded_key = store.meta.get("config_key")
+    # a key recorded before options could change between invocations covers every option
+    same_run = recorded_key in (key, _config_key(current, RUNTIME_OPTIONS))
     if run.exists(path):
         try:
             saved, err = run.read_config(), None
         except DamagedFileError as exc:
             saved, err = None, exc
         if saved is None:
-            if recorded_key is not None and recorded_key != key:
+            if recorded_key is not None and not same_run:
                 raise RunStateError(f"{err}; and this command's configuration differs from the one recorded for "
                                     f"the run in {store.path}. Rerun with the run's original options, or "
                                     f"use another --name/--run-dir to start a new run")
@@ -160,15 +165,42 @@ def check_config(session: Session) -> None:
         else:
             # an option added after the run started counts as its default (e.g. `oracle`)
             defaults = TrainConfig().to_dict()
-            diff = sorted(k for k in current
-                          if k not in RUNTIME_OPTIONS and saved.get(k, defaults[k]) != current[k])
-            if diff:
+            diff = sorted(k for k in current if k not in RUNTIME_OPTIONS and saved.get(k, defaults[k]) != current[k])
+            changed = {k: saved.get(k, defaults[k]) for k in diff if k in CONTINUATION_OPTIONS}
+            if len(changed) < len(diff):
                 detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff[:6])
                 raise ValueError(f"run_dir: {run.root!r} holds a run with a different configuration "
                                  f"({detail}); use another --name/--run-dir to start a new run")
+            if changed:
+                _check_continuation(run, cfg, changed)
     if recorded_key != key:
         store.set_meta(config_key=key)
     text = yaml.safe_dump(current, sort_keys=False)
     dist.barrier("configuration check")  # every rank read the saved file before rank 0 rewrites it
     if dist.is_main():
         atomic_write(path, text.encode())
+
+
+def _config_key(options: dict, free) -> str:
+    return digest(json.dumps({k: v for k, v in options.items() if k not in free}, sort_keys=True, default=str).encode())
+
+
+def _check_continuation(run: RunDir, cfg: TrainConfig, changed: dict) -> None:
+    """Refuse a change of ``rounds``/``budget`` (``changed``: option -> recorded value) that
+    would touch a selected round: fewer rounds than selected, or a new budget with no round
+    left to spend it. Runs before anything is rewritten, so a refusal changes nothing."""
+    from .pool import RegionPool
+
+    selected = 0
+    if run.exists(run.pool):
+        try:
+            selected = RegionPool.load(run.pool, run.manifest).num_rounds
+        except DamagedFileError:
+            return  # the loop stops on the damaged pool with its own message
+    if cfg.rounds < selected:
+        raise ValueError(f"--rounds {cfg.rounds}: the run in {run.root} has already selected {selected} rounds; "
+                         f"pass --rounds {selected} or more to continue it")
+    if "budget" in changed and selected >= cfg.rounds:
+        raise ValueError(f"--budget {cfg.budget}: every round of the run in {run.root} is selected (with budget "
+                         f"{changed['budget']}); a new budget applies to the rounds still to come: raise "
+                         f"--rounds as well")
