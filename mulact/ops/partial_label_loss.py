@@ -127,7 +127,9 @@ def _check_int32_tiles(logits, labels):
                          f"({labels.shape[1]}x{num_classes}) exceed the {INT32_MAX} int32 offsets of the Triton kernels")
 
 
-def _forward_triton(logits, regions, labels, terms, weight, temperature, status):
+def _launch_forward_triton(logits, regions, labels, terms, weight, temperature, status, scale=None):
+    """The forward kernel: ``(sums (2,), pixel counts (2,) int64, gradient or None)``. With
+    ``scale`` (the gradient-in-forward design) it also writes ``scale(r) * (softmax(z) - q)``."""
     import triton
 
     from mulact.kernels import WARPS
@@ -140,15 +142,21 @@ def _forward_triton(logits, regions, labels, terms, weight, temperature, status)
     nprog = triton.cdiv(hw, block_p)
     sums = torch.zeros(batch, nprog, 2, dtype=acc_dtype(logits), device=logits.device)
     counts = torch.zeros(batch, nprog, 2, dtype=torch.int32, device=logits.device)
+    write_grad = scale is not None
+    grad = torch.empty_like(logits) if write_grad else None
     if sums.numel() == 0:
-        return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
+        return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64), grad.zero_() if write_grad else None
     with device_guard(logits):
         kern.partial_label_loss_fwd_kernel[(nprog, batch)](
             logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
-            sums, sums, num_classes, hw, labels.shape[1], 1.0 / temperature,
-            HAS_WEIGHT=weight is not None, WRITE_GRAD=False, BLOCK_C=block_c, BLOCK_P=block_p,
-            ACC=triton_acc(logits), num_warps=WARPS)
-    return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64)
+            scale if write_grad else sums, grad if write_grad else sums, num_classes, hw, labels.shape[1],
+            1.0 / temperature, HAS_WEIGHT=weight is not None, WRITE_GRAD=write_grad, BLOCK_C=block_c,
+            BLOCK_P=block_p, ACC=triton_acc(logits), num_warps=WARPS)
+    return sums.sum((0, 1)), counts.sum((0, 1), dtype=torch.int64), grad
+
+
+def _forward_triton(logits, regions, labels, terms, weight, temperature, status):
+    return _launch_forward_triton(logits, regions, labels, terms, weight, temperature, status)[:2]
 
 
 def _backward_triton(logits, regions, labels, scale, temperature):
@@ -228,28 +236,8 @@ def _term_scale(coef, terms, weight):
 
 def _forward_grad_triton(logits, regions, labels, terms, weight, scale, temperature, status):
     """The forward kernel that also writes the gradient ``scale(r) * (softmax(z) - q)``."""
-    import triton
-
-    from mulact.kernels import WARPS
-    from mulact.kernels import partial_label_loss as kern
-
-    batch, num_classes, height, width = logits.shape
-    _check_int32_tiles(logits, labels)
-    hw = height * width
-    block_c, block_p = kern.block_sizes(num_classes, hw)
-    nprog = triton.cdiv(hw, block_p)
-    sums = torch.zeros(batch, nprog, 2, dtype=acc_dtype(logits), device=logits.device)
-    counts = torch.zeros(batch, nprog, 2, dtype=torch.int32, device=logits.device)
-    grad = torch.empty_like(logits)
-    if sums.numel() == 0:
-        return sums.sum((0, 1)), grad.zero_()
-    with device_guard(logits):
-        kern.partial_label_loss_fwd_kernel[(nprog, batch)](
-            logits, regions, labels, terms, weight if weight is not None else sums, sums, counts, status,
-            scale, grad, num_classes, hw, labels.shape[1], 1.0 / temperature,
-            HAS_WEIGHT=weight is not None, WRITE_GRAD=True, BLOCK_C=block_c, BLOCK_P=block_p,
-            ACC=triton_acc(logits), num_warps=WARPS)
-    return sums.sum((0, 1)), grad
+    sums, _, grad = _launch_forward_triton(logits, regions, labels, terms, weight, temperature, status, scale)
+    return sums, grad
 
 
 # "region" normalisation's pixel counts: Triton counts them in one read of the ids, C++ with
