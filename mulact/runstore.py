@@ -514,3 +514,45 @@ def worker_init_fn(base: Callable | None = None):
     """DataLoader ``worker_init_fn`` that ties the worker's life to the current process
     (picklable, so it also works with the ``spawn`` start method)."""
     return functools.partial(_init_worker, os.getpid(), base)
+
+
+# -- a run directory read from outside its training process ------------------------------------
+# (mulact-predict and the label export: they read a run, possibly while mulact-train works in it,
+# so they take no lock and verify every read against the run's manifest.)
+
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.json"
+POOL_NAME = "pool.npz"
+SMP_MODEL_NAME = "model_smp.pt"
+
+
+def round_dir(run_dir: str | os.PathLike, t: int) -> str:
+    """``RUN_DIR/round_XX``: the checkpoints and pseudo labels of round ``t``."""
+    return os.path.join(os.fspath(run_dir), f"round_{int(t):02d}")
+
+
+def stage_weights_path(run_dir: str | os.PathLike, t: int, stage: str) -> str:
+    """The final weights of ``stage`` (``"stage1"`` or ``"stage2"``) of round ``t``."""
+    if stage not in ("stage1", "stage2"):
+        raise ValueError(f"stage: expected 'stage1' or 'stage2', got {stage!r}")
+    return os.path.join(round_dir(run_dir, t), f"{stage}.pt")
+
+
+def pseudo_labels_dir(run_dir: str | os.PathLike, t: int) -> str:
+    """``RUN_DIR/round_XX/pseudo``: round ``t``'s stage-2 pseudo labels and their summary."""
+    return os.path.join(round_dir(run_dir, t), "pseudo")
+
+
+def open_run_readonly(run_dir: str | os.PathLike) -> Manifest:
+    """The manifest of an existing run directory, for verified reads only (no lock taken).
+
+    Raises :class:`FileNotFoundError` naming ``run_dir`` when it is not a run directory.
+    """
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"RUN_DIR: {run_dir!r} "
+                                f"{'is not a directory' if os.path.exists(run_dir) else 'does not exist'}")
+    if not os.path.isfile(os.path.join(run_dir, CONFIG_NAME)):
+        raise FileNotFoundError(f"RUN_DIR: {run_dir!r} is not a mulact run directory (no {CONFIG_NAME}); "
+                                f"give the directory mulact-train wrote (its --run-dir, default runs/<name>)")
+    return Manifest(run_dir, readonly=True)

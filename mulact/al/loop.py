@@ -58,6 +58,7 @@ from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pa
 from mulact.model import build_model
 from mulact.ops.acquisition import measure_for
 from mulact.runstore import (
+    SMP_MODEL_NAME,
     DamagedFileError,
     DirLock,
     Manifest,
@@ -470,10 +471,13 @@ class Experiment:
             metrics.append(rec)
             if dist.is_main():
                 self.save_metrics(metrics)
+                self.write_smp_model(t)
             dist.barrier(f"round {t}: metrics saved")
             self.echo(f"round {t}: mIoU {100 * rec['miou']:.2f}  clicks {rec['clicks']} "
                       f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
         self._check_finished(skipped, pool, metrics)
+        if dist.is_main() and metrics and not self.store.recorded(os.path.join(self.dir, SMP_MODEL_NAME)):
+            self.write_smp_model(metrics[-1]["round"])  # a run from before model_smp.pt existed
         self.echo(self.summary_table(metrics))
         self.echo(f"run directory: {self.dir}   ({time.time() - t_start:.0f}s this invocation)")
         return metrics
@@ -548,6 +552,15 @@ class Experiment:
         }
 
     # -- outputs ----------------------------------------------------------------------------
+    def write_smp_model(self, t: int) -> None:
+        """``model_smp.pt``: round ``t``'s final model for segmentation-models-pytorch alone (:mod:`mulact.export`)."""
+        from mulact.export import write_run_smp_model
+        from mulact.predict import run_class_colors
+
+        write_run_smp_model(self.dir, self.load_model(self.final_weights(t)), class_names=self.class_names,
+                            colors=run_class_colors(self.cfg, self.class_names), temperature=self.cfg.temperature,
+                            round_index=t, stage="stage2" if self.cfg.stage2 else "stage1")
+
     def load_metrics(self) -> list[dict]:
         import json
 
