@@ -87,3 +87,21 @@ def test_bad_snapshot_is_named(tmp_path, convert, problem, message):
 def test_not_a_snapshot(tmp_path, convert):
     with pytest.raises(SystemExit, match="neither a git directory nor a directory holding CamVid/"):
         convert(str(tmp_path), str(tmp_path / "out"), progress=False)
+
+
+def test_prediction_montage_of_a_converted_snapshot(tmp_path, convert):
+    masks = fake_tree(tmp_path / "snap")
+    convert(str(tmp_path / "snap"), str(tmp_path / "ds"), progress=False)
+    preds = tmp_path / "pred"
+    right = total = 0
+    for (split, name), m in masks.items():
+        if split == "val":
+            pred = np.where(m == 11, 0, m).astype(np.uint8)
+            pred[:, :16] = (pred[:, :16] + 1) % 11  # the left half is wrong everywhere
+            _write(preds / name, pred)
+            right += int(((pred == m) & (m != 11)).sum())
+            total += int((m != 11).sum())
+    montage = runpy.run_path(str(SCRIPT.parent / "prediction_montage.py"))["montage"]
+    pic, acc = montage(str(preds), str(tmp_path / "ds"), "val", n=2, width=64)
+    assert 0.3 < acc < 0.7 and acc == pytest.approx(right / total)  # void pixels (11 -> 255) left out
+    assert pic.shape[1] == 3 * (64 + 2) and pic.shape[0] > 2 * 48
