@@ -428,11 +428,22 @@ class Experiment:
         summary["pseudo"] = info
         return summary
 
+    def _report_region_size(self, oracle: Oracle) -> None:
+        from mulact.data.superpixels import region_size_check
+
+        side, warn = region_size_check(int(oracle.pixels.sum()), int((oracle.pixels > 0).sum()),
+                                       self.cfg.region_size, "the train split")
+        self.echo(f"train: mean delivered region size {side:.1f} px (requested {self.cfg.region_size})")
+        if warn:
+            log.warning(warn)
+            self.echo(f"warning: {warn}")
+
     # -- the experiment ---------------------------------------------------------------------
     def run(self) -> list[dict]:
         c = self.cfg
         t_start = time.time()
         oracle = make_oracle(c.oracle, self)
+        self._report_region_size(oracle)
         self.echo(describe_precision(c.amp, self.device))
         pool = self._load_pool(oracle)
         full_cost = oracle.full_annotation_cost()
