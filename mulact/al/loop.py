@@ -205,6 +205,9 @@ class Experiment:
         self.transform = TrainTransform(cfg.crop_size, (cfg.scale_min, cfg.scale_max), flip=cfg.hflip,
                                         ignore_index=self.train.ignore_index)
         val = self.val
+        self.val_measured = bool(getattr(val, "has_labels", True))
+        if not self.val_measured:
+            self.echo(f"val: {len(val)} images without masks: the run trains and asks, but mIoU is not measured")
         if cfg.max_val_images is not None:
             val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
         self.val_loader = torch.utils.data.DataLoader(
@@ -259,6 +262,8 @@ class Experiment:
         return self.load_model(self.final_weights(t))
 
     def evaluate(self, model, desc="evaluate") -> dict:
+        if not self.val_measured:  # a folder dataset without validation masks
+            return {"miou": None, "iou": [None] * self.num_classes, "miou_measured": False}
         return evaluate_dataset(model, self.val_loader.dataset, self.num_classes, self.device,
                                 batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers,
                                 ignore_index=self.train.ignore_index, amp=self.cfg.amp, desc=desc)
@@ -314,7 +319,8 @@ class Experiment:
             poly_power=c.poly_power, seed=seed, device=str(self.device), amp=c.amp,
             checkpoint_interval=c.checkpoint_interval, eval_interval=c.eval_interval,
             desc=f"round {t} {stage}", compile=c.compile)
-        eval_fn = (lambda m: self.evaluate(m, desc=f"round {t} {stage} val")["miou"]) if c.eval_interval > 0 else None
+        eval_fn = ((lambda m: self.evaluate(m, desc=f"round {t} {stage} val")["miou"])
+                   if c.eval_interval > 0 and self.val_measured else None)
         last = os.path.join(rd, f"{stage}_last.pt")
         t0 = time.time()
         summary = train_model(model, lambda start: self._loader(view, indices, iterations, seed, start, extra_keys),
@@ -429,11 +435,22 @@ class Experiment:
         summary["pseudo"] = info
         return summary
 
+    def _report_region_size(self, oracle: Oracle) -> None:
+        from mulact.data.superpixels import region_size_check
+
+        side, warn = region_size_check(int(oracle.pixels.sum()), int((oracle.pixels > 0).sum()),
+                                       self.cfg.region_size, "the train split")
+        self.echo(f"train: mean delivered region size {side:.1f} px (requested {self.cfg.region_size})")
+        if warn:
+            log.warning(warn)
+            self.echo(f"warning: {warn}")
+
     # -- the experiment ---------------------------------------------------------------------
     def run(self) -> list[dict]:
         c = self.cfg
         t_start = time.time()
         oracle = make_oracle(c.oracle, self)
+        self._report_region_size(oracle)
         self.echo(describe_precision(c.amp, self.device))
         pool = self._load_pool(oracle)
         full_cost = oracle.full_annotation_cost()
@@ -473,7 +490,7 @@ class Experiment:
                 self.save_metrics(metrics)
                 self.write_smp_model(t)
             dist.barrier(f"round {t}: metrics saved")
-            self.echo(f"round {t}: mIoU {100 * rec['miou']:.2f}  clicks {rec['clicks']} "
+            self.echo(f"round {t}: mIoU {_pct(rec['miou'])}  clicks {rec['clicks']} "
                       f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
         self._check_finished(skipped, pool, metrics)
         if dist.is_main() and metrics and not self.store.recorded(os.path.join(self.dir, SMP_MODEL_NAME)):
@@ -547,6 +564,7 @@ class Experiment:
             "iou": ev["iou"],
             "stage1_miou": ev["miou"],
             "stage1_iou": ev["iou"],
+            "miou_measured": ev.get("miou_measured", True),
             "stage1_seconds": s1.get("seconds"),
             "stage1_final_loss": s1.get("last_loss"),
         }
@@ -601,9 +619,13 @@ class Experiment:
 
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
         x = [m["cumulative_clicks"] for m in metrics]
-        ax.plot(x, [100 * m["stage1_miou"] for m in metrics], "o-", label="stage 1")
+        def pct(v):
+            return math.nan if v is None else 100 * v
+        ax.plot(x, [pct(m["stage1_miou"]) for m in metrics], "o-", label="stage 1")
         if any("stage2_miou" in m for m in metrics):
-            ax.plot(x, [100 * m.get("stage2_miou", math.nan) for m in metrics], "s-", label="stage 2")
+            ax.plot(x, [pct(m.get("stage2_miou", math.nan)) for m in metrics], "s-", label="stage 2")
+        if not all(m.get("miou_measured", True) for m in metrics):
+            ax.text(0.5, 0.5, "mIoU not measured\n(no validation masks)", transform=ax.transAxes, ha="center")
         ax.set_xlabel("clicks (cumulative)")
         ax.set_ylabel("mIoU (%)")
         ax.set_title(f"{self.cfg.name}: {self.cfg.acquisition}, {self.cfg.labeling}-class labels")
@@ -622,11 +644,16 @@ class Experiment:
         lines = [head, "-" * len(head)]
         for m in metrics:
             line = (f"{m['round']:>5} {m['clicks']:>8} {m['cumulative_clicks']:>10} {m['percent_full_cost']:>7.2f} "
-                    f"{m['labeled_regions']:>8} {100 * m['miou']:>7.2f}")
+                    f"{m['labeled_regions']:>8} {_pct(m['miou']):>7}")
             if self.cfg.stage2:
-                line += f" {100 * m['stage1_miou']:>7.2f} {100 * m.get('stage2_miou', math.nan):>7.2f}"
+                line += f" {_pct(m['stage1_miou']):>7} {_pct(m.get('stage2_miou', math.nan)):>7}"
             lines.append(line)
         return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    """An mIoU in percent, or "n/a" where it was not measured (no validation masks)."""
+    return "n/a" if value is None else f"{100 * value:.2f}"
 
 
 def run_experiment(cfg: TrainConfig, echo=print) -> list[dict]:
