@@ -53,7 +53,7 @@ def run_class_colors(cfg, class_names) -> list[tuple[int, int, int]]:
     """RGB colour per class: the dataset's own (the colours of its label images)."""
     from mulact.label.colors import class_colors
 
-    return [hex_to_rgb(c) for c in class_colors(cfg.dataset, class_names)]
+    return [hex_to_rgb(c) for c in class_colors(cfg.dataset, class_names, cfg.data_root)]
 
 
 class RunFiles:
