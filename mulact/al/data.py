@@ -27,8 +27,10 @@ def build_split(cfg, split: str):
     from mulact.data import build_dataset
 
     # the human oracle's train images need no label files: nobody has labeled them yet
+    # a folder dataset's validation masks are optional: without them mIoU is not measured
     kwargs = dict(superpixels=cfg.superpixel_method, region_size=cfg.region_size,
-                  require_labels=not (split == "train" and cfg.oracle == "human"))
+                  require_labels=not (split == "train" and cfg.oracle == "human")
+                  and not (split != "train" and cfg.dataset == "folder"))
     if cfg.superpixel_dir:
         kwargs["superpixel_dir"] = os.path.join(cfg.superpixel_dir, split)
     demo = None

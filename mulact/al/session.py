@@ -31,7 +31,9 @@ RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acqui
 
 @dataclass
 class RunData:
-    """The splits of a run: ``train`` (the pool's images ``indices``), ``val`` and its loader."""
+    """The splits of a run: ``train`` (the pool's images ``indices``), ``val`` and its loader.
+    ``val_measured``: the validation images have masks (a folder dataset's are optional;
+    without them the run trains and asks, but mIoU is not measured)."""
 
     train: object
     val_loader: torch.utils.data.DataLoader
@@ -40,6 +42,7 @@ class RunData:
     class_names: list
     transform: object
     ignore_index: int
+    val_measured: bool = True
 
 
 @dataclass
@@ -56,6 +59,21 @@ class Session:
         msg = f"{err}; {action}"
         log.warning(msg)
         self.echo(f"warning: {msg}")
+
+    def report_region_size(self, pixels: np.ndarray) -> None:
+        """The mean delivered superpixel size of the train split (``pixels``: pixels per region
+        of the oracle's region table), with a warning when it is far from ``region_size``."""
+        from mulact.data.superpixels import region_size_check
+
+        if not dist.is_main():
+            return
+
+        side, warn = region_size_check(int(pixels.sum()), int((pixels > 0).sum()), self.cfg.region_size,
+                                       "the train split")
+        self.echo(f"train: mean delivered region size {side:.1f} px (requested {self.cfg.region_size})")
+        if warn:
+            log.warning(warn)
+            self.echo(f"warning: {warn}")
 
     def close(self) -> None:
         """Stop recording writes and release the run directory."""
@@ -86,6 +104,7 @@ def load_run_data(cfg: TrainConfig) -> RunData:
     n = len(train) if cfg.max_train_images is None else min(len(train), cfg.max_train_images)
     transform = TrainTransform(cfg.crop_size, (cfg.scale_min, cfg.scale_max), flip=cfg.hflip,
                                ignore_index=train.ignore_index)
+    val_measured = bool(getattr(val, "has_labels", True))
     if cfg.max_val_images is not None:
         val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
     val_loader = torch.utils.data.DataLoader(
@@ -94,7 +113,8 @@ def load_run_data(cfg: TrainConfig) -> RunData:
     names = list(train.class_names)
     if cfg.oracle == "human":
         train = without_ground_truth(train)  # the loop must never read train ground truth
-    return RunData(train, val_loader, np.arange(n), train.num_classes, names, transform, train.ignore_index)
+    return RunData(train, val_loader, np.arange(n), train.num_classes, names, transform, train.ignore_index,
+                   val_measured)
 
 
 def open_session(cfg: TrainConfig, echo=print) -> Session:
@@ -113,6 +133,9 @@ def open_session(cfg: TrainConfig, echo=print) -> Session:
     dist.barrier("dataset preparation")
     if data is None:
         data = load_run_data(cfg)
+    if not data.val_measured:
+        echo(f"val: {len(data.val_loader.dataset)} images without masks: the run trains and asks, "
+             f"but mIoU is not measured")
     run = RunDir(cfg.resolved_run_dir())
     # one process per run directory: rank 0 of a job holds the lock and writes; flock frees it on death
     lock = None

@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mulact-superpixels: error: {exc}", file=sys.stderr)
             return 2
         print(f"{split}: {computed} computed, {skipped} already cached -> {ds.superpixels.root}")
+        side, warn = ds.superpixels.region_size_report(ds.names())
+        print(f"{split}: mean delivered region size {side:.1f} px (requested {args.region_size})")
+        if warn:
+            print(f"mulact-superpixels: warning: {warn}", file=sys.stderr)
     return 0
 
 
