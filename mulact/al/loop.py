@@ -209,6 +209,11 @@ class Experiment:
             self.echo(f"val: {len(val)} images without masks: the run trains and asks, but mIoU is not measured")
         if cfg.max_val_images is not None:
             val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
+        # every file this run reads, before any superpixel or training step (README, "Your own images")
+        from mulact.data.checks import check_datasets
+
+        check_datasets([(self.train, self.train_indices, cfg.oracle != "human"),
+                        (self.val, range(len(val)), True)], progress=dist.is_main())
         self.val_loader = torch.utils.data.DataLoader(
             val, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
             collate_fn=collate_pad, worker_init_fn=worker_init_fn() if cfg.num_workers else None)
