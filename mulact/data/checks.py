@@ -53,7 +53,8 @@ def _decode(path: Path) -> tuple[int, int]:
             im.load()  # decodes every pixel: a truncated file raises here
             return im.size[1], im.size[0]
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise OSError(f"not a readable image ({exc})") from None
+        why = str(exc).replace(f" '{path}'", "").replace(f" {path}", "")  # the report names the file already
+        raise OSError(f"not a readable image ({why})") from None
 
 
 def _stamp(path: Path | None):
@@ -76,7 +77,7 @@ def _check_one(ds, i: int, with_labels: bool) -> list[tuple[str, str]]:
         _decode(s.label)
         label = ds.load_label(i)
     except (OSError, ValueError) as exc:
-        msg = str(exc).replace(f" {s.label}", "").replace(str(s.label), "the label")
+        msg = str(exc).replace(f" ({s.label})", "").replace(f" {s.label}", "")
         return [(str(s.label), msg)]
     if tuple(label.shape) != size:
         problems.append((str(s.label), f"label is {label.shape[0]}x{label.shape[1]} (HxW) but its image {s.image} "
