@@ -72,6 +72,7 @@ def test_bad_class_file_names_the_file(tmp_path, cache, change, match):
 
 def test_empty_split_is_refused(tmp_path, cache):
     root = make_folder_dataset(tmp_path / "d", train=1, val=0)
+    (root / "images" / "val").mkdir()
     with pytest.raises(DatasetNotFoundError, match="no images found for split 'val'"):
         build_dataset("folder", root, "val", require_labels=False)
 
@@ -183,6 +184,11 @@ def test_run_without_validation_masks_says_miou_not_measured(tmp_path):
     assert "mIoU is not measured" in res.stdout and "mIoU n/a" in res.stdout and "nan" not in res.stdout.lower()
     rec = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"][0]
     assert rec["miou"] is None and rec["miou_measured"] is False
+    # no val split at all: the same
+    root = make_folder_dataset(tmp_path / "d2", train=4, val=0, val_masks=False)
+    res = _run(tmp_path / "run2", root, tmp_path / "cache", "--rounds", "1", "--eval-interval", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "no validation images" in res.stdout and "mIoU n/a" in res.stdout
 
 
 def test_run_refuses_damaged_data_before_any_work(tmp_path):

@@ -204,17 +204,19 @@ class Experiment:
         self.transform = TrainTransform(cfg.crop_size, (cfg.scale_min, cfg.scale_max), flip=cfg.hflip,
                                         ignore_index=self.train.ignore_index)
         val = self.val
-        self.val_measured = bool(getattr(val, "has_labels", True))
-        if not self.val_measured:
+        self.val_measured = val is not None and bool(getattr(val, "has_labels", True))
+        if val is None:
+            self.echo("val: no validation images: the run trains and asks, but mIoU is not measured")
+        elif not self.val_measured:
             self.echo(f"val: {len(val)} images without masks: the run trains and asks, but mIoU is not measured")
-        if cfg.max_val_images is not None:
+        if val is not None and cfg.max_val_images is not None:
             val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
         # every file this run reads, before any superpixel or training step (README, "Your own images")
         from mulact.data.checks import check_datasets
 
-        check_datasets([(self.train, self.train_indices, cfg.oracle != "human"),
-                        (self.val, range(len(val)), True)], progress=dist.is_main())
-        self.val_loader = torch.utils.data.DataLoader(
+        check_datasets([(self.train, self.train_indices, cfg.oracle != "human")]
+                       + ([(self.val, range(len(val)), True)] if val is not None else []), progress=dist.is_main())
+        self.val_loader = None if val is None else torch.utils.data.DataLoader(
             val, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
             collate_fn=collate_pad, worker_init_fn=worker_init_fn() if cfg.num_workers else None)
 
@@ -266,7 +268,7 @@ class Experiment:
         return self.load_model(self.final_weights(t))
 
     def evaluate(self, model, desc="evaluate") -> dict:
-        if not self.val_measured:  # a folder dataset without validation masks
+        if not self.val_measured:  # a folder dataset without validation masks or images
             return {"miou": None, "iou": [None] * self.num_classes, "miou_measured": False}
         return evaluate_dataset(model, self.val_loader.dataset, self.num_classes, self.device,
                                 batch_size=self.cfg.eval_batch_size, num_workers=self.cfg.num_workers,
