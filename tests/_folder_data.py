@@ -31,6 +31,8 @@ def make_folder_dataset(root, *, train=4, val=2, train_masks=True, val_masks=Tru
     colors = np.array([c for _, c in CLASSES], np.uint8)
     k = 0
     for split, n, with_masks in (("train", train, train_masks), ("val", val, val_masks)):
+        if n == 0:
+            continue  # no such split
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         if with_masks:
             (root / "masks" / split).mkdir(parents=True, exist_ok=True)

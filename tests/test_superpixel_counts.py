@@ -98,3 +98,15 @@ def test_legacy_cache_of_unchanged_sizes_is_kept(tmp_path, photo):
     (root / "manifest.json").write_text(json.dumps(manifest))
     SuperpixelCache(root, "seeds", 16).load("a")
     assert json.loads((root / "manifest.json").read_text())["count_rule"] == 1  # upgraded in place
+
+
+def test_region_size_warning():
+    from mulact.data.superpixels import region_size_check
+
+    side, warn = region_size_check(375 * 500, 70, 32, "voc train")  # OpenCV's grid before the fix
+    assert round(side, 1) == 51.8 and "voc train" in warn and "+62 %" in warn
+    side, warn = region_size_check(375 * 500, 180, 32, "voc train")
+    assert round(side, 1) == 32.3 and warn is None
+    assert region_size_check(100 * 100, 25, 16, "x")[1] is None  # 20 px: exactly 25 % off
+    assert region_size_check(100 * 100, 24, 16, "x")[1] is not None
+    assert region_size_check(100 * 100, 40, 16, "x")[1] is None

@@ -21,7 +21,8 @@ __all__ = ["AugmentedView", "build_oracle", "build_split"]
 
 
 def build_split(cfg, split: str):
-    """The ``split`` dataset of a :class:`~mulact.config.TrainConfig` (loop and labeling page)."""
+    """The ``split`` dataset of a :class:`~mulact.config.TrainConfig` (loop and labeling page);
+    None for a folder dataset's non-train split that has no ``images/<split>/``."""
     import os
 
     from mulact.data import build_dataset
@@ -33,6 +34,9 @@ def build_split(cfg, split: str):
                   and not (split != "train" and cfg.dataset == "folder"))
     if cfg.superpixel_dir:
         kwargs["superpixel_dir"] = os.path.join(cfg.superpixel_dir, split)
+    if cfg.dataset == "folder" and split != "train" and not os.path.isdir(
+            os.path.join(os.path.expanduser(cfg.data_root), "images", split)):
+        return None  # the split is optional (README, "Your own images")
     demo = None
     if cfg.dataset == "demo":
         demo = dict(seed=0, height=cfg.demo_height, width=cfg.demo_width, num_train=cfg.demo_train_images,
