@@ -254,3 +254,38 @@ def test_export_labels_of_round_1_without_pseudo_labels(env, tmp_path, monkeypat
     assert seen["single"] > 0 and seen["multi"] > 0
     with pytest.raises(ValueError, match="--round 5: the run has labels of rounds 1..2"):
         export_labels(run, str(tmp_path / "x"), round_index=5, progress=False)
+
+
+def test_folder_dataset_run_predicts_in_its_own_colours(tmp_path, monkeypatch, capsys):
+    """A run on a folder dataset (own 5 classes, mixed sizes, png and jpg): predictions keep each
+    image's size, overlays and exports use the colours of its classes.yaml."""
+    from _folder_data import CLASSES, make_folder_dataset
+
+    root = make_folder_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    r = cli(["--preset", "demo", "--dataset", "folder", "--data-root", str(root), "--region-size", "16",
+             "--rounds", "1", "--budget", "25", "--iterations", "4", "--batch-size", "2", "--crop-size", "48",
+             "--decoder-channels", "16", "--eval-batch-size", "2", "--acquisition-batch-size", "2", "--no-stage2",
+             "--run-dir", str(run)], tmp_path / "cache")
+    assert r.returncode == 0, r.stderr[-3000:]
+    monkeypatch.setenv("MULACT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "pred"
+    assert main([str(run), str(root / "images" / "val"), "--out", str(out), "--no-progress"]) == 0
+    colors = np.array([c for _, c in CLASSES], np.float64)
+    for path in sorted((root / "images" / "val").iterdir()):
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        pred = read_png(out / f"{path.stem}.png")
+        assert pred.shape == rgb.shape[:2] and pred.max() < len(CLASSES)
+        ov = cv2.cvtColor(cv2.imread(str(out / f"{path.stem}_overlay.png")), cv2.COLOR_BGR2RGB)[:rgb.shape[0]]
+        inner = np.zeros(pred.shape, bool)  # pixels whose 4 neighbours share their class: no border drawn
+        inner[1:-1, 1:-1] = ((pred[1:-1, 1:-1] == pred[:-2, 1:-1]) & (pred[1:-1, 1:-1] == pred[2:, 1:-1])
+                             & (pred[1:-1, 1:-1] == pred[1:-1, :-2]) & (pred[1:-1, 1:-1] == pred[1:-1, 2:]))
+        assert inner.any()
+        expect = 0.5 * rgb[inner] + 0.5 * colors[pred[inner]]
+        assert np.abs(ov[inner].astype(np.float64) - expect).max() <= 1.0
+    m = torch.load(run / "model_smp.pt", weights_only=True)
+    assert m["class_names"] == [n for n, _ in CLASSES] and m["colors"] == [list(c) for _, c in CLASSES]
+    assert main([str(run), "--export-labels", str(tmp_path / "labels"), "--no-progress"]) == 0
+    exported = yaml.safe_load((tmp_path / "labels" / "classes.yaml").read_text())
+    assert [(c["name"], tuple(c["color"])) for c in exported["classes"]] == CLASSES
+    assert "wrote the masks of" in capsys.readouterr().out
