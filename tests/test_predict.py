@@ -289,3 +289,36 @@ def test_folder_dataset_run_predicts_in_its_own_colours(tmp_path, monkeypatch, c
     exported = yaml.safe_load((tmp_path / "labels" / "classes.yaml").read_text())
     assert [(c["name"], tuple(c["color"])) for c in exported["classes"]] == CLASSES
     assert "wrote the masks of" in capsys.readouterr().out
+
+
+def test_rerun_rewrites_a_damaged_or_stale_smp_model(env, tmp_path):
+    """A finished run's rerun leaves model_smp.pt holding the last round's model: a damaged file,
+    one of an earlier round (a stop between the metrics and the model file) and none (a run from
+    before the file existed) are written again and recorded."""
+    from mulact.runstore import atomic_write
+
+    copy = tmp_path / "run"
+    shutil.copytree(env["run"], copy, ignore=shutil.ignore_patterns(".lock"))
+    smp = copy / "model_smp.pt"
+    assert main([str(copy), "--export-model", str(tmp_path / "r1.pt"), "--round", "1"]) == 0
+    round1 = (tmp_path / "r1.pt").read_bytes()
+    want = torch.load(env["run"] / "model_smp.pt", weights_only=True)["state_dict"]["segmentation_head.0.weight"]
+
+    def stale():
+        with Manifest(copy):
+            atomic_write(smp, round1)  # recorded: it verifies, but holds round 1
+
+    def gone():
+        with Manifest(copy) as store:
+            store.forget(smp)
+
+    for damage, warned in ((lambda: smp.write_bytes(smp.read_bytes()[:1000]), True), (stale, False),
+                           (gone, False)):
+        damage()
+        r = cli([*TINY, "--rounds", "2", "--stage2", "--run-dir", str(copy)], env["cache"])
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert (f"{smp}: is 1000 bytes" in r.stdout) == warned
+        Manifest(copy, readonly=True).verify(smp)
+        m = torch.load(smp, weights_only=True)
+        assert (m["round"], m["stage"]) == (2, "stage2")
+        assert torch.equal(m["state_dict"]["segmentation_head.0.weight"], want)
