@@ -158,6 +158,9 @@ def _layout_hint(dataset: str) -> str:
     if dataset == "voc":
         return ("expected layout under --data-root (VOCdevkit/VOC2012 or its parent):\n"
                 "  JPEGImages/<id>.jpg  SegmentationClass/<id>.png  ImageSets/Segmentation/{train,val}.txt")
+    if dataset == "folder":
+        return ("expected layout under --data-root (README, 'Your own images'):\n"
+                "  classes.yaml  images/{train,val}/<stem>.png|.jpg  masks/{train,val}/<stem>.png (optional)")
     return "the demo dataset is generated automatically; check --data-root"
 
 

@@ -59,7 +59,7 @@ class TrainConfig:
     dist_timeout: float = opt(1800.0, "under torchrun: seconds a collective waits for the other ranks before the run stops with an error naming it (a dead or stalled rank)", gt=0)
     # -- data ----------------------------------------------------------------------------
     dataset: str = opt("demo", "dataset to run on; also selects the preset when --preset is not given", choices=DATASETS)
-    data_root: str | None = opt(None, "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent); demo: where the generated demo set is kept (null: $MULACT_CACHE or ~/.cache/mulact)")
+    data_root: str | None = opt(None, "dataset root (Cityscapes: holds leftImg8bit/ and gtFine/; VOC: VOCdevkit/VOC2012 or its parent; folder: the directory holding classes.yaml, README 'Your own images'); demo: where the generated demo set is kept (null: $MULACT_CACHE or ~/.cache/mulact)")
     superpixel_dir: str | None = opt(None, "where superpixel maps are read/cached (null: the dataset's own cache location)")
     superpixel_method: str = opt("seeds", "superpixel algorithm", choices=SUPERPIXEL_METHODS)
     region_size: int = opt(32, "superpixel size in pixels (32: ~32x32 regions, ~2048 per Cityscapes image)", min=2)

@@ -636,10 +636,13 @@ class RunDir:
         round_XX/stage{1,2}*.pt   stage(t, s, k)   checkpoints: final, "last" (resumable), "best"
         round_XX/pseudo/          pseudo(t)        stage-2 pseudo labels and their summary
         metrics.json/.csv, miou_vs_clicks.png      metrics_json, metrics_csv, plot
+        model_smp.pt              smp_model        last finished round's model for smp alone
         export/round_XX/          export(t)        mulact-label export
 
     Reads go through :meth:`open`'s :class:`Manifest` (verified) once one is open, plain
     otherwise; writes go through :func:`atomic_write`, which records them in the open manifest.
+    A finished run read from outside its training process (``mulact-predict``, the label
+    export) is opened with :meth:`existing`.
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -662,6 +665,7 @@ class RunDir:
     metrics_csv = _run_file("metrics.csv")
     plot = _run_file("miou_vs_clicks.png")
     queries_dir = _run_file("queries")
+    smp_model = _run_file("model_smp.pt")
 
     def queries(self, t: int) -> str:
         return self._p("queries", f"round_{t:02d}.json")
@@ -701,6 +705,23 @@ class RunDir:
         return self._p("export", f"round_{t:02d}")
 
     # -- state ------------------------------------------------------------------------------
+    @classmethod
+    def existing(cls, root: str | os.PathLike, what: str = "run_dir") -> "RunDir":
+        """An existing run directory with its manifest open for verified reads only: no lock
+        is taken and nothing is recorded, so a run that ``mulact-train`` is extending can be
+        read at the same time. :class:`FileNotFoundError` starting with ``what`` (the argument
+        that named ``root``) when ``root`` is not a run directory.
+        """
+        run = cls(root)
+        if not os.path.isdir(run.root):
+            raise FileNotFoundError(f"{what}: {os.fspath(root)!r} "
+                                    f"{'is not a directory' if os.path.exists(run.root) else 'does not exist'}")
+        if not os.path.isfile(run.config):
+            raise FileNotFoundError(f"{what}: {os.fspath(root)!r} is not a mulact run directory (no config.yaml); "
+                                    f"give the directory mulact-train wrote (its --run-dir, default runs/<name>)")
+        run.open(readonly=True)
+        return run
+
     def open(self, *, readonly: bool = False) -> Manifest:
         """Open the manifest (recording writes unless ``readonly``); reads are verified from now."""
         self.manifest = Manifest(self.root, readonly=readonly)
@@ -755,17 +776,22 @@ class RunDir:
             raise DamagedFileError(self.config, "is not a mapping of options")
         return saved
 
-    def recorded_rounds(self) -> list[dict]:
-        """The per-round records of ``metrics.json`` ([] before the first round is done),
-        verified when the manifest is open; :class:`DamagedFileError` when unusable."""
+    def read_metrics(self) -> dict:
+        """``metrics.json`` as ``{"class_names": [...], "rounds": [per-round records]}``
+        (``{"class_names": None, "rounds": []}`` before the first round is done), verified
+        when the manifest is open; :class:`DamagedFileError` when unusable."""
         path = self.metrics_json
         if not self.exists(path):
-            return []
+            return {"class_names": None, "rounds": []}
         doc = self.read_json(path, what="metrics file")
         rounds = doc.get("rounds") if isinstance(doc, dict) else None
         if not isinstance(rounds, list) or not all(isinstance(m, dict) and "round" in m for m in rounds):
             raise DamagedFileError(path, "is not a metrics file (no list of numbered rounds)")
-        return rounds
+        return doc
+
+    def recorded_rounds(self) -> list[dict]:
+        """The per-round records of ``metrics.json`` (see :meth:`read_metrics`)."""
+        return self.read_metrics()["rounds"]
 
     write_bytes = staticmethod(atomic_write)
     write_json = staticmethod(write_json)

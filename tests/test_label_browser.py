@@ -235,3 +235,29 @@ def test_two_browsers_get_different_queries(template_run, tmp_path, browser):
     finally:
         other.quit()
         server.kill()
+
+
+def test_folder_dataset_page_shows_its_own_class_names_and_colours(tmp_path, browser):
+    from _folder_data import CLASSES, make_folder_dataset
+    from _tiny_run import cli
+
+    root = make_folder_dataset(tmp_path / "data", train=4, val=2, train_masks=False)
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    r = cli(["--dataset", "folder", "--data-root", str(root), "--run-dir", str(run), "--oracle", "human",
+             "--region-size", "16", "--rounds", "1", "--budget", "12", "--iterations", "2", "--batch-size", "2",
+             "--crop-size", "48", "--encoder", "resnet18", "--encoder-weights", "null", "--decoder-channels", "16",
+             "--num-workers", "0", "--eval-interval", "0"], cache)
+    assert r.returncode == 3, r.stderr[-3000:]
+    total = len(json.loads((run / "queries" / "round_01.json").read_text())["queries"])
+    server = Server(run, cache)
+    try:
+        browser.get(server.url)
+        _wait_query(browser, 0, total)
+        buttons = browser.find_elements(By.CSS_SELECTOR, ".cls")
+        assert [b.find_element(By.CSS_SELECTOR, ".label").text for b in buttons] == \
+            [n for n, _ in CLASSES] + ["other / none of these"]
+        swatches = [b.find_element(By.CSS_SELECTOR, ".swatch").value_of_css_property("background-color")
+                    for b in buttons[:len(CLASSES)]]
+        assert swatches == [f"rgba({r}, {g}, {b}, 1)" for _, (r, g, b) in CLASSES]
+    finally:
+        server.kill()

@@ -21,16 +21,22 @@ __all__ = ["AugmentedView", "build_oracle", "build_split"]
 
 
 def build_split(cfg, split: str):
-    """The ``split`` dataset of a :class:`~mulact.config.TrainConfig` (loop and labeling page)."""
+    """The ``split`` dataset of a :class:`~mulact.config.TrainConfig` (loop and labeling page);
+    None for a folder dataset's non-train split that has no ``images/<split>/``."""
     import os
 
     from mulact.data import build_dataset
 
     # the human oracle's train images need no label files: nobody has labeled them yet
+    # a folder dataset's validation masks are optional: without them mIoU is not measured
     kwargs = dict(superpixels=cfg.superpixel_method, region_size=cfg.region_size,
-                  require_labels=not (split == "train" and cfg.oracle == "human"))
+                  require_labels=not (split == "train" and cfg.oracle == "human")
+                  and not (split != "train" and cfg.dataset == "folder"))
     if cfg.superpixel_dir:
         kwargs["superpixel_dir"] = os.path.join(cfg.superpixel_dir, split)
+    if cfg.dataset == "folder" and split != "train" and not os.path.isdir(
+            os.path.join(os.path.expanduser(cfg.data_root), "images", split)):
+        return None  # the split is optional (README, "Your own images")
     demo = None
     if cfg.dataset == "demo":
         demo = dict(seed=0, height=cfg.demo_height, width=cfg.demo_width, num_train=cfg.demo_train_images,

@@ -29,7 +29,7 @@ import time
 from mulact.config import TrainConfig
 from mulact.engine.precision import describe as describe_precision
 
-from .metrics import RunMetrics
+from .metrics import RunMetrics, percent
 from .oracle import AnswersPending, make_oracle
 from .records import PoolRecords
 from .selector import Selector
@@ -46,6 +46,7 @@ def run_rounds(session: Session) -> list[dict]:
     oracle = make_oracle(cfg.oracle, run, data.train, data.indices, labeling=cfg.labeling,
                          prior=cfg.expected_classes_prior, class_names=data.class_names, trim=cfg.trim,
                          echo=echo, warn_damaged=warn)
+    session.report_region_size(oracle.pixels)
     trainer = Trainer(cfg, run, data, session.device, warn)
     selector = Selector(cfg, data.train, session.device, trainer.round_model)
     records = PoolRecords(run, data.train.names(), acquisition=cfg.acquisition, labeling=cfg.labeling,
@@ -80,13 +81,16 @@ def run_rounds(session: Session) -> list[dict]:
             report.add_stage2(rec, trainer.evaluate_stage(t, "stage2"), s2)
         metrics.append(rec)                                                      # record
         report.save(t, metrics)
-        echo(f"round {t}: mIoU {100 * rec['miou']:.2f}  clicks {rec['clicks']} "
+        trainer.write_smp_model(t)                                               # model_smp.pt
+        echo(f"round {t}: mIoU {percent(rec['miou'])}  clicks {rec['clicks']} "
              f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
     # the rounds this invocation did not redo: their weights, pseudo labels and metrics files
     # are verified (and the damaged ones recomputed), so a rerun leaves a whole run
     for t in sorted(done_rounds & set(range(1, min(pool.num_rounds, cfg.rounds) + 1))):
         trainer.train_round(t, pool)
     report.check_files(metrics)
+    if metrics:
+        trainer.check_smp_model(metrics[-1]["round"])
     echo(report.summary_table(metrics))
     echo(f"run directory: {run.root}   ({time.time() - t_start:.0f}s this invocation)")
     return metrics

@@ -19,7 +19,12 @@ from mulact.runstore import DamagedFileError, RunDir
 from .pool import RegionPool
 from .selector import acquisition_for_round
 
-__all__ = ["RunMetrics"]
+__all__ = ["RunMetrics", "percent"]
+
+
+def percent(value) -> str:
+    """An mIoU in percent, or "n/a" where it was not measured (no validation masks)."""
+    return "n/a" if value is None else f"{100 * value:.2f}"
 
 
 class RunMetrics:
@@ -51,6 +56,7 @@ class RunMetrics:
             "iou": ev["iou"],
             "stage1_miou": ev["miou"],
             "stage1_iou": ev["iou"],
+            "miou_measured": ev.get("miou_measured", True),
             "stage1_seconds": s1.get("seconds"),
             "stage1_final_loss": s1.get("last_loss"),
         }
@@ -116,9 +122,15 @@ class RunMetrics:
 
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
         x = [m["cumulative_clicks"] for m in metrics]
-        ax.plot(x, [100 * m["stage1_miou"] for m in metrics], "o-", label="stage 1")
+
+        def pct(v):
+            return math.nan if v is None else 100 * v
+
+        ax.plot(x, [pct(m["stage1_miou"]) for m in metrics], "o-", label="stage 1")
         if any("stage2_miou" in m for m in metrics):
-            ax.plot(x, [100 * m.get("stage2_miou", math.nan) for m in metrics], "s-", label="stage 2")
+            ax.plot(x, [pct(m.get("stage2_miou", math.nan)) for m in metrics], "s-", label="stage 2")
+        if not all(m.get("miou_measured", True) for m in metrics):
+            ax.text(0.5, 0.5, "mIoU not measured\n(no validation masks)", transform=ax.transAxes, ha="center")
         ax.set_xlabel("clicks (cumulative)")
         ax.set_ylabel("mIoU (%)")
         ax.set_title(self.title)
@@ -137,8 +149,8 @@ class RunMetrics:
         lines = [head, "-" * len(head)]
         for m in metrics:
             line = (f"{m['round']:>5} {m['clicks']:>8} {m['cumulative_clicks']:>10} {m['percent_full_cost']:>7.2f} "
-                    f"{m['labeled_regions']:>8} {100 * m['miou']:>7.2f}")
+                    f"{m['labeled_regions']:>8} {percent(m['miou']):>7}")
             if self.stage2:
-                line += f" {100 * m['stage1_miou']:>7.2f} {100 * m.get('stage2_miou', math.nan):>7.2f}"
+                line += f" {percent(m['stage1_miou']):>7} {percent(m.get('stage2_miou', math.nan)):>7}"
             lines.append(line)
         return "\n".join(lines)

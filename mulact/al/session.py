@@ -35,15 +35,19 @@ CONTINUATION_OPTIONS = {"rounds", "budget"}
 
 @dataclass
 class RunData:
-    """The splits of a run: ``train`` (the pool's images ``indices``), ``val`` and its loader."""
+    """The splits of a run: ``train`` (the pool's images ``indices``), ``val`` and its loader.
+    ``val_measured``: there are validation images with masks (a folder dataset's validation
+    split and its masks are optional; without them the run trains and asks, but mIoU is not
+    measured and ``val_loader`` is None when there are no validation images)."""
 
     train: object
-    val_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
     indices: np.ndarray
     num_classes: int
     class_names: list
     transform: object
     ignore_index: int
+    val_measured: bool = True
 
 
 @dataclass
@@ -60,6 +64,21 @@ class Session:
         msg = f"{err}; {action}"
         log.warning(msg)
         self.echo(f"warning: {msg}")
+
+    def report_region_size(self, pixels: np.ndarray) -> None:
+        """The mean delivered superpixel size of the train split (``pixels``: pixels per region
+        of the oracle's region table), with a warning when it is far from ``region_size``."""
+        from mulact.data.superpixels import region_size_check
+
+        if not dist.is_main():
+            return
+
+        side, warn = region_size_check(int(pixels.sum()), int((pixels > 0).sum()), self.cfg.region_size,
+                                       "the train split")
+        self.echo(f"train: mean delivered region size {side:.1f} px (requested {self.cfg.region_size})")
+        if warn:
+            log.warning(warn)
+            self.echo(f"warning: {warn}")
 
     def close(self) -> None:
         """Stop recording writes and release the run directory."""
@@ -79,6 +98,7 @@ def _resolve_device(name: str) -> torch.device:
 
 def load_run_data(cfg: TrainConfig) -> RunData:
     from mulact.data import TrainTransform
+    from mulact.data.checks import check_datasets
     from mulact.engine.train import collate_pad
     from mulact.runstore import worker_init_fn
 
@@ -90,15 +110,23 @@ def load_run_data(cfg: TrainConfig) -> RunData:
     n = len(train) if cfg.max_train_images is None else min(len(train), cfg.max_train_images)
     transform = TrainTransform(cfg.crop_size, (cfg.scale_min, cfg.scale_max), flip=cfg.hflip,
                                ignore_index=train.ignore_index)
-    if cfg.max_val_images is not None:
-        val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
-    val_loader = torch.utils.data.DataLoader(
-        val, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
-        collate_fn=collate_pad, worker_init_fn=worker_init_fn() if cfg.num_workers else None)
+    val_measured = val is not None and bool(getattr(val, "has_labels", True))
+    n_val = 0 if val is None else len(val) if cfg.max_val_images is None else min(len(val), cfg.max_val_images)
+    # every file this run reads, before any superpixel or training step (README, "Your own images")
+    check_datasets([(train, range(n), cfg.oracle != "human")] + ([(val, range(n_val), True)] if val is not None else []),
+                   progress=dist.is_main())
+    val_loader = None
+    if val is not None:
+        if cfg.max_val_images is not None:
+            val = torch.utils.data.Subset(val, range(n_val))
+        val_loader = torch.utils.data.DataLoader(
+            val, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers,
+            collate_fn=collate_pad, worker_init_fn=worker_init_fn() if cfg.num_workers else None)
     names = list(train.class_names)
     if cfg.oracle == "human":
         train = without_ground_truth(train)  # the loop must never read train ground truth
-    return RunData(train, val_loader, np.arange(n), train.num_classes, names, transform, train.ignore_index)
+    return RunData(train, val_loader, np.arange(n), train.num_classes, names, transform, train.ignore_index,
+                   val_measured)
 
 
 def open_session(cfg: TrainConfig, echo=print) -> Session:
@@ -117,6 +145,11 @@ def open_session(cfg: TrainConfig, echo=print) -> Session:
     dist.barrier("dataset preparation")
     if data is None:
         data = load_run_data(cfg)
+    if data.val_loader is None:
+        echo("val: no validation images: the run trains and asks, but mIoU is not measured")
+    elif not data.val_measured:
+        echo(f"val: {len(data.val_loader.dataset)} images without masks: the run trains and asks, "
+             f"but mIoU is not measured")
     run = RunDir(cfg.resolved_run_dir())
     # one process per run directory: rank 0 of a job holds the lock and writes; flock frees it on death
     lock = None

@@ -67,17 +67,52 @@ class Trainer:
         return s1, s2
 
     def evaluate(self, model, desc="evaluate") -> dict:
+        """mIoU and per-class IoU on the validation split; ``miou`` None (and ``miou_measured``
+        False) when its images have no masks."""
         c = self.cfg
+        if not self.data.val_measured:
+            return {"miou": None, "iou": [None] * self.data.num_classes, "miou_measured": False}
         return evaluate_dataset(model, self.data.val_loader.dataset, self.data.num_classes, self.device,
                                 batch_size=c.eval_batch_size, num_workers=c.num_workers,
                                 ignore_index=self.data.ignore_index, amp=c.amp, desc=desc)
 
     def evaluate_stage(self, t: int, stage: str) -> dict:
+        if not self.data.val_measured:
+            return self.evaluate(None)
         model = self.load_model(t, stage)
         try:
             return self.evaluate(model, desc=f"round {t} {stage} eval")
         finally:
             del model
+
+    # -- the model for other tools ------------------------------------------------------------
+    def write_smp_model(self, t: int) -> None:
+        """``model_smp.pt``: round ``t``'s final model for segmentation-models-pytorch alone
+        (:mod:`mulact.export`); rank 0 writes."""
+        from mulact.export import write_run_smp_model
+        from mulact.predict import run_class_colors
+
+        if not dist.is_main():
+            return
+        model = self.load_model(t, self.final_stage())
+        write_run_smp_model(self.run, model, class_names=self.data.class_names,
+                            colors=run_class_colors(self.cfg, self.data.class_names),
+                            temperature=self.cfg.temperature, round_index=t, stage=self.final_stage())
+
+    def check_smp_model(self, t: int) -> None:
+        """Write ``model_smp.pt`` again unless it verifies and holds round ``t``'s model (a run
+        from before the file existed, a damaged file, a run stopped between the metrics and it)."""
+        if not dist.is_main():
+            return
+        run = self.run
+        if run.exists(run.smp_model):
+            try:
+                held = run.read_torch(run.smp_model, what="model file")
+                if isinstance(held, dict) and held.get("round") == t and held.get("stage") == self.final_stage():
+                    return
+            except DamagedFileError as err:
+                self.warn_damaged(err, "writing it again")
+        self.write_smp_model(t)
 
     # -- the two stages -----------------------------------------------------------------------
     def stage1(self, t: int, pool: RegionPool) -> dict:
@@ -177,7 +212,8 @@ class Trainer:
             poly_power=c.poly_power, seed=seed, device=str(self.device), amp=c.amp,
             checkpoint_interval=c.checkpoint_interval, eval_interval=c.eval_interval,
             desc=f"round {t} {stage}", compile=c.compile)
-        eval_fn = (lambda m: self.evaluate(m, desc=f"round {t} {stage} val")["miou"]) if c.eval_interval > 0 else None
+        eval_fn = ((lambda m: self.evaluate(m, desc=f"round {t} {stage} val")["miou"])
+                   if c.eval_interval > 0 and self.data.val_measured else None)
         last = run.stage(t, stage, "last")
         t0 = time.time()
         summary = train_model(model, lambda start: self._loader(view, indices, iterations, seed, start, extra_keys),

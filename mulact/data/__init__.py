@@ -32,6 +32,7 @@ from .base import IGNORE_INDEX, DatasetNotFoundError, Sample, SegmentationDatase
 from .cache import cache_dir, default_superpixel_dir
 from .cityscapes import CityscapesDataset
 from .demo import ensure_demo_dataset, render_scene
+from .folder import ClassFileError, FolderDataset, read_class_table
 from .superpixels import (
     METHODS,
     CacheMismatchError,
@@ -43,12 +44,12 @@ from .superpixels import (
 from .transforms import EvalTransform, TrainTransform, denormalize, normalize
 from .voc import VOCDataset
 
-DATASETS = ("cityscapes", "voc", "demo")
+DATASETS = ("cityscapes", "voc", "demo", "folder")
 
 
 def build_dataset(name: str, root: str | os.PathLike | None, split: str, *, demo_options: dict | None = None,
                   **kwargs) -> SegmentationDataset:
-    """Dataset by name: ``"cityscapes"``, ``"voc"`` or ``"demo"``.
+    """Dataset by name: ``"cityscapes"``, ``"voc"``, ``"demo"`` or ``"folder"`` (README, "Your own images").
 
     For ``"demo"``, ``root`` is the demo cache root (None: ``<cache>/demo``) and
     ``demo_options`` go to :func:`ensure_demo_dataset` (seed, num_train, num_val, height,
@@ -64,6 +65,10 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str, *, demo
         if root is None:
             raise ValueError("build_dataset: `root` is required for voc")
         return VOCDataset(root, split, **kwargs)
+    if name == "folder":
+        if root is None:
+            raise ValueError("build_dataset: `root` is required for folder (the directory holding classes.yaml)")
+        return FolderDataset(root, split, **kwargs)
     if name == "demo":
         path = ensure_demo_dataset(root, **(demo_options or {}))
         return CityscapesDataset(path, split, **kwargs)
@@ -76,6 +81,8 @@ __all__ = [
     "METHODS",
     "CacheMismatchError",
     "CityscapesDataset",
+    "ClassFileError",
+    "FolderDataset",
     "DatasetNotFoundError",
     "EvalTransform",
     "Sample",
@@ -91,6 +98,7 @@ __all__ = [
     "ensure_demo_dataset",
     "grid_superpixels",
     "normalize",
+    "read_class_table",
     "relabel_contiguous",
     "render_scene",
 ]

@@ -37,6 +37,7 @@ from mulact.runstore import DirLock, LockedError, die_with_parent, remove_temp_f
 
 from . import DATASETS, build_dataset
 from .base import DatasetNotFoundError, read_rgb
+from .checks import DataCheckError, check_datasets
 from .superpixels import METHODS, CacheMismatchError, SuperpixelCache
 
 # Peak memory of one worker process (measured at 1024x2048 and 512x1024, 2026-11-30): the
@@ -196,17 +197,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     splits = args.split or ["train", "val"]
     params = dict(args.param)
-    for split in splits:
-        kwargs = {"superpixels": args.method, "region_size": args.region_size, "superpixel_params": params}
-        if args.out is not None:
-            kwargs["superpixel_dir"] = Path(args.out) / split
+    datasets = []
+    try:
+        for split in splits:
+            # a folder dataset's masks are optional (README, "Your own images")
+            kwargs = {"superpixels": args.method, "region_size": args.region_size, "superpixel_params": params,
+                      "require_labels": args.dataset != "folder"}
+            if args.out is not None:
+                kwargs["superpixel_dir"] = Path(args.out) / split
+            datasets.append(build_dataset(args.dataset, args.root, split, **kwargs))
+        # every image first, so a damaged one is reported before hours of maps (all at once)
+        check_datasets([(ds, None, False) for ds in datasets], progress=not args.no_progress)
+    except (DatasetNotFoundError, CacheMismatchError, DataCheckError, ValueError) as exc:
+        print(f"mulact-superpixels: error: {exc}", file=sys.stderr)
+        return 2
+    for split, ds in zip(splits, datasets):
         try:
-            ds = build_dataset(args.dataset, args.root, split, **kwargs)
             computed, skipped = precompute_split(ds, args.workers, progress=not args.no_progress)
         except (DatasetNotFoundError, CacheMismatchError, LockedError) as exc:
             print(f"mulact-superpixels: error: {exc}", file=sys.stderr)
             return 2
         print(f"{split}: {computed} computed, {skipped} already cached -> {ds.superpixels.root}")
+        side, warn = ds.superpixels.region_size_report(ds.names())
+        print(f"{split}: mean delivered region size {side:.1f} px (requested {args.region_size})")
+        if warn:
+            print(f"mulact-superpixels: warning: {warn}", file=sys.stderr)
     return 0
 
 

@@ -19,10 +19,21 @@ def _voc_palette(n: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def class_colors(dataset: str, class_names) -> list[str]:
+def class_colors(dataset: str, class_names, data_root=None) -> list[str]:
     """``#rrggbb`` per class: Cityscapes (and the demo) from cityscapesscripts, VOC's palette,
-    else matplotlib's tab20 cycle."""
+    a folder dataset's own colours (its ``classes.yaml`` under ``data_root``), else
+    matplotlib's tab20 cycle."""
     names = list(class_names)
+    if dataset == "folder" and data_root is not None:
+        from pathlib import Path
+
+        from mulact.data.folder import CLASSES_FILE, read_class_table
+
+        table = read_class_table(Path(data_root).expanduser() / CLASSES_FILE)
+        if list(table.names) != names:
+            raise ValueError(f"{Path(data_root) / CLASSES_FILE} now names the classes {list(table.names)}, but the run "
+                             f"was made with {names}; restore the class file the run was started with")
+        return ["#%02x%02x%02x" % c for c in table.colors]
     if dataset in ("cityscapes", "demo"):
         from cityscapesscripts.helpers.labels import labels
 

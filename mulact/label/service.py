@@ -63,7 +63,7 @@ class LabelService:
         self._lock = threading.Lock()
         self._dataset = dataset
         self._pictures: dict[tuple[int, str], bytes] = {}
-        self.colors = class_colors(self.cfg.dataset, self.record["class_names"])
+        self.colors = class_colors(self.cfg.dataset, self.record["class_names"], self.cfg.data_root)
 
     # -- dataset, pictures ---------------------------------------------------------------------
     @property
