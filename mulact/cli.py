@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
     if main_rank:
         world = distributed.env_world_size()
-        print(f"mulact-train: {cfg.name} ({cfg.dataset}, {cfg.rounds} rounds x {cfg.budget} clicks, "
-              f"{cfg.acquisition}, {cfg.labeling}-class labels, encoder {cfg.encoder}) -> {cfg.resolved_run_dir()}"
+        what = ("full supervision (every pixel of the train split)" if cfg.labeling == "full" else
+                f"{cfg.rounds} rounds x {cfg.budget} clicks, {cfg.acquisition}, {cfg.labeling}-class labels")
+        print(f"mulact-train: {cfg.name} ({cfg.dataset}, {what}, encoder {cfg.encoder}) -> {cfg.resolved_run_dir()}"
               + (f" [{world} processes]" if world > 1 else ""))
     try:
         run_experiment(cfg, echo=print if main_rank else (lambda *a, **k: None))

@@ -33,7 +33,7 @@ from mulact.ops.acquisition import ACQUISITION_METHODS, ACQUISITIONS
 __all__ = ["TrainConfig", "PRESETS", "NULL", "convert", "apply_overrides", "load_config_file",
            "resolve_config", "format_value", "to_yaml"]
 
-LABELINGS = ("multi", "dominant")
+LABELINGS = ("multi", "dominant", "full")
 ORACLES = ("simulated", "human")
 LOSSES = ("mulact", "dominant", "infimum", "rc")
 PSEUDO_LABELINGS = ("prototype", "confident")
@@ -84,10 +84,11 @@ class TrainConfig:
     budget: int = opt(100_000, "clicks per round", min=1)
     acquisition: str = opt("pixbal", "acquisition function of rounds 2+ (round 1 selects at random): "
                            + "; ".join(f"{k}: {a.summary}" for k, a in ACQUISITIONS.items()), choices=ACQUISITION_METHODS)
-    labeling: str = opt("multi", "'multi' (multi-class query, cost = classes in region) or 'dominant' (cost 1)", choices=LABELINGS)
+    labeling: str = opt("multi", "'multi' (multi-class query, cost = classes in region), 'dominant' (cost 1) or 'full' (no rounds: the full-supervision reference, one model trained on every pixel of the train split with stage 1's model, schedule and augmentation; README, 'Full supervision')", choices=LABELINGS)
     nu: float = opt(6.0, "PixBal class-balance strength ν (Eq. 4); 0: no balancing", min=0)
     acquisition_batch_size: int = opt(4, "images per forward pass when scoring the pool", min=1)
     oracle: str = opt("simulated", "who answers the queries: 'simulated' (ground-truth masks) or 'human' (the run stops after each acquisition until the answers exist; label with mulact-label RUN_DIR, then rerun)", choices=ORACLES)
+    reference: str = opt("off", "full-supervision reference of the run's mIoU: 'off', 'auto' (the --labeling full run of this configuration, trained once and kept in $MULACT_CACHE/references/) or the directory of a --labeling full run; metrics then give each round's mIoU as % of it and the clicks to reach 95 % of it (README, 'Full supervision')")
     expected_classes_prior: float = opt(1.5, "human oracle: expected classes per multi-class query in round 1, before any answer is known (the budget cut takes regions until the expected clicks reach --budget)", gt=0)
     # -- stage 1 -------------------------------------------------------------------------
     loss: str = opt("mulact", "stage-1 loss: mulact = λ_CE·L_CE + λ_MP·L_MP + λ_PP·L_PP; dominant = CE with each region's dominant label (needs labeling dominant); infimum/rc = partial-label baselines (Appendix C.2)", choices=LOSSES)
@@ -128,6 +129,15 @@ class TrainConfig:
             raise ValueError(f"--scale-min {self.scale_min}: expected <= --scale-max {self.scale_max}")
         if self.loss == "dominant" and self.labeling != "dominant":
             raise ValueError("--loss dominant: needs --labeling dominant (single-class region labels)")
+        if self.labeling == "full" and self.oracle != "simulated":
+            raise ValueError(f"--labeling full: trains on the train split's masks; it needs --oracle simulated, "
+                             f"got --oracle {self.oracle}")
+        if self.labeling == "full" and self.reference != "off":
+            raise ValueError(f"--reference {self.reference}: a --labeling full run is itself the reference; "
+                             "use --reference off")
+        if self.reference not in ("off", "auto") and not os.path.isdir(self.reference):
+            raise ValueError(f"--reference {self.reference!r}: expected 'off', 'auto' or the directory of a "
+                             "--labeling full run")
         if not self.name.strip():
             raise ValueError(f"--name {self.name!r}: expected a non-empty name")
         if self.device != "auto":

@@ -32,15 +32,18 @@ from mulact.engine.precision import describe as describe_precision
 from .metrics import RunMetrics, percent
 from .oracle import AnswersPending, make_oracle
 from .records import PoolRecords
+from .reference import reference_of
 from .selector import Selector
 from .session import Session, open_session
 from .trainer import Trainer
 
-__all__ = ["AnswersPending", "run_experiment", "run_rounds"]
+__all__ = ["AnswersPending", "run_experiment", "run_full_supervision", "run_rounds"]
 
 
-def run_rounds(session: Session) -> list[dict]:
-    """Execute (or resume) every round of the run opened in ``session``; the metrics records."""
+def run_rounds(session: Session, reference: dict | None = None) -> list[dict]:
+    """Execute (or resume) every round of the run opened in ``session``; the metrics records.
+    ``reference``: the full-supervision reference (:mod:`mulact.al.reference`) the metrics
+    measure the rounds against, or None."""
     cfg, run, data, echo, warn = session.cfg, session.run, session.data, session.echo, session.warn_damaged
     t_start = time.time()
     oracle = make_oracle(cfg.oracle, run, data.train, data.indices, labeling=cfg.labeling,
@@ -52,7 +55,7 @@ def run_rounds(session: Session) -> list[dict]:
     records = PoolRecords(run, data.train.names(), acquisition=cfg.acquisition, labeling=cfg.labeling,
                           warn_damaged=warn)
     report = RunMetrics(run, data.class_names, acquisition=cfg.acquisition, stage2=cfg.stage2, warn_damaged=warn,
-                        title=f"{cfg.name}: {cfg.acquisition}, {cfg.labeling}-class labels")
+                        title=f"{cfg.name}: {cfg.acquisition}, {cfg.labeling}-class labels", reference=reference)
     echo(describe_precision(cfg.amp, session.device))
     pool = records.load(oracle, data.num_classes)
     full_cost = oracle.full_annotation_cost()
@@ -96,11 +99,45 @@ def run_rounds(session: Session) -> list[dict]:
     return metrics
 
 
+def run_full_supervision(session: Session) -> list[dict]:
+    """``--labeling full``: the run's one model, trained on every pixel of the train split
+    (:meth:`Trainer.full_supervision`); its record has the whole split labeled, at 100 % of the
+    full annotation cost. Resumable and verified like a round."""
+    cfg, run, data, echo, warn = session.cfg, session.run, session.data, session.echo, session.warn_damaged
+    t_start = time.time()
+    oracle = make_oracle("simulated", run, data.train, data.indices, labeling="multi",
+                         prior=cfg.expected_classes_prior, class_names=data.class_names, trim=cfg.trim,
+                         echo=echo, warn_damaged=warn)
+    trainer = Trainer(cfg, run, data, session.device, warn)
+    report = RunMetrics(run, data.class_names, acquisition="all", stage2=False, warn_damaged=warn,
+                        title=f"{cfg.name}: full supervision")
+    echo(describe_precision(cfg.amp, session.device))
+    echo(f"labeling full: one model on every pixel of the {len(data.indices)} train images "
+         f"({cfg.iterations} iterations); rounds, budget, acquisition and stage 2 do not apply")
+    metrics = report.load()
+    s1 = trainer.full_supervision()  # verified (a damaged file is trained again) when it exists
+    if not metrics:
+        rec = report.full_record(oracle.full_annotation_cost(), int((oracle.pixels > 0).sum()), len(data.indices),
+                                 trainer.evaluate_stage(1, "stage1"), s1)
+        metrics = [rec]
+        report.save(1, metrics)
+        trainer.write_smp_model(1)
+        echo(f"full supervision: mIoU {percent(rec['miou'])}")
+    report.check_files(metrics)
+    trainer.check_smp_model(1)
+    echo(f"run directory: {run.root}   ({time.time() - t_start:.0f}s this invocation)")
+    return metrics
+
+
 def run_experiment(cfg: TrainConfig, echo=print) -> list[dict]:
     """Open the run of ``cfg`` (validated by :func:`mulact.config.resolve_config`), run every
-    round and release the run directory."""
+    round and release the run directory. With ``--reference auto`` the full-supervision
+    reference is looked up (and trained the first time) before the run opens."""
+    reference = reference_of(cfg, echo=echo)
     session = open_session(cfg, echo=echo)
     try:
-        return run_rounds(session)
+        if cfg.labeling == "full":
+            return run_full_supervision(session)
+        return run_rounds(session, reference)
     finally:
         session.close()

@@ -17,9 +17,10 @@ from mulact import distributed as dist
 from mulact.runstore import DamagedFileError, RunDir
 
 from .pool import RegionPool
+from .reference import clicks_to_fraction
 from .selector import acquisition_for_round
 
-__all__ = ["RunMetrics", "percent"]
+__all__ = ["RunMetrics", "describe_clicks_to", "percent"]
 
 
 def percent(value) -> str:
@@ -27,10 +28,22 @@ def percent(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
+def describe_clicks_to(res: dict) -> str:
+    """One line for a :func:`~mulact.al.reference.clicks_to_fraction` result."""
+    if not res.get("reached"):
+        return "not reached" + (f" ({res['reason']})" if res.get("reason") else "")
+    pct = res.get("percent_full_cost")
+    where = "" if pct is None or not math.isfinite(pct) else f" ({pct:.2f}% of the full cost)"
+    bound = "at most " if res.get("bound") == "at most" else ""
+    return f"{bound}{res['clicks']:.0f}{where}, round {res['round']}"
+
+
 class RunMetrics:
     """The metrics files of ``run``; ``title`` heads the plot, ``class_names`` the IoU columns."""
 
-    def __init__(self, run: RunDir, class_names, *, acquisition: str, title: str, stage2: bool, warn_damaged):
+    def __init__(self, run: RunDir, class_names, *, acquisition: str, title: str, stage2: bool, warn_damaged,
+                 reference: dict | None = None):
+        self.reference = reference  # the full-supervision reference (mulact.al.reference), or None
         self.run = run
         self.class_names = list(class_names)
         self.acquisition = acquisition
@@ -62,6 +75,33 @@ class RunMetrics:
         }
 
     @staticmethod
+    def full_record(full_cost, regions: int, images: int, ev: dict, s1: dict) -> dict:
+        """The one record of a ``--labeling full`` run: every region of the train split labeled."""
+        return {
+            "round": 1, "acquisition": "all", "clicks": full_cost, "cumulative_clicks": full_cost,
+            "percent_full_cost": 100.0, "full_annotation_cost": full_cost, "labeled_regions": int(regions),
+            "labeled_images": int(images), "miou": ev["miou"], "iou": ev["iou"], "stage1_miou": ev["miou"],
+            "stage1_iou": ev["iou"], "miou_measured": ev.get("miou_measured", True),
+            "stage1_seconds": s1.get("seconds"), "stage1_final_loss": s1.get("last_loss"),
+        }
+
+    def annotate(self, metrics: list[dict]) -> dict:
+        """Each record's mIoU as % of the reference (``percent_of_reference``) and the run's
+        Table 1 figure; the metrics file's ``reference`` and ``clicks_to_95`` entries."""
+        ref = self.reference
+        ref_miou = None if ref is None else ref.get("miou")
+        for m in metrics:
+            m.pop("reference_miou", None)
+            m.pop("percent_of_reference", None)
+            if ref_miou is not None:
+                m["reference_miou"] = ref_miou
+                m["percent_of_reference"] = (None if m.get("miou") is None or ref_miou <= 0
+                                             else 100.0 * m["miou"] / ref_miou)
+        if ref is None:
+            return {}
+        return {"reference": ref, "clicks_to_95": clicks_to_fraction(metrics, ref_miou, 0.95)}
+
+    @staticmethod
     def add_stage2(rec: dict, ev: dict, s2: dict) -> None:
         """Stage 2's evaluation ``ev`` and training ``s2`` into ``rec`` (its mIoU is the round's)."""
         rec.update(stage2_miou=ev["miou"], stage2_iou=ev["iou"], miou=ev["miou"], iou=ev["iou"],
@@ -89,8 +129,16 @@ class RunMetrics:
         dist.barrier(f"round {t}: metrics saved")
 
     def check_files(self, metrics: list[dict]) -> None:
-        """Rewrite a damaged CSV or plot from the records (rank 0)."""
+        """Rewrite a damaged CSV or plot from the records (rank 0), and the metrics files when
+        the reference changed (``--reference`` may change on a rerun)."""
         if not metrics or not dist.is_main():
+            return
+        try:
+            held = self.run.read_metrics()
+        except DamagedFileError:
+            held = None
+        if held is None or held.get("reference") != self.reference:
+            self._write(metrics)
             return
         for path in (self.run.metrics_csv, self.run.plot):
             try:
@@ -101,10 +149,12 @@ class RunMetrics:
                 break
 
     def _write(self, metrics: list[dict]) -> None:
-        self.run.write_json(self.run.metrics_json, {"class_names": self.class_names, "rounds": metrics})
+        extra = self.annotate(metrics)
+        self.run.write_json(self.run.metrics_json, {"class_names": self.class_names, "rounds": metrics, **extra})
         buf = io.StringIO()
         cols = ["round", "acquisition", "clicks", "cumulative_clicks", "percent_full_cost", "labeled_regions",
                 "labeled_images", "miou", "stage1_miou", "stage2_miou", "pseudo_label_accuracy"]
+        cols += ["percent_of_reference"] if self.reference is not None else []
         cols += [k for k in ("planned_clicks", "annotation_seconds", "seconds_per_query", "seconds_per_click")
                  if any(k in m for m in metrics)]
         w = csv.writer(buf)
@@ -129,6 +179,10 @@ class RunMetrics:
         ax.plot(x, [pct(m["stage1_miou"]) for m in metrics], "o-", label="stage 1")
         if any("stage2_miou" in m for m in metrics):
             ax.plot(x, [pct(m.get("stage2_miou", math.nan)) for m in metrics], "s-", label="stage 2")
+        ref = None if self.reference is None else self.reference.get("miou")
+        if ref is not None:
+            ax.axhline(100 * ref, color="0.3", ls="--", lw=1, label="full supervision")
+            ax.axhline(95 * ref, color="0.3", ls=":", lw=1, label="95 % of it")
         if not all(m.get("miou_measured", True) for m in metrics):
             ax.text(0.5, 0.5, "mIoU not measured\n(no validation masks)", transform=ax.transAxes, ha="center")
         ax.set_xlabel("clicks (cumulative)")
@@ -146,11 +200,20 @@ class RunMetrics:
         head = f"{'round':>5} {'clicks':>8} {'cumulative':>10} {'% full':>7} {'regions':>8} {'mIoU':>7}"
         if self.stage2:
             head += f" {'stage1':>7} {'stage2':>7}"
+        ref = None if self.reference is None else self.reference.get("miou")
+        if ref is not None:
+            head += f" {'% ref':>6}"
         lines = [head, "-" * len(head)]
         for m in metrics:
             line = (f"{m['round']:>5} {m['clicks']:>8} {m['cumulative_clicks']:>10} {m['percent_full_cost']:>7.2f} "
                     f"{m['labeled_regions']:>8} {percent(m['miou']):>7}")
             if self.stage2:
                 line += f" {percent(m['stage1_miou']):>7} {percent(m.get('stage2_miou', math.nan)):>7}"
+            if ref is not None:
+                share = "n/a" if m.get("miou") is None else f"{100 * m['miou'] / ref:.1f}"
+                line += f" {share:>6}"
             lines.append(line)
+        if ref is not None:
+            lines.append(f"full-supervision reference: mIoU {percent(ref)} ({self.reference['run_dir']}); "
+                         f"clicks to 95 % of it: {describe_clicks_to(clicks_to_fraction(metrics, ref, 0.95))}")
         return "\n".join(lines)

@@ -26,7 +26,9 @@ __all__ = ["CONTINUATION_OPTIONS", "RUNTIME_OPTIONS", "RunData", "Session", "ope
 log = logging.getLogger(__name__)
 
 # Options that may differ between the original command and a rerun of the same run.
-RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size", "dist_timeout"}
+# ``reference`` changes what the metrics are measured against, never a round's result.
+RUNTIME_OPTIONS = {"device", "num_workers", "run_dir", "eval_batch_size", "acquisition_batch_size", "dist_timeout",
+                   "reference"}
 # Options a rerun may change to keep labeling (README, "Keep labeling"): more rounds, another
 # budget for the rounds not selected yet. Finished rounds keep their selections and models;
 # fewer rounds than the run has selected are refused (PoolRecords.load).

@@ -131,6 +131,17 @@ class Trainer:
 
         return self._train("stage1", t, view, pool.labeled_images(), c.iterations, c.lr, step, ("region_labels",))
 
+    def full_supervision(self) -> dict:
+        """``--labeling full``: round 1's stage 1 — the same initial weights, schedule, batch
+        stream and augmentation — trained on every pixel of the train split with plain
+        cross-entropy (void ignored), as ``round_01/stage1.pt``."""
+        from .stage2 import stage2_step
+
+        c = self.cfg
+        view = AugmentedView(self.data.train, self.data.transform)  # no label_fn: the ground-truth masks
+        return self._train("stage1", 1, view, self.data.indices, c.iterations, c.lr,
+                           lambda m, b, p: stage2_step(m, b, device=self.device, temperature=c.temperature), ())
+
     def stage2(self, t: int, pool: RegionPool) -> dict:
         from .stage2 import generate_pseudo_labels, pseudo_summary, stage2_step
 

@@ -28,7 +28,10 @@ from .stats import paired_difference, summarize
 __all__ = ["collect", "write_report", "METRICS"]
 
 # (key in metrics.json, label); mIoU = the run's reported model (stage 2 when on).
-METRICS = (("miou", "mIoU"), ("stage1_miou", "stage-1 mIoU"), ("stage2_miou", "stage-2 mIoU"))
+METRICS = (("miou", "mIoU"), ("stage1_miou", "stage-1 mIoU"), ("stage2_miou", "stage-2 mIoU"),
+           ("percent_of_reference", "% of full supervision"))
+# already in percent in metrics.json (the others are fractions)
+_PERCENT_KEYS = {"percent_of_reference"}
 
 
 def load_spec(sweep_dir: str) -> SweepSpec:
@@ -52,7 +55,9 @@ def collect(sweep_dir: str, spec: SweepSpec) -> tuple[list[dict], dict]:
                        "cumulative_clicks": m["cumulative_clicks"], "percent_full_cost": m["percent_full_cost"]}
                 for key, _ in METRICS:
                     v = m.get(key)
-                    row[key] = 100.0 * v if v is not None else math.nan
+                    row[key] = math.nan if v is None else (v if key in _PERCENT_KEYS else 100.0 * v)
+                ref = m.get("reference_miou")
+                row["reference_miou"] = math.nan if ref is None else 100.0 * ref
                 rows.append(row)
     return rows, done
 
@@ -84,6 +89,42 @@ def _table(rows, spec, confidence):
                                "mean_difference": d.mean, "std": d.std, "ci_low": d.low, "ci_high": d.high,
                                "p_value": d.p_value})
     return stats, paired
+
+
+def _table1(rows, spec, confidence, fraction: float = 0.95) -> list[dict]:
+    """Per variant: the full-supervision reference over seeds and the paper's Table 1 figure —
+    clicks (and % of full cost) to reach ``fraction`` of the seed's reference, per seed
+    (:func:`mulact.al.reference.clicks_to_fraction`), summarized over the seeds that reach it."""
+    from mulact.al.reference import clicks_to_fraction
+
+    out = []
+    for variant in spec.variants:
+        per_seed = {}
+        for r in sorted((r for r in rows if r["variant"] == variant), key=lambda r: (r["seed"], r["round"])):
+            per_seed.setdefault(r["seed"], []).append(r)
+        refs, reached, clicks, pct, last_share = [], [], [], [], []
+        for seed, rs in per_seed.items():
+            ref = rs[0]["reference_miou"]
+            if math.isnan(ref):
+                continue
+            refs.append(ref)
+            recs = [{"round": r["round"], "miou": None if math.isnan(r["miou"]) else r["miou"],
+                     "cumulative_clicks": r["cumulative_clicks"], "percent_full_cost": r["percent_full_cost"]}
+                    for r in rs]
+            res = clicks_to_fraction(recs, ref, fraction)
+            reached.append((seed, res))
+            if res["reached"]:
+                clicks.append(res["clicks"])
+                pct.append(res["percent_full_cost"] if res["percent_full_cost"] is not None else math.nan)
+            last_share.append(rs[-1]["percent_of_reference"])
+        if not refs:
+            continue
+        out.append({"variant": variant, "seeds": len(refs), "reference": summarize(refs, confidence),
+                    "reached": sum(1 for _, r in reached if r["reached"]),
+                    "at_most": sum(1 for _, r in reached if r.get("bound") == "at most"),
+                    "clicks": summarize(clicks, confidence), "percent_full_cost": summarize(pct, confidence),
+                    "last_share": summarize(last_share, confidence), "per_seed": reached})
+    return out
 
 
 def _csv(path, rows, cols) -> None:
@@ -127,10 +168,11 @@ def write_report(sweep_dir: str, confidence: float = 0.95, echo=print, baseline:
          ["variant", "baseline", "round", "metric", "n", "mean_difference", "std", "ci_low", "ci_high", "p_value"])
     _csv(os.path.join(out, "runs.csv"), rows,
          ["variant", "seed", "round", "clicks", "cumulative_clicks", "percent_full_cost",
-          *[k for k, _ in METRICS]])
+          *[k for k, _ in METRICS], "reference_miou"])
     shared_path = os.path.join(sweep_dir, "shared.json")
     shared = _read_json(shared_path)
-    md = _markdown(spec, stats, paired, done, shared, confidence)
+    table1 = _table1(rows, spec, confidence)
+    md = _markdown(spec, stats, paired, done, shared, confidence, table1)
     atomic_write(os.path.join(out, "report.md"), md.encode())
     if stats:
         _plot(os.path.join(out, "miou_vs_clicks.png"), spec, stats, confidence)
@@ -139,7 +181,7 @@ def write_report(sweep_dir: str, confidence: float = 0.95, echo=print, baseline:
     return out
 
 
-def _markdown(spec, stats, paired, done, shared, confidence) -> str:
+def _markdown(spec, stats, paired, done, shared, confidence, table1=()) -> str:
     pct = f"{100 * confidence:g} %"
     rounds = {v: spec.configs[(v, spec.seeds[0])]["rounds"] for v in spec.variants}
     complete = [k for k, n in done.items() if n >= rounds[k[0]]]
@@ -164,6 +206,10 @@ def _markdown(spec, stats, paired, done, shared, confidence) -> str:
     if has_stage2:
         head += " stage-1 mIoU | " + pct + " CI |"
         sep += "---:|---|"
+    has_ref = any(r["percent_of_reference_n"] for r in stats)
+    if has_ref:
+        head += " % of full supervision | " + pct + " CI |"
+        sep += "---:|---|"
     L += ["", head, sep]
     for r in stats:
         line = (f"| `{r['variant']}` | {r['round']} | {r['n']} | {r['cumulative_clicks']:.0f} | "
@@ -171,7 +217,26 @@ def _markdown(spec, stats, paired, done, shared, confidence) -> str:
                 f"{_ci(r['miou_ci_low'], r['miou_ci_high'])} |")
         if has_stage2:
             line += f" {_fmt(r['stage1_miou_mean'])} | {_ci(r['stage1_miou_ci_low'], r['stage1_miou_ci_high'])} |"
+        if has_ref:
+            line += (f" {_fmt(r['percent_of_reference_mean'], 1)} | "
+                     f"{_ci(r['percent_of_reference_ci_low'], r['percent_of_reference_ci_high'])} |")
         L.append(line)
+    if table1:
+        L += ["", "## Against full supervision (the paper's Table 1 figure)", "",
+              "Reference = the seed's `--labeling full` run (`--reference`): stage 1's model, schedule and "
+              "augmentation trained on every pixel of the train split. Clicks to 95 % = the cumulative clicks at "
+              "which the run's mIoU reaches 95 % of its seed's reference, interpolated between rounds; reached "
+              "in round 1 it is round 1's clicks (an upper bound, counted under 'in round 1'). Mean over the seeds "
+              f"that reach it, {pct} t-interval.", "",
+              "| variant | seeds | reference mIoU | " + pct + " CI | last round, % of reference | " + pct
+              + " CI | reached 95 % | in round 1 | clicks to 95 % | " + pct + " CI | % full cost |",
+              "|---|---:|---:|---|---:|---|---:|---:|---:|---|---:|"]
+        for t in table1:
+            ref, last, ck, pc = t["reference"], t["last_share"], t["clicks"], t["percent_full_cost"]
+            L.append(f"| `{t['variant']}` | {t['seeds']} | {_fmt(ref.mean)} | {_ci(ref.low, ref.high)} | "
+                     f"{_fmt(last.mean, 1)} | {_ci(last.low, last.high)} | {t['reached']}/{t['seeds']} | "
+                     f"{t['at_most']} | {_fmt(ck.mean, 0) if ck.n else 'not reached'} | {_ci(ck.low, ck.high)} | "
+                     f"{_fmt(pc.mean)} |")
     L += ["", f"## Paired differences against `{spec.baseline}` (same seed), mIoU points", "",
           f"Δ = variant − baseline per seed; {pct} t-interval and paired t-test p-value over the seeds. "
           "An interval that excludes 0 is a difference the seeds resolve.", "",
@@ -179,7 +244,7 @@ def _markdown(spec, stats, paired, done, shared, confidence) -> str:
           "|---|---:|---|---:|---:|---:|---|---:|"]
     labels = dict(METRICS)
     for d in paired:
-        if d["metric"] == "stage2_miou" or (d["metric"] == "stage1_miou" and not has_stage2):
+        if d["metric"] in ("stage2_miou", "percent_of_reference") or (d["metric"] == "stage1_miou" and not has_stage2):
             continue
         L.append(f"| `{d['variant']}` | {d['round']} | {labels[d['metric']]} | {d['n']} | {d['mean_difference']:+.2f} | "
                  f"{_fmt(d['std'])} | {_ci(d['ci_low'], d['ci_high'])} | {_fmt(d['p_value'], 3)} |")

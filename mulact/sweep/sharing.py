@@ -52,6 +52,7 @@ NOT_ORACLE_INPUTS = frozenset({
     "acquisition", "labeling", "nu", "acquisition_batch_size", "loss", "lambda_ce", "lambda_mp", "lambda_pp",
     "iterations", "batch_size", "lr", "encoder_lr_mult", "weight_decay", "poly_power", "eval_interval",
     "checkpoint_interval", "eval_batch_size", "stage2", "stage2_iterations", "lr_stage2", "expand", "pseudo",
+    "reference",
 })
 
 # Options not read by round 1 up to and including its stage-1 training: round 1 selects at
@@ -60,7 +61,7 @@ NOT_ORACLE_INPUTS = frozenset({
 # (never run in round 1) and stage-2 pseudo-labelling.
 NOT_ROUND1_STAGE1_INPUTS = frozenset({
     "name", "run_dir", "rounds", "acquisition", "nu", "acquisition_batch_size",
-    "stage2", "stage2_iterations", "lr_stage2", "expand", "pseudo",
+    "stage2", "stage2_iterations", "lr_stage2", "expand", "pseudo", "reference",
 })
 
 
