@@ -156,7 +156,10 @@ def clicks_to_fraction(rounds: list[dict], reference_miou, fraction: float = 0.9
                 return {**out, "reached": True, "round": m["round"], "bound": "at most",
                         "clicks": float(m["cumulative_clicks"]), "percent_full_cost": m.get("percent_full_cost")}
             w = (target - prev["miou"]) / (miou - prev["miou"])
-            lerp = (lambda a, b: None if a is None or b is None else a + w * (b - a))
+
+            def lerp(a, b):
+                return None if a is None or b is None else a + w * (b - a)
+
             return {**out, "reached": True, "round": m["round"], "bound": "interpolated",
                     "clicks": lerp(float(prev["cumulative_clicks"]), float(m["cumulative_clicks"])),
                     "percent_full_cost": lerp(prev.get("percent_full_cost"), m.get("percent_full_cost"))}
