@@ -4,11 +4,11 @@ Why this exists: a comparison of labeling strategies or acquisition functions ca
 from runs whose mIoU is limited by labels, not by training (issue 20). A setting is a preset
 plus ``TrainConfig`` overrides; for each seed the probe measures
 
-- ``ceiling``: the same model, schedule and augmentation as stage 1 of a round, trained on
-  every pixel of every training image (plain cross-entropy on the ground truth, void = 255
-  ignored), evaluated on the validation split. It reuses the loop's building blocks
-  (:func:`mulact.engine.train.train_model`, :class:`mulact.al.data.AugmentedView`, the
-  stage-2 pixel loss) so only the labels differ from a round's stage 1.
+- ``ceiling``: the full-supervision reference, ``mulact-train --labeling full`` under the
+  setting's options (:mod:`mulact.al.reference`): the same model, initial weights, schedule and
+  augmentation as round 1's stage 1, trained on every pixel of every training image (plain
+  cross-entropy on the ground truth, void ignored), evaluated on the validation split. Only
+  the labels differ from a round's stage 1.
 - ``rounds``: ``mulact-train`` with the same options in a child process; the per-round mIoU
   comes from its ``metrics.json``.
 - ``curve``: one-round ``mulact-train`` runs (round 1 selects at random) at a few click
@@ -41,14 +41,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mulact-train: spinning
 
 DEFAULT_OUT = os.path.join("benchmarks", "results", "regime_probe_2026-12-03")
 MODES = ("ceiling", "rounds", "curve")
-# Options that change what the AL rounds do but not the full-supervision training: settings
-# that differ only in these share one ceiling per seed (measured once, copied with its origin).
-NOT_CEILING = {"name", "run_dir", "rounds", "budget", "acquisition", "labeling", "nu", "acquisition_batch_size",
-               "oracle", "expected_classes_prior", "loss", "lambda_ce", "lambda_mp", "lambda_pp", "stage2",
-               "stage2_iterations", "lr_stage2", "expand", "pseudo", "eval_interval", "checkpoint_interval",
-               "trim", "num_workers", "dist_timeout", "eval_batch_size", "device"}
-
-
 def parse_overrides(items: list[str]) -> dict:
     """``["iterations=480", "stage2=false"]`` → ``{"iterations": "480", "stage2": "false"}``
     (converted later by :func:`mulact.config.resolve_config`, which names a bad value)."""
@@ -67,57 +59,30 @@ def resolve(preset: str, overrides: dict, seed: int, run_dir: str):
     return resolve_config(preset, None, {**overrides, "seed": seed, "run_dir": run_dir})
 
 
-def train_ceiling(cfg, ckpt_dir: str) -> dict:
-    """Full supervision under ``cfg``: stage 1's model, schedule and augmentation, every pixel
-    labeled. Resumable from ``ckpt_dir`` like a round's stage."""
-    import numpy as np
-    import torch
+def train_ceiling(cfg, run_dir: str) -> dict:
+    """Full supervision under ``cfg``: the ``mulact-train --labeling full`` run of its
+    reference configuration (:func:`mulact.al.reference.reference_config`) in ``run_dir`` —
+    round 1's stage-1 model, initial weights, schedule and augmentation, every pixel labeled.
+    Resumable like any run."""
+    import dataclasses
 
-    from mulact.al.data import AugmentedView, build_split
-    from mulact.al.stage2 import stage2_step
-    from mulact.data import TrainTransform
-    from mulact.engine.evaluate import evaluate_dataset
-    from mulact.engine.train import ResumableBatchSampler, TrainSettings, collate_pad, derive_seed, train_model
-    from mulact.model import build_model
+    from mulact.al.loop import run_experiment
+    from mulact.al.reference import reference_config
 
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if cfg.device == "auto" else cfg.device))
-    train, val = build_split(cfg, "train"), build_split(cfg, "val")
-    n = len(train) if cfg.max_train_images is None else min(len(train), cfg.max_train_images)
-    if cfg.max_val_images is not None:
-        val = torch.utils.data.Subset(val, range(min(len(val), cfg.max_val_images)))
-    transform = TrainTransform(cfg.crop_size, (cfg.scale_min, cfg.scale_max), flip=cfg.hflip,
-                               ignore_index=train.ignore_index)
-    view = AugmentedView(train, transform)  # no label_fn: the ground-truth mask of every image
-    # the seeds of round 1's stage 1 (mulact.al.loop): the same initial weights and batch stream
-    model = build_model(train.num_classes, cfg.encoder, cfg.encoder_weights, cfg.decoder_channels,
-                        seed=derive_seed(cfg.seed, 0xB0D)).to(device)
-    seed = derive_seed(cfg.seed, 1, 1)
-    settings = TrainSettings(
-        iterations=cfg.iterations, lr=cfg.lr, encoder_lr_mult=cfg.encoder_lr_mult, weight_decay=cfg.weight_decay,
-        poly_power=cfg.poly_power, seed=seed, device=str(device), amp=cfg.amp,
-        checkpoint_interval=cfg.checkpoint_interval, eval_interval=0, desc="ceiling", compile=cfg.compile)
-
-    def loader(start):
-        sampler = ResumableBatchSampler(np.arange(n), cfg.batch_size, cfg.iterations, seed, start)
-        return torch.utils.data.DataLoader(view, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                           collate_fn=collate_pad)
-
-    os.makedirs(ckpt_dir, exist_ok=True)
+    ref = dataclasses.replace(reference_config(cfg), run_dir=run_dir)
     t0 = time.time()
-    summary = train_model(model, loader, lambda m, b, p: stage2_step(m, b, device=device, temperature=cfg.temperature),
-                          settings, os.path.join(ckpt_dir, "ceiling_last.pt"))
-    train_s = time.time() - t0
-    ev = evaluate_dataset(model, val, train.num_classes, device, batch_size=cfg.eval_batch_size,
-                          num_workers=cfg.num_workers, ignore_index=train.ignore_index, amp=cfg.amp,
-                          desc="ceiling eval")
-    return {"miou": ev["miou"], "iou": ev["iou"], "train_images": n, "iterations": cfg.iterations,
-            "last_loss": summary["last_loss"], "train_seconds": train_s, "seconds": time.time() - t0}
+    (rec,) = run_experiment(ref, echo=lambda *a, **k: None)
+    return {"miou": rec["miou"], "iou": rec["iou"], "train_images": rec["labeled_images"],
+            "iterations": cfg.iterations, "last_loss": rec["stage1_final_loss"],
+            "train_seconds": rec["stage1_seconds"], "seconds": time.time() - t0}
 
 
 def ceiling_key(cfg) -> str:
-    """The options of ``cfg`` that the ceiling depends on, as canonical JSON."""
-    return json.dumps({k: v for k, v in cfg.to_dict().items() if k not in NOT_CEILING}, sort_keys=True)
+    """The options of ``cfg`` the ceiling depends on (:func:`mulact.al.reference.reference_key`),
+    as canonical JSON."""
+    from mulact.al.reference import reference_key
+
+    return json.dumps(reference_key(cfg.to_dict()), sort_keys=True, default=str)
 
 
 def find_ceiling(results: dict, key: str, seed: int):

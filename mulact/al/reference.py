@@ -26,8 +26,8 @@ import time
 from mulact.config import TrainConfig
 from mulact.runstore import LockedError, RunDir
 
-__all__ = ["NOT_REFERENCE_INPUTS", "clicks_to_fraction", "reference_config", "reference_dir", "reference_of",
-           "read_reference"]
+__all__ = ["NOT_REFERENCE_INPUTS", "clicks_to_fraction", "reference_config", "reference_dir", "reference_key",
+           "reference_of", "read_reference"]
 
 # Options that only the AL rounds read; the reference's configuration holds their defaults.
 # Any option not listed (including options added later) is an input: a new option can only
