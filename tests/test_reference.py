@@ -188,3 +188,35 @@ def test_sweep_report_gives_percent_of_reference_and_clicks_to_95(tmp_path):
                for s in range(3)) / 3
     assert f"| {want:.0f} |" in row_b
     assert f"| {100 * sum(refs.values()) / 3:.2f} |" in row_b  # mean reference mIoU in percent
+
+
+def test_reference_auto_waits_for_another_process_training_it(tmp_path, monkeypatch):
+    """A second run asking for a reference that another process is training waits for it
+    (the reference's run directory is locked) and then reads the finished reference."""
+    import mulact.al.loop as loop
+    import mulact.al.reference as reference
+    from mulact.runstore import LockedError
+
+    monkeypatch.setenv("MULACT_CACHE", str(tmp_path))
+    cfg = resolve_config("demo", None, {"run_dir": str(tmp_path / "r"), "reference": "auto"})
+    calls, reads, said = [], [], []
+
+    def fake_run(ref, echo):
+        calls.append(ref.run_dir)
+        if len(calls) == 1:
+            raise LockedError(f"run directory {ref.run_dir} is in use by pid 1")
+        return []
+
+    def fake_read(root, what="--reference"):
+        reads.append(root)
+        if len(reads) == 1:
+            raise FileNotFoundError(root)  # not there before training
+        return {"miou": 0.5, "run_dir": root}
+
+    monkeypatch.setattr(loop, "run_experiment", fake_run)
+    monkeypatch.setattr(reference, "read_reference", fake_read)
+    got = reference.reference_of(cfg, echo=lambda *a, **k: said.append(" ".join(map(str, a))), poll_s=0)
+    assert got == {"miou": 0.5, "run_dir": reference_dir(cfg)}
+    assert calls == [reference_dir(cfg)] * 2 and reads == [reference_dir(cfg)] * 2
+    assert any("in use by pid 1" in s and "waiting" in s for s in said)
+    assert reference.reference_of(resolve_config("demo", None, {"run_dir": str(tmp_path / "r")})) is None
