@@ -88,7 +88,7 @@ class TrainConfig:
     nu: float = opt(6.0, "PixBal class-balance strength ν (Eq. 4); 0: no balancing", min=0)
     acquisition_batch_size: int = opt(4, "images per forward pass when scoring the pool", min=1)
     oracle: str = opt("simulated", "who answers the queries: 'simulated' (ground-truth masks) or 'human' (the run stops after each acquisition until the answers exist; label with mulact-label RUN_DIR, then rerun)", choices=ORACLES)
-    reference: str = opt("off", "full-supervision reference of the run's mIoU: 'off', 'auto' (the --labeling full run of this configuration, trained once and kept in $MULACT_CACHE/references/) or the directory of a --labeling full run; metrics then give each round's mIoU as % of it and the clicks to reach 95 % of it (README, 'Full supervision')")
+    reference: str = opt("off", "full-supervision reference of the run's mIoU: 'off', 'auto' (the --labeling full run of this configuration, trained once and kept in $MULACT_CACHE/references/) or the directory of a --labeling full run; metrics then give each round's mIoU as a percentage of it and the clicks to reach 95 percent of it (README, 'Full supervision')")
     expected_classes_prior: float = opt(1.5, "human oracle: expected classes per multi-class query in round 1, before any answer is known (the budget cut takes regions until the expected clicks reach --budget)", gt=0)
     # -- stage 1 -------------------------------------------------------------------------
     loss: str = opt("mulact", "stage-1 loss: mulact = λ_CE·L_CE + λ_MP·L_MP + λ_PP·L_PP; dominant = CE with each region's dominant label (needs labeling dominant); infimum/rc = partial-label baselines (Appendix C.2)", choices=LOSSES)
