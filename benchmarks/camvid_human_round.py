@@ -173,7 +173,7 @@ class StandIn:
         if gt.shape != regions.shape:
             raise SystemExit(f"CAMVID_FOLDER: the mask of {name} is {gt.shape} but the page's image is {regions.shape}")
         labels = region_labels_from_mask(torch.from_numpy(gt)[None], torch.from_numpy(regions)[None],
-                                         int(regions.max()) + 1, len(self.class_names),
+                                         self.dataset.num_regions(self.index[name]), len(self.class_names),
                                          ignore_index=self.truth.ignore_index, trim=self.cfg.trim)
         if self.cfg.labeling == "dominant":
             picked = [int(labels.dominant[0, region])]
@@ -220,18 +220,19 @@ def answer_round(driver, url: str, person: StandIn, shots: Path, num_shots: int,
 
 
 def table(run: Path) -> str:
-    """The answered rounds as the run recorded them (metrics.json, queries, answers)."""
+    """The answered rounds as the run recorded them (``metrics.json``; queries per round from
+    ``queries/round_XX.json``)."""
     metrics = json.loads((run / "metrics.json").read_text())["rounds"]
-    lines = ["| round | acquisition | queries | clicks | classes / query | annotation s | s / query | s / click "
-             "| labeled regions | mIoU (%) | stage-1 s |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| round | acquisition | queries | planned clicks | clicks | classes / query | labeled regions "
+             "| annotation s | s / query | s / click | mIoU (%) | stage-1 s |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in metrics:
-        t = m["round"]
-        queries = json.loads((run / "queries" / f"round_{t:02d}.json").read_text())["num_queries"]
-        secs = m.get("annotation_seconds")
+        queries = json.loads((run / "queries" / f"round_{m['round']:02d}.json").read_text())["num_queries"]
         miou = "n/a" if m.get("miou") is None else f"{100 * m['miou']:.2f}"
-        lines.append(f"| {t} | {m['acquisition']} | {queries} | {m['clicks']} | {m['clicks'] / queries:.2f} | "
-                     f"{secs:.1f} | {secs / queries:.2f} | {m['seconds_per_click']:.2f} | {m['labeled_regions']} | "
-                     f"{miou} | {m['stage1_seconds']:.0f} |")
+        lines.append(f"| {m['round']} | {m['acquisition']} | {queries} | {m['planned_clicks']:.1f} | {m['clicks']} | "
+                     f"{m['clicks'] / queries:.2f} | {m['labeled_regions']} | {m['annotation_seconds']:.1f} | "
+                     f"{m['seconds_per_query']:.2f} | {m['seconds_per_click']:.2f} | {miou} | "
+                     f"{m['stage1_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
