@@ -17,9 +17,10 @@
    shows, clicks the buttons whose labels name the region's classes, and clicks *Submit*;
 4. runs ``mulact-train`` again, which trains the round on the answers, evaluates on the val
    masks and (if rounds remain) writes the next round's queries; steps 3-4 repeat;
-5. writes ``RESULTS/human_rounds.md`` (per round: queries, clicks, the seconds per query and per
-   click the run recorded, mIoU), the run's ``metrics.csv`` and ``config.yaml``, and
-   screenshots of the page.
+5. writes to ``RESULTS``: ``human_rounds.md`` (per round: queries, clicks, the seconds per query
+   and per click the run recorded, mIoU), ``human_answers.csv`` (every answer as saved),
+   the run's ``metrics.csv`` and ``config.yaml`` (``WORK`` in place of this machine's paths),
+   and screenshots of the page.
 
 The "person" looks each answer up in the original train masks (``CAMVID_FOLDER/masks/train/``)
 with the rule the simulated oracle applies (:func:`mulact.ops.region_labels_from_mask`: every
@@ -236,6 +237,23 @@ def table(run: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def answers_csv(run: Path) -> str:
+    """One line per answered query: round, query, image, region, classes, seconds (as saved)."""
+    import csv
+    import io
+
+    names = json.loads((run / "metrics.json").read_text())["class_names"] + ["other / none of these"]
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["round", "query", "image", "region", "classes", "seconds"])
+    for path in sorted((run / "answers").glob("round_*/q_*.json")):
+        a = json.loads(path.read_text())
+        query = json.loads((run / "queries" / f"round_{a['round']:02d}.json").read_text())["queries"][a["order"]]
+        w.writerow([a["round"], a["order"] + 1, query["name"], a["region"], "; ".join(names[c] for c in a["classes"]),
+                    f"{a['seconds']:.2f}"])
+    return out.getvalue()
+
+
 def main(argv=None) -> int:
     from mulact.al.answers import QueryStore
     from mulact.runstore import RunDir
@@ -283,8 +301,11 @@ def main(argv=None) -> int:
             server.stop()
     text = table(run)
     (args.out / "human_rounds.md").write_text(text)
-    for name in ("metrics.csv", "config.yaml"):
-        shutil.copy2(run / name, args.out / f"human_{name}")
+    (args.out / "human_answers.csv").write_text(answers_csv(run))
+    shutil.copy2(run / "metrics.csv", args.out / "human_metrics.csv")
+    # the configuration without this machine's paths
+    config = (run / "config.yaml").read_text().replace(str(run), "WORK/run").replace(str(data), "WORK/data")
+    (args.out / "human_config.yaml").write_text(config)
     print(text)
     return 0
 
