@@ -147,6 +147,11 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def _pct(value, digits: int = 1) -> str:
+    """An mIoU in %, or ``n/a`` when the run did not measure it (no validation masks: ``None``)."""
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
 def _round_miou(run: dict, r: int, key: str = "miou"):
     rounds = run.get("rounds", {}).get("rounds", [])
     return next((m.get(key) for m in rounds if m["round"] == r), None)
@@ -197,9 +202,9 @@ def report(results: dict) -> str:
             if curve:
                 ceil = entry["runs"][s].get("ceiling", {}).get("miou")
                 cells = ", ".join(
-                    f"{int(b)} clicks ({m['percent_full_cost']:.1f} %): {100 * m['miou']:.1f} ({m['seconds']:.0f} s)"
+                    f"{int(b)} clicks ({m['percent_full_cost']:.1f} %): {_pct(m['miou'])} ({m['seconds']:.0f} s)"
                     for b, m in sorted(curve.items(), key=lambda kv: int(kv[0])))
-                curve_rows.append(f"| `{name}` | {s} | {'–' if ceil is None else f'{100 * ceil:.1f}'} | {cells} |")
+                curve_rows.append(f"| `{name}` | {s} | {'–' if ceil is None else _pct(ceil)} | {cells} |")
     if curve_rows:
         lines += ["", "One-round runs (random selection, stage 1 unless the setting turns stage 2 on): mIoU (%) "
                   "against clicks, beside the ceiling of the same seed.", "",
@@ -212,9 +217,9 @@ def report(results: dict) -> str:
                 continue
             cells = []
             for m in rounds:
-                cell = f"r{m['round']} {100 * m['miou']:.1f}"
+                cell = f"r{m['round']} {_pct(m['miou'])}"
                 if "stage2_miou" in m:
-                    cell += f" [{100 * m['stage1_miou']:.1f}]"
+                    cell += f" [{_pct(m['stage1_miou'])}]"
                 cells.append(cell + f" @{m['cumulative_clicks']}")
             lines.append(f"- `{name}` seed {s}: " + ", ".join(cells))
     return "\n".join(lines) + "\n"
@@ -270,19 +275,19 @@ def main(argv=None) -> int:
                     rec["ceiling"] = {**known, "copied_from": origin, "seconds": 0.0, "train_seconds": 0.0}
                 else:
                     rec["ceiling"] = {**train_ceiling(cfg, os.path.join(run_dir + "-ceiling")), "key": key}
-                print(f"{args.name} seed {seed}: ceiling mIoU {100 * rec['ceiling']['miou']:.2f} "
+                print(f"{args.name} seed {seed}: ceiling mIoU {_pct(rec['ceiling']['miou'], 2)} "
                       f"({rec['ceiling']['seconds']:.0f}s)", flush=True)
                 save_results(path, results)
             if want_rounds:
                 rec["rounds"] = run_rounds(args.preset, overrides, seed, run_dir)
                 print(f"{args.name} seed {seed}: rounds mIoU "
-                      + " ".join(f"{100 * m['miou']:.2f}" for m in rec["rounds"]["rounds"])
+                      + " ".join(_pct(m["miou"], 2) for m in rec["rounds"]["rounds"])
                       + f" ({rec['rounds']['seconds']:.0f}s)", flush=True)
                 save_results(path, results)
             for b in want_curve:
                 one = run_rounds(args.preset, {**overrides, "rounds": 1, "budget": b}, seed, f"{run_dir}-curve{b}")
                 rec.setdefault("curve", {})[str(b)] = {**one["rounds"][0], "seconds": one["seconds"]}
-                print(f"{args.name} seed {seed}: one round of {b} clicks, mIoU {100 * one['rounds'][0]['miou']:.2f} "
+                print(f"{args.name} seed {seed}: one round of {b} clicks, mIoU {_pct(one['rounds'][0]['miou'], 2)} "
                       f"({one['seconds']:.0f}s)", flush=True)
                 save_results(path, results)
     os.makedirs(args.out, exist_ok=True)

@@ -53,11 +53,9 @@ class RunFiles:
     :class:`~mulact.runstore.RunDir` opened read-only), verified against its manifest."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        from mulact.label.service import load_run_config
-
         self.dir = os.fspath(run_dir)
         self.rundir = RunDir.existing(self.dir, what="RUN_DIR")
-        self.cfg = load_run_config(self.rundir)
+        self.cfg = self.rundir.read_train_config()
         metrics = self.rundir.read_metrics()
         self.rounds = sorted(int(m["round"]) for m in metrics["rounds"])
         self.class_names = list(metrics.get("class_names") or [])

@@ -776,6 +776,18 @@ class RunDir:
             raise DamagedFileError(self.config, "is not a mapping of options")
         return saved
 
+    def read_train_config(self):
+        """The run's :class:`~mulact.config.TrainConfig`: ``config.yaml`` (see :meth:`read_config`)
+        read through the option converter, so every value is checked as on the command line;
+        options that a later mulact dropped are ignored."""
+        import dataclasses
+
+        from mulact.config import TrainConfig, apply_overrides  # here: config imports the datasets
+
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        saved = {k: v for k, v in self.read_config().items() if k in known}
+        return apply_overrides(TrainConfig(), saved, source=self.config)
+
     def read_metrics(self) -> dict:
         """``metrics.json`` as ``{"class_names": [...], "rounds": [per-round records]}``
         (``{"class_names": None, "rounds": []}`` before the first round is done), verified

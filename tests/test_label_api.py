@@ -44,9 +44,9 @@ def test_queries_file_describes_each_region(run):
     scores = [q["score"] for q in rec["queries"]]
     assert scores == sorted(scores, reverse=True)
     from mulact.al.data import build_split
-    from mulact.label.service import load_run_config
+    from mulact.label.service import open_run
 
-    ds = build_split(load_run_config(str(run)), "train")
+    ds = build_split(open_run(str(run)).read_train_config(), "train")
     for q in rec["queries"][:5]:
         ys, xs = np.nonzero(ds.load_regions(q["image"]) == q["region"])
         assert q["bbox"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]

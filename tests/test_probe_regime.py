@@ -81,3 +81,18 @@ def test_bad_setting_is_named(bad, tmp_path, capsys):
 def test_cli_args_spell_booleans_as_flags():
     assert probe_regime.cli_args({"stage2": "false", "hflip": "true", "iterations": "7"}) == [
         "--no-stage2", "--hflip", "--iterations", "7"]
+
+
+def test_report_of_runs_without_validation_masks_says_na(tmp_path):
+    """``miou: null`` (a folder dataset without validation masks) is shown as n/a, not a crash."""
+    rounds = [{"round": t, "miou": None, "stage1_miou": None, "stage2_miou": None, "percent_full_cost": 1.0 * t,
+               "cumulative_clicks": 10 * t} for t in (1, 2)]
+    results = {"settings": {"nomask": {"preset": "demo", "overrides": {}, "runs": {"0": {
+        "ceiling": {"miou": None, "seconds": 5.0},
+        "rounds": {"rounds": rounds, "seconds": 9.0},
+        "curve": {"10": {**rounds[0], "seconds": 3.0}}, "load": 1.0}}}}}
+    text = probe_regime.report(results)
+    assert "- `nomask` seed 0: r1 n/a [n/a] @10, r2 n/a [n/a] @20" in text
+    assert "10 clicks (1.0 %): n/a (3 s)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| `nomask`"))
+    assert "| – | – | – (2) |" in row

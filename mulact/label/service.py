@@ -20,7 +20,7 @@ from .colors import class_colors
 from .render import crop_view, full_view, png
 from .schema import check_answer_fields
 
-__all__ = ["LabelService", "load_run_config", "open_run"]
+__all__ = ["LabelService", "open_run"]
 
 
 def open_run(run_dir: str) -> RunDir:
@@ -33,25 +33,11 @@ def open_run(run_dir: str) -> RunDir:
     return run
 
 
-def load_run_config(run: "RunDir | str"):
-    """The :class:`~mulact.config.TrainConfig` saved in the run's ``config.yaml``, verified
-    against its manifest and read through the option converter (options that a later mulact
-    dropped are ignored)."""
-    import dataclasses
-
-    from mulact.config import TrainConfig, apply_overrides
-
-    run = run if isinstance(run, RunDir) else open_run(run)
-    saved = run.read_config()
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return apply_overrides(TrainConfig(), {k: v for k, v in saved.items() if k in known}, source=run.config)
-
-
 class LabelService:
     def __init__(self, run_dir: str, *, round: int | None = None, lease_seconds: float = 300.0, dataset=None):
         run = open_run(run_dir)
         self.store = QueryStore(run)
-        self.cfg = load_run_config(run)
+        self.cfg = run.read_train_config()
         t = self.store.open_round() if round is None else int(round)
         if t is None:
             raise FileNotFoundError(f"RUN_DIR: {run_dir!r} has no round waiting for answers (run "
