@@ -33,6 +33,8 @@ def test_human_mode_runs_on_a_train_split_without_label_files(tmp_path, monkeypa
     m = json.loads((run / "metrics.json").read_text())["rounds"]
     assert [x["round"] for x in m] == [1] and m[0]["clicks"] == 20 and m[0]["annotation_seconds"] == 40.0
     assert 0.0 <= m[0]["miou"] <= 1.0
+    assert m[0]["percent_full_cost"] is None  # nobody answered every region: unknown, not NaN
+    assert "n/a% of full" in r.stdout + r.stderr
     assert (run / "round_01" / "stage1.pt").is_file()
 
 

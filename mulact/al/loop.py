@@ -29,7 +29,7 @@ import time
 from mulact.config import TrainConfig
 from mulact.engine.precision import describe as describe_precision
 
-from .metrics import RunMetrics, percent
+from .metrics import RunMetrics, percent, share_of_full_cost
 from .oracle import AnswersPending, make_oracle
 from .records import PoolRecords
 from .reference import reference_of
@@ -86,7 +86,7 @@ def run_rounds(session: Session, reference: dict | None = None) -> list[dict]:
         report.save(t, metrics)
         trainer.write_smp_model(t)                                               # model_smp.pt
         echo(f"round {t}: mIoU {percent(rec['miou'])}  clicks {rec['clicks']} "
-             f"(cumulative {rec['cumulative_clicks']}, {rec['percent_full_cost']:.2f}% of full)")
+             f"(cumulative {rec['cumulative_clicks']}, {share_of_full_cost(rec)}% of full)")
     # the rounds this invocation did not redo: their weights, pseudo labels and metrics files
     # are verified (and the damaged ones recomputed), so a rerun leaves a whole run
     for t in sorted(done_rounds & set(range(1, min(pool.num_rounds, cfg.rounds) + 1))):

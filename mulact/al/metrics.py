@@ -20,7 +20,13 @@ from .pool import RegionPool
 from .reference import clicks_to_fraction
 from .selector import acquisition_for_round
 
-__all__ = ["RunMetrics", "describe_clicks_to", "percent"]
+__all__ = ["RunMetrics", "describe_clicks_to", "percent", "share_of_full_cost"]
+
+
+def share_of_full_cost(rec: dict) -> str:
+    """A record's cumulative clicks as "% of the full cost", or "n/a" where that is unknown."""
+    v = rec.get("percent_full_cost")
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"
 
 
 def percent(value) -> str:
@@ -61,7 +67,8 @@ class RunMetrics:
             "acquisition": acquisition_for_round(t, self.acquisition),
             "clicks": pool.clicks(t),
             "cumulative_clicks": cum,
-            "percent_full_cost": math.nan if full_cost is None else 100.0 * cum / max(full_cost, 1),
+            # null when the full cost is unknown (human oracle: nobody answered every region)
+            "percent_full_cost": None if full_cost is None else 100.0 * cum / max(full_cost, 1),
             "full_annotation_cost": full_cost,
             "labeled_regions": int(upto.sum()),
             "labeled_images": len(np.unique(pool.image_of(np.flatnonzero(upto)))),
@@ -205,7 +212,7 @@ class RunMetrics:
             head += f" {'% ref':>6}"
         lines = [head, "-" * len(head)]
         for m in metrics:
-            line = (f"{m['round']:>5} {m['clicks']:>8} {m['cumulative_clicks']:>10} {m['percent_full_cost']:>7.2f} "
+            line = (f"{m['round']:>5} {m['clicks']:>8} {m['cumulative_clicks']:>10} {share_of_full_cost(m):>7} "
                     f"{m['labeled_regions']:>8} {percent(m['miou']):>7}")
             if self.stage2:
                 line += f" {percent(m['stage1_miou']):>7} {percent(m.get('stage2_miou', math.nan)):>7}"

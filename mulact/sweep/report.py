@@ -52,7 +52,8 @@ def collect(sweep_dir: str, spec: SweepSpec) -> tuple[list[dict], dict]:
             done[(variant, seed)] = len(rounds)
             for m in rounds:
                 row = {"variant": variant, "seed": seed, "round": int(m["round"]), "clicks": m["clicks"],
-                       "cumulative_clicks": m["cumulative_clicks"], "percent_full_cost": m["percent_full_cost"]}
+                       "cumulative_clicks": m["cumulative_clicks"],
+                       "percent_full_cost": math.nan if m.get("percent_full_cost") is None else m["percent_full_cost"]}
                 for key, _ in METRICS:
                     v = m.get(key)
                     row[key] = math.nan if v is None else (v if key in _PERCENT_KEYS else 100.0 * v)
