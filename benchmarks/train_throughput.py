@@ -436,7 +436,7 @@ def section_step(args, report: dict, save) -> None:
     shape = SHAPES["tiny" if args.tiny else "full"]
     options = [o for o in args.options if args.device == "cuda" or o not in CUDA_ONLY]
     skipped_cuda = [o for o in args.options if o not in options]
-    end = time.monotonic() + args.budget - args.loader_reserve
+    end = args.deadline - args.loader_reserve
     section = report["step"] = {"shape": shape, "device_type": torch.device(args.device).type,
                                 "variants": [], "not_started": [],
                                 "not_applicable": [f"{o} (CUDA only)" for o in skipped_cuda]}
@@ -529,8 +529,9 @@ def loader_dataset(shape: dict, root: Path, num_images: int, superpixels: str):
     return ds, AugmentedView(ds, transform, region_labels_fn=functools.partial(_region_labels, pool, num_regions))
 
 
-def item_breakdown(ds, view, items: int) -> dict:
-    """Seconds per part of one training item, in this process on one thread (a worker's view)."""
+def item_breakdown(ds, view, items: int) -> tuple[dict, dict]:
+    """Median wall and CPU seconds (this thread's, which a loaded machine inflates much less) per
+    part of one training item, in this process on one thread (a worker's view)."""
     import numpy as np
     import torch
 
@@ -539,34 +540,35 @@ def item_breakdown(ds, view, items: int) -> dict:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what each DataLoader worker runs with
-    parts = {k: [] for k in ("decode image", "decode label", "decode regions", "to float + normalize",
-                             "transform (scale, crop, flip)", "region labels", "collate (per item)")}
+    wall, cpu = {}, {}
+
+    def timed(name, fn, *a, per=1):
+        w, c = time.perf_counter(), time.thread_time()
+        out = fn(*a)
+        wall.setdefault(name, []).append((time.perf_counter() - w) / per)
+        cpu.setdefault(name, []).append((time.thread_time() - c) / per)
+        return out
+
     try:
         for k in range(items):
             i = k % len(ds)
-            t0 = time.perf_counter()
-            rgb = ds.load_image(i)
-            t1 = time.perf_counter()
-            label = torch.from_numpy(ds.load_label(i))
-            t2 = time.perf_counter()
-            regions = torch.from_numpy(ds.load_regions(i).astype(np.int64))
-            t3 = time.perf_counter()
-            image = normalize(to_float_image(rgb))
-            t4 = time.perf_counter()
-            image, label, regions = view.transform(image, label, regions, generator=torch.Generator().manual_seed(k))
-            t5 = time.perf_counter()
-            labels = view.region_labels_fn(i)
-            t6 = time.perf_counter()
+            rgb = timed("decode image", ds.load_image, i)
+            label = timed("decode label", lambda: torch.from_numpy(ds.load_label(i)))
+            regions = timed("decode regions", lambda: torch.from_numpy(ds.load_regions(i).astype(np.int64)))
+            image = timed("to float + normalize", lambda: normalize(to_float_image(rgb)))
+            gen = torch.Generator().manual_seed(k)
+            image, label, regions = timed("transform (scale, crop, flip)", view.transform, image, label, regions, gen)
+            labels = timed("region labels", view.region_labels_fn, i)
             item = {"image": image, "label": label, "regions": regions, "index": i, "region_labels": labels}
-            collate_pad([item] * 4, ("region_labels",))
-            t7 = time.perf_counter()
-            for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, (t7 - t6) / 4)):
-                parts[name].append(dt)
+            timed("collate (per item)", collate_pad, [item] * 4, ("region_labels",), per=4)
     finally:
         torch.set_num_threads(threads)
-    med = {k: round(statistics.median(v), 4) for k, v in parts.items()}
-    med["total"] = round(sum(med.values()), 4)
-    return med
+    out = []
+    for table in (wall, cpu):
+        med = {k: round(statistics.median(v), 4) for k, v in table.items()}
+        med["total"] = round(sum(med.values()), 4)
+        out.append(med)
+    return out[0], out[1]
 
 
 def loader_rate(view, batch_size: int, workers: int, batches: int, pin: bool) -> dict:
@@ -615,9 +617,13 @@ def section_loader(args, report: dict, save) -> None:
         t0 = time.perf_counter()
         ds, view = loader_dataset(shape, Path(tmp), args.loader_images, method)
         section["setup_s"] = round(time.perf_counter() - t0, 1)
-        section["item_seconds_one_thread"] = item_breakdown(ds, view, args.loader_items)
+        section["item_seconds_one_thread"], section["item_cpu_seconds_one_thread"] = item_breakdown(
+            ds, view, args.loader_items)
         save()
         for w in args.workers:
+            if time.monotonic() > args.deadline:
+                section.setdefault("not_started", []).append(f"{w} workers (time budget)")
+                continue
             res = loader_rate(view, shape["batch"], w, max(args.loader_batches, 3 * w), pin=args.device == "cuda")
             section["rates"].append(res)
             print(f"loader, {w} workers: {res['images_per_s']} images/s", flush=True)
@@ -690,10 +696,14 @@ def render(report: dict) -> str:
                   "| workers | images/s | batches counted | first batch s |", "|---:|---:|---:|---:|"]
         for r in loader["rates"]:
             lines.append(f"| {r['workers']} | {r['images_per_s']} | {r['counted_batches']} | {r['first_batch_s']} |")
+        if loader.get("not_started"):
+            lines += ["", f"Not started: {', '.join(loader['not_started'])}."]
         parts = loader.get("item_seconds_one_thread", {})
+        cpu = loader.get("item_cpu_seconds_one_thread", {})
         if parts:
             lines += ["", "One item on one thread (a worker's view), median seconds:", "",
-                      "| part | s |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in parts.items()]
+                      "| part | wall s | CPU s |", "|---|---:|---:|"] + [
+                f"| {k} | {v} | {cpu.get(k, '')} |" for k, v in parts.items()]
         gpu = report.get("gpu_consumes")
         if gpu:
             best = max((r["images_per_s"] for r in loader["rates"]), default=None)
@@ -701,9 +711,10 @@ def render(report: dict) -> str:
                           f"batch of {gpu['batch']}; {gpu['source']})"
                       + (f", {gpu['best_images_per_s']} with {gpu['best']}" if gpu.get("best") else "") + "."]
             if best:
+                per_item = cpu.get("total") or parts.get("total", 0)
                 lines.append(f"Best loader rate here: {best} images/s = {best / gpu['baseline_images_per_s']:.2f} of it; "
-                             f"at {parts.get('total', 0)} s per item and worker, feeding it takes about "
-                             f"{gpu['baseline_images_per_s'] * parts.get('total', 0):.1f} busy worker cores.")
+                             f"at {per_item} CPU s per item, feeding it takes about "
+                             f"{gpu['baseline_images_per_s'] * per_item:.1f} busy worker cores of this machine.")
     return "\n".join(lines) + "\n"
 
 
@@ -713,7 +724,7 @@ def main(argv=None) -> dict | None:
     p.add_argument("--tiny", action="store_true", help="tiny shapes and a ResNet-18 (exercises the script on the CPU)")
     p.add_argument("--part", nargs="+", default=["step", "loader"], choices=["step", "loader"])
     p.add_argument("--budget", type=float, default=180.0, help="seconds for everything; no variant starts after it")
-    p.add_argument("--loader-reserve", type=float, default=50.0, help="seconds of the budget the step leaves to the loader")
+    p.add_argument("--loader-reserve", type=float, default=40.0, help="seconds of the budget the step leaves to the loader")
     p.add_argument("--options", nargs="*", default=list(OPTIONS), choices=OPTIONS, help="single options timed")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iterations", type=int, default=20, help="timed steps per variant")
@@ -769,6 +780,7 @@ def main(argv=None) -> dict | None:
         stem.with_suffix(".md").write_text(render(report))
 
     started = time.monotonic()
+    args.deadline = started + args.budget
     for part, run in (("step", section_step), ("loader", section_loader)):
         if part not in args.part:
             continue

@@ -112,8 +112,9 @@ def test_tiny_cpu_run_times_checked_variants_and_the_loader(tt, tmp_path, monkey
     assert loader["status"] == "ok", loader
     assert [r["workers"] for r in loader["rates"]] == [0, 1]
     assert all(r["images_per_s"] > 0 and r["counted_batches"] >= 2 for r in loader["rates"])
-    parts = loader["item_seconds_one_thread"]
-    assert parts["total"] > 0 and "transform (scale, crop, flip)" in parts
+    parts, cpu = loader["item_seconds_one_thread"], loader["item_cpu_seconds_one_thread"]
+    assert set(parts) == set(cpu) and "transform (scale, crop, flip)" in parts
+    assert parts["total"] > 0 and cpu["total"] > 0
     # no CUDA step in this run: the recorded rehearsal stands for what the GPU consumes
     assert report["gpu_consumes"]["source"].startswith("cityscapes_rehearsal_cuda.json")
 
