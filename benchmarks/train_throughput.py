@@ -603,8 +603,11 @@ def section_loader(args, report: dict, save) -> None:
 
     shape = SHAPES["tiny" if args.tiny else "full"]
     method = args.loader_superpixels
-    if method == "auto":  # SEEDS needs opencv-contrib; a bare GPU image may lack it (as in gpu_check.py)
-        method = "seeds" if hasattr(cv2, "ximgproc") else "grid"
+    if method == "auto":
+        # SEEDS needs opencv-contrib, which a bare GPU image may lack (as in gpu_check.py), and takes
+        # ~9 s per image to precompute, more than a GPU run's budget affords: the grid keeps the
+        # region count there (its maps decode a little faster: 5 % of an item's cost with SEEDS's).
+        method = "seeds" if hasattr(cv2, "ximgproc") and args.device == "cpu" else "grid"
     section = report["loader"] = {"superpixels": method, "batch": shape["batch"], "crop": shape["crop"],
                                   "image_size": [shape["height"], shape["width"]], "rates": [],
                                   "host_cpus": os.cpu_count(), "torch_threads_main": torch.get_num_threads()}
@@ -736,7 +739,9 @@ def main(argv=None) -> dict | None:
     p.add_argument("--loader-batches", type=int, default=6,
                    help="batches read per workers setting (at least 3 per worker: each worker's first is not counted)")
     p.add_argument("--loader-items", type=int, default=4, help="items of the one-thread breakdown")
-    p.add_argument("--loader-superpixels", default="auto", choices=["auto", "seeds", "grid", "slic"])
+    p.add_argument("--loader-superpixels", default="auto", choices=["auto", "seeds", "grid", "slic"],
+                   help="superpixels of the loader's images (auto: SEEDS on the CPU where opencv-contrib has it, "
+                        "else the 32-px grid)")
     p.add_argument("--gpu-reference", type=Path, default=HERE / "results" / "cityscapes_rehearsal_cuda.json",
                    help="the recorded rehearsal whose training step stands for the GPU when this run has none")
     p.add_argument("--note", default="", help="conditions of the run (load, machine) recorded with the result")
