@@ -242,6 +242,14 @@ def _prototype_pseudo_labels():
                            tile_npl_ptr="*i64", out_ptr="*i64", rec_k_ptr="*i64", rec_s_ptr="*fp32",
                            **geom, C="i32", scale_h="fp32", scale_w="fp32", eps="fp32"),
                       dict(RECORD=record, BLOCK_P=64, BLOCK_K=block_k, BLOCK_D=_assign_block_d(d, block_k))))
+        # the cell design (kernels/_tuning.py DESIGNS prototype_pseudo_labels cell_tiles, default):
+        # 16-pixel tiles, the pixel design's channel block
+        cases.append((f"prototype_assign_cells-RECORD{int(record)}-D{d}-K{block_k}",
+                      "prototype_pseudo_labels._assign_cells_kernel", cases[-1][2],
+                      dict(RECORD=record, BLOCK_P=16, BLOCK_K=block_k, BLOCK_D=_assign_block_d(d, block_k)),
+                      dict(num_warps=2)))
+    cases.append(("prototype_cell_index", "prototype_pseudo_labels._cell_index_kernel",
+                  dict(out_ptr="*i64", n="i32", in_size="i32", scale="fp32"), dict(BLOCK=256)))
     return cases
 
 
@@ -300,6 +308,7 @@ def _compile_all() -> None:
     _tuning.DESIGN["region_uncertainty_stats"] = default
     from mulact.kernels import prototype_pseudo_labels as proto
 
+    assert proto.CELL_BLOCK_P == 16 and proto.BLOCK_P == 64 and proto.CELL_WARPS == 2
     for bc in (2, 4, 32, 64, 256):
         assert proto.scan_block(bc) == _scan_block(bc), bc
         for d in (3, 64, 512):
