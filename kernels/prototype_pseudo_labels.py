@@ -27,7 +27,9 @@ Pipeline (the torch steps between launches are index bookkeeping on small tensor
    form each pixel's feature with the same ``_combine`` and sum channels in the same blocks, so
    their similarities, labels and thresholds are bit-equal (tests/test_prototype_pseudo_labels.py).
    ``_cell_index_kernel`` gives the first tap of every row and column by the same
-   ``_source_index``, so the cells torch sorts by are exactly those the kernel loads.
+   ``_source_index``, so the cells torch sorts by are exactly those the kernel loads. Features
+   at (about) the full resolution (fewer than ``CELL_MIN_PIXELS`` pixels per cell) keep the
+   pixel tiles under either design (:func:`cell_tiles`).
 5. Lower medians: ``torch.sort`` of the localization similarities by value and then stably by
    prototype, one gather per prototype (documented torch step between launches).
 """
@@ -47,6 +49,11 @@ BLOCK_N = 256  # most pixels per program of the scan kernels
 SCAN_ELEMS = 2048  # (pixels x classes) per scan program: 64 pixels at C = 20 (256 spilled on sm_90)
 BLOCK_P = 64  # pixels per tile of the assignment kernel
 CELL_BLOCK_P = 16  # pixels per tile of the cell design: a cell holds about stride^2 pixels (16 at stride 4)
+# Fewest pixels per cell (on average, H * W / (h * w)) for which the cell design runs: a tile
+# loads 4 taps of D floats and its K prototypes of D floats for the cell's pixels, the pixel
+# design 4 taps per pixel and K prototypes per 64 pixels; at K = 8 (an expanded pixel's
+# neighbours) the cell tiles move fewer bytes from about 3 pixels per cell on (stride 2: 4).
+CELL_MIN_PIXELS = 4
 CELL_WARPS = 2  # sm_90: 48-159 registers, no spills (4 warps spilled 8 bytes; benchmarks/results/kernel_metadata_sm90.md)
 TILE_ELEMS = 4096  # BLOCK_P * BLOCK_K * BLOCK_D budget of the (pixels, prototypes, channels) product
 TAP_ELEMS = 512  # BLOCK_P * BLOCK_D budget of each of the four bilinear taps (more spilled on sm_90)
@@ -56,6 +63,12 @@ def scan_block(block_c: int) -> int:
     """Pixels per program of the scan and argmin kernels for a class tile of ``block_c`` rows
     (benchmarks/results/kernel_metadata_sm90.md: no spills)."""
     return max(16, min(BLOCK_N, SCAN_ELEMS // block_c))
+
+
+def cell_tiles(hw: int, fh: int, fw: int) -> bool:
+    """Whether the assignment runs on cell tiles: the ``cell_tiles`` design is active and the
+    features are coarse enough (``CELL_MIN_PIXELS``); otherwise the pixel tiles."""
+    return bool(design(OP)["cell_tiles"]) and hw >= CELL_MIN_PIXELS * fh * fw
 
 
 def assign_block_d(d: int, block_k: int) -> int:
@@ -449,7 +462,7 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     feat_cl = features.float().permute(0, 2, 3, 1).contiguous()  # low resolution, channels-last
     sh, sw = _scale(fh, h), _scale(fw, w)
     geom = (hw, w, fh, fw, d, c, sh, sw)
-    cells = _cell_rows(h, w, fh, fw, sh, sw, dev) if design(OP)["cell_tiles"] else None
+    cells = _cell_rows(h, w, fh, fw, sh, sw, dev) if cell_tiles(hw, fh, fw) else None
     protos = torch.empty((k_count, d), dtype=torch.float32, device=dev)
     proto_pix = (kb * hw + proto_index[kb, kr, kc]).contiguous()
     pk = 16

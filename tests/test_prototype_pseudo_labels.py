@@ -226,7 +226,9 @@ DESIGN_CASES = {
 def _designs_agree(monkeypatch, args, **kw):
     import mulact.kernels._tuning as tuning
     from mulact.kernels import DESIGNS
+    from mulact.kernels import prototype_pseudo_labels as kern
 
+    monkeypatch.setattr(kern, "CELL_MIN_PIXELS", 0)  # cell tiles at every stride, stride 1 included
     got = {}
     for name in DESIGNS["prototype_pseudo_labels"]:
         monkeypatch.setitem(tuning.DESIGN, "prototype_pseudo_labels", name)
@@ -263,6 +265,17 @@ def test_triton_designs_bit_equal_low_precision(monkeypatch, dtype):
     for kw in (dict(temperature=1.0), dict(temperature=0.1, expand=False)):
         got = _designs_agree(monkeypatch, args, **kw)
         assert_same(prototype_pseudo_labels_reference(*args, **kw), got)
+
+
+def test_cell_tiles_only_for_coarse_features(monkeypatch):
+    import mulact.kernels._tuning as tuning
+    from mulact.kernels.prototype_pseudo_labels import CELL_MIN_PIXELS, cell_tiles
+
+    assert CELL_MIN_PIXELS == 4
+    assert cell_tiles(1024 * 2048, 256, 512) and cell_tiles(16 * 16, 8, 8)  # stride 4, stride 2
+    assert not cell_tiles(15 * 11, 8, 6) and not cell_tiles(13 * 17, 13, 17)  # odd stride 2, stride 1
+    monkeypatch.setitem(tuning.DESIGN, "prototype_pseudo_labels", "pixel_tiles")
+    assert not cell_tiles(1024 * 2048, 256, 512)
 
 
 def test_cells_are_the_pixels_sharing_their_taps():
