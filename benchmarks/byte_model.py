@@ -121,16 +121,60 @@ def prototype_rows(shape, ids):
     scan = B * N * (ID + 1) + B * N * 4 * (ID + 1) + n_lab * C * (E + 1) + n_cls * 8
     argmin = B * N * (ID + 1) + n_lab * C * (E + 1) + n_cls * 4
     bookkeeping = B * N * (4 + 8) + B * N * 8 * 5 + B * N * (8 + 1) + (n_lab + n_exp) * (8 + 8 * 4 * 2)
-    assign = (n_lab + n_exp) * 4 * D * 4 + B * N * 8 + n_lab * 12  # 4 bilinear taps of D channels per pixel
-    before = feat * 2 + scan + argmin + bookkeeping + assign + outputs
+    k_exp = 8  # prototypes of an expanded pixel's labeled neighbours (assumed)
+    cls_region = labels.sum(-1)  # own prototypes of a labeled region
+    # Each assignment tile loads its 4 scalars and its prototype list (index, D floats, threshold,
+    # class); each pixel its index and its label (+ the recorded prototype and similarity when
+    # localized). The pixel design reads 4 taps of D floats per pixel, the cell design per tile.
+    per_proto = 8 + D * 4 + 4 + 8
+    pixel_io = (n_lab + n_exp) * 16 + n_lab * 12
+
+    def tiles(block, cells):
+        """(localization tiles, their prototypes, expansion tiles) for tiles of <= ``block``
+        pixels of one region (and one bilinear cell when ``cells``)."""
+        loc_t = loc_k = unl_t = 0
+        for b in range(B):
+            ok = ids[b] >= 0
+            key = ids[b].clone()
+            if cells:
+                key = key * (fh * fw) + cell
+            for on, is_loc in ((ok & lab_px[b], True), (ok & ~lab_px[b], False)):
+                k, cnt = torch.unique(key[on], return_counts=True)
+                nt = (cnt + block - 1) // block
+                if is_loc:
+                    loc_t += int(nt.sum())
+                    loc_k += int((nt * cls_region[b, k // (fh * fw) if cells else k]).sum())
+                else:
+                    unl_t += int(nt.sum())
+        return loc_t, loc_k, unl_t // 2  # about half the unlabeled pixels touch a labeled region
+
+    def first_tap(out, size):  # PyTorch's first bilinear source index (align_corners=False)
+        scale = torch.tensor(size, dtype=torch.float32) / torch.tensor(out, dtype=torch.float32)
+        src = scale * (torch.arange(out, dtype=torch.float32) + 0.5) - 0.5
+        return src.clamp_min(0).to(torch.int64).clamp_max(size - 1)
+
+    cell = (first_tap(H, fh)[:, None] * fw + first_tap(W, fw)[None, :]).reshape(-1)
+    rows = {}
+    for name, block, cells in (("before: pixel tiles, 64 px (pixel_tiles)", 64, False),
+                               ("after: cell tiles, 16 px (cell_tiles)", 16, True)):
+        loc_t, loc_k, exp_t = tiles(block, cells)
+        n_tiles = loc_t + exp_t
+        protos = (loc_k + exp_t * k_exp) * per_proto
+        taps = n_tiles * 4 * D * 4 if cells else (n_lab + n_exp) * 4 * D * 4
+        # the cell of each pixel (_cell_of: 8 element-wise steps) and its sort key (2 more)
+        cell_keys = (n_lab + n_exp) * 10 * 16 + n_tiles * 16 if cells else 0
+        assign = n_tiles * 4 * 8 + protos + taps + pixel_io + cell_keys
+        moved = feat * 2 + scan + argmin + bookkeeping + assign + outputs
+        rows[name] = (must, moved, "")
     # A design the model points at (not built): similarities and tap Gram entries at low resolution
     # (u.p = sum_i w_i f_i.p and |u|^2 = sum_ij w_i w_j f_i.f_j are linear in the taps), so a full-
     # resolution pixel reads 4 taps x (its prototypes + 4 Gram entries) floats instead of 4 x D.
-    k_per_px = 8
-    lowres = feat + B * fh * fw * (k_per_px + 4) * 4 * 2
-    target = feat * 2 + scan + argmin + bookkeeping + lowres + (n_lab + n_exp) * 4 * (k_per_px + 4) * 4 + outputs
-    return {"before (current)": (must, before, ""),
-            f"target, not built: low-res similarities (~{k_per_px} prototypes/px)": (must, target, "")}
+    # Not bit-equal to the reference's float32 similarities (another summation order).
+    lowres = feat + B * fh * fw * (k_exp + 4) * 4 * 2
+    assign = (n_lab + n_exp) * 4 * (k_exp + 4) * 4 + pixel_io
+    target = feat * 2 + scan + argmin + bookkeeping + lowres + assign + outputs
+    rows[f"not built: low-res similarities (~{k_exp} prototypes/px)"] = (must, target, "")
+    return rows
 
 
 def table() -> str:

@@ -11,7 +11,7 @@ environment and a time cap (``--setting-timeout``). Each process builds the City
 inputs of ``gpu_check.py`` (4x20x769x769 and 1x20x1024x2048, R = 2048), checks each fused op
 against the reference (``rel_err_vs_reference``; a candidate with an error above 1e-4 is
 reported and never ranked) and times the ``mulact`` provider of the ops of ``gpu_check.py``
-plus ``region_reduce`` max with CUDA events. A design candidate times only the op it changes.
+plus ``region_reduce`` max and ``prototype_pseudo_labels`` (stride-4 features) with CUDA events. A design candidate times only the op it changes.
 The default runs first, then every other design of every op, then the launch settings, each
 started while ``--budget`` allows, so the designs are ranked even on a short lease.
 
@@ -43,7 +43,8 @@ MAX_ERROR = 1e-4
 DESIGN_ROWS = {"region_uncertainty_stats": ["region_uncertainty_stats"],
                "region_reduce": ["region_reduce_mean", "region_reduce_max"],
                "partial_label_loss": ["partial_label_loss"],
-               "prototypical_pixel_loss": ["prototypical_pixel_loss"]}
+               "prototypical_pixel_loss": ["prototypical_pixel_loss"],
+               "prototype_pseudo_labels": ["prototype_pseudo_labels"]}
 
 
 # The argmax's run reduction scans a (classes x pixels) int64 tile with log2(pixels) gathers; its
@@ -103,6 +104,44 @@ def _max_case(device: str, shape):
         {"mulact": fn}, moved, False)
 
 
+def _pseudo_label_case(device: str, shape):
+    """Stage-2 pseudo labels (``expand=True``) on the inputs of ``gpu_check._cases`` and
+    stride-4 features (D = 256 on the GPU, 8 under the interpreter). The check compares the
+    thresholds and the label counts with the reference, and the labels through ``1 + the
+    fraction of pixels whose label differs``: float32 and float64 similarities may order a
+    near-tie differently (mulact/ops/prototype_pseudo_labels.py), so a few pixels in millions may
+    differ, and a candidate with more than ``MAX_ERROR`` of them is not ranked."""
+    import torch
+    from _partial_label_inputs import stage1_inputs
+
+    from mulact import ops
+
+    B, C, H, W, R = shape
+    d = 8 if device == "cpu" else 256
+    logits, regions, labels = stage1_inputs(device, B, C, H, W, R)
+    logits, regions = logits.detach(), regions.to(torch.int32)
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(B, d, -(-H // 4), -(-W // 4), generator=g).to(device)
+    moved = (feats.numel() * 4 + logits.numel() * logits.element_size() + regions.numel() * 4
+             + B * H * W * 8)  # inputs once, labels out
+    fn = lambda: ops.prototype_pseudo_labels(feats, logits, regions, labels, temperature=1.0,  # noqa: E731
+                                             return_info=True)
+    want = {}
+
+    def outputs(labels_and_info, ref_labels):
+        out, info = labels_and_info
+        differ = (out != ref_labels).double().mean().reshape(1)
+        return (info.thresholds.nan_to_num(-7.0), info.num_localized, info.num_expanded, 1.0 + differ)
+
+    def reference():
+        if "ref" not in want:
+            want["ref"] = ops.prototype_pseudo_labels_reference(feats, logits, regions, labels, temperature=1.0)
+        return want["ref"]
+
+    check = (lambda: outputs(fn(), reference()[0]), lambda: outputs(reference(), reference()[0]))
+    return check, ({"mulact": fn}, moved, False)
+
+
 def child(device: str, reps: int, only_rows=None) -> dict:
     gc = runpy.run_path(str(HERE / "gpu_check.py"), run_name="tune_triton_child")
     gc["_prepare_imports"]()
@@ -118,6 +157,8 @@ def child(device: str, reps: int, only_rows=None) -> dict:
     for shape in gc["CPU_SHAPES"] if device == "cpu" else gc["GPU_SHAPES"]:
         checks, cases = gc["_cases"](device, shape, "inductor")
         checks["region_reduce_max"], cases["region_reduce_max"] = _max_case(device, shape)
+        if only_rows is None or "prototype_pseudo_labels" in only_rows:  # its reference takes seconds
+            checks["prototype_pseudo_labels"], cases["prototype_pseudo_labels"] = _pseudo_label_case(device, shape)
         for op, (providers, moved, _) in cases.items():
             if only_rows is not None and op not in only_rows:
                 continue

@@ -86,6 +86,13 @@ DESIGNS = {
         "grad_in_forward": {"grad_in_forward": True},
         "recompute": {"grad_in_forward": False},  # the 2026-11-30 design: the backward re-reads the logits
     },
+    "prototype_pseudo_labels": {
+        # assignment tiles of one (region, bilinear cell): the cell's four taps are loaded once
+        # per tile of <= 16 pixels instead of once per pixel; same arithmetic, same labels (features
+        # at about the full resolution keep the pixel tiles: prototype_pseudo_labels.cell_tiles)
+        "cell_tiles": {"cell_tiles": True},
+        "pixel_tiles": {"cell_tiles": False},  # the 2026-11-30 design: four taps of D channels per pixel
+    },
     "prototypical_pixel_loss": {
         # cross-entropy and sparse gradient rows from one kernel per region after the argmax
         "fused_ce": {"fused_ce": True},

@@ -33,6 +33,16 @@ from ._segments import run_layout, run_sum
 COUNT_BLOCK = 256  # pixels per program of region_count_kernel (its run scan is log2 of this deep)
 
 
+def recompute_block_sizes(num_classes: int, hw: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P) of the recompute backward (``ONLY_CHANGED=False``: the ``recompute``
+    design, and the default design under torch.compile): half the pixels of ``block_sizes``.
+    It holds the tile's logits, probabilities and gradient at once; at C = 19 the 128-pixel tile
+    spilled on sm_90 (255 registers, 76 B), 64 pixels take 154 registers and do not spill
+    (benchmarks/results/kernel_metadata_sm90.md)."""
+    block_c, block_p = block_sizes(num_classes, hw)
+    return block_c, max(min(block_p, 16), block_p // 2)  # tests' forced tiny blocks stay tiny
+
+
 @triton.jit
 def _softmax_stats(x, y, m2):
     """Row maxima over all classes and over Y, and the two exp-sums (masked lanes give 0)."""

@@ -19,6 +19,17 @@ Pipeline (the torch steps between launches are index bookkeeping on small tensor
    written by exactly one program, so no atomics are needed and the result is deterministic.
    Divisions and square roots use the IEEE-rounded forms (``div_rn``, ``sqrt_rn``) so that
    e.g. ``u / |u|`` is exactly +-1 for D=1, as on the CPU backends.
+   Two designs (``kernels/_tuning.py`` DESIGNS, docs/design.md §6 "Byte model"):
+   ``cell_tiles`` (default, ``_assign_cells_kernel``) tiles the pixels of a region by bilinear
+   *cell* - the pixels with the same first tap ``(h0, w0)``, hence the same four taps, about
+   stride^2 of them - and loads the cell's four tap vectors once per tile of ``CELL_BLOCK_P``
+   pixels; ``pixel_tiles`` (``_assign_kernel``) loads four taps of D channels per pixel. Both
+   form each pixel's feature with the same ``_combine`` and sum channels in the same blocks, so
+   their similarities, labels and thresholds are bit-equal (tests/test_prototype_pseudo_labels.py).
+   ``_cell_index_kernel`` gives the first tap of every row and column by the same
+   ``_source_index``, so the cells torch sorts by are exactly those the kernel loads. Features
+   at (about) the full resolution (fewer than ``CELL_MIN_PIXELS`` pixels per cell) keep the
+   pixel tiles under either design (:func:`cell_tiles`).
 5. Lower medians: ``torch.sort`` of the localization similarities by value and then stably by
    prototype, one gather per prototype (documented torch step between launches).
 """
@@ -29,6 +40,7 @@ import triton
 import triton.language as tl
 
 from ._blocks import log1p_accurate, report_bad_ids, report_nonfinite_count
+from ._tuning import design
 
 OP = "prototype_pseudo_labels"
 IGNORE_INDEX = 255
@@ -36,6 +48,13 @@ EPS = 1e-12
 BLOCK_N = 256  # most pixels per program of the scan kernels
 SCAN_ELEMS = 2048  # (pixels x classes) per scan program: 64 pixels at C = 20 (256 spilled on sm_90)
 BLOCK_P = 64  # pixels per tile of the assignment kernel
+CELL_BLOCK_P = 16  # pixels per tile of the cell design: a cell holds about stride^2 pixels (16 at stride 4)
+# Fewest pixels per cell (on average, H * W / (h * w)) for which the cell design runs: a tile
+# loads 4 taps of D floats and its K prototypes of D floats for the cell's pixels, the pixel
+# design 4 taps per pixel and K prototypes per 64 pixels; at K = 8 (an expanded pixel's
+# neighbours) the cell tiles move fewer bytes from about 3 pixels per cell on (stride 2: 4).
+CELL_MIN_PIXELS = 4
+CELL_WARPS = 2  # sm_90: 48-159 registers, no spills (4 warps spilled 8 bytes; benchmarks/results/kernel_metadata_sm90.md)
 TILE_ELEMS = 4096  # BLOCK_P * BLOCK_K * BLOCK_D budget of the (pixels, prototypes, channels) product
 TAP_ELEMS = 512  # BLOCK_P * BLOCK_D budget of each of the four bilinear taps (more spilled on sm_90)
 
@@ -44,6 +63,12 @@ def scan_block(block_c: int) -> int:
     """Pixels per program of the scan and argmin kernels for a class tile of ``block_c`` rows
     (benchmarks/results/kernel_metadata_sm90.md: no spills)."""
     return max(16, min(BLOCK_N, SCAN_ELEMS // block_c))
+
+
+def cell_tiles(hw: int, fh: int, fw: int) -> bool:
+    """Whether the assignment runs on cell tiles: the ``cell_tiles`` design is active and the
+    features are coarse enough (``CELL_MIN_PIXELS``); otherwise the pixel tiles."""
+    return bool(design(OP)["cell_tiles"]) and hw >= CELL_MIN_PIXELS * fh * fw
 
 
 def assign_block_d(d: int, block_k: int) -> int:
@@ -159,12 +184,28 @@ def _tap_rows(gp, HW, W, fh, fw, D, scale_h, scale_w):
 
 
 @triton.jit
+def _combine(f00, f01, f10, f11, lh0, lh1, lw0, lw1):
+    # the one bilinear formula of both assignment designs: equal taps give bit-equal features
+    return (f00 * lw0[:, None] + f01 * lw1[:, None]) * lh0[:, None] + (f10 * lw0[:, None] + f11 * lw1[:, None]) * lh1[:, None]
+
+
+@triton.jit
 def _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, msk):
     f00 = tl.load(feat_ptr + r00[:, None] + dd[None, :], mask=msk, other=0.0)
     f01 = tl.load(feat_ptr + r01[:, None] + dd[None, :], mask=msk, other=0.0)
     f10 = tl.load(feat_ptr + r10[:, None] + dd[None, :], mask=msk, other=0.0)
     f11 = tl.load(feat_ptr + r11[:, None] + dd[None, :], mask=msk, other=0.0)
-    return (f00 * lw0[:, None] + f01 * lw1[:, None]) * lh0[:, None] + (f10 * lw0[:, None] + f11 * lw1[:, None]) * lh1[:, None]
+    return _combine(f00, f01, f10, f11, lh0, lh1, lw0, lw1)
+
+
+@triton.jit
+def _cell_taps(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, dm):
+    # the four taps of one cell, loaded once for the tile and broadcast over its pixels
+    f00 = tl.load(feat_ptr + r00 + dd, mask=dm, other=0.0)[None, :]
+    f01 = tl.load(feat_ptr + r01 + dd, mask=dm, other=0.0)[None, :]
+    f10 = tl.load(feat_ptr + r10 + dd, mask=dm, other=0.0)[None, :]
+    f11 = tl.load(feat_ptr + r11 + dd, mask=dm, other=0.0)[None, :]
+    return _combine(f00, f01, f10, f11, lh0, lh1, lw0, lw1)
 
 
 @triton.jit
@@ -186,6 +227,24 @@ def _proto_kernel(feat_ptr, pix_ptr, out_ptr, K, HW, W, fh, fw, D, scale_h, scal
         msk = km[:, None] & (dd < D)[None, :]
         u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, msk)
         tl.store(out_ptr + kk[:, None] * D + dd[None, :], tl.math.div_rn(u, tl.broadcast_to(nrm[:, None], u.shape)), mask=msk)
+
+
+@triton.jit
+def _decide(acc, ss, pm, km, kid, thr_ptr, kcls_ptr, C, eps, best_s, best_c, best_k):
+    # cosine similarities of a (pixels, prototypes) block from its dot products and squared
+    # norms, candidates above their thresholds, and the running best (ties -> smaller class)
+    nrm = tl.maximum(tl.sqrt_rn(ss), eps)
+    s = tl.minimum(tl.maximum(tl.math.div_rn(acc, tl.broadcast_to(nrm[:, None], acc.shape)), -1.0), 1.0)
+    thr = tl.load(thr_ptr + kid, mask=km, other=float("inf"))
+    cls = tl.load(kcls_ptr + kid, mask=km, other=C)
+    cand = pm[:, None] & km[None, :] & (s > thr[None, :])
+    sm = tl.where(cand, s, float("-inf"))
+    cmax = tl.max(sm, 1)
+    top = cand & (sm == cmax[:, None])
+    cmin = tl.min(tl.where(top, cls[None, :], C), 1)
+    kb = tl.min(tl.where(top & (cls[None, :] == cmin[:, None]), kid[None, :], 1 << 62), 1)
+    better = (cmin < C) & ((cmax > best_s) | ((cmax == best_s) & (cmin < best_c)))
+    return tl.where(better, cmax, best_s), tl.where(better, cmin, best_c), tl.where(better, kb, best_k)
 
 
 @triton.jit
@@ -219,57 +278,134 @@ def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
             ss += tl.sum(u * u, 1)
             pn = tl.load(protos_ptr + kid[:, None] * D + dd[None, :], mask=km[:, None] & dm[None, :], other=0.0)
             acc += tl.sum(u[:, None, :] * pn[None, :, :], 2)
-        nrm = tl.maximum(tl.sqrt_rn(ss), eps)
-        s = tl.minimum(tl.maximum(tl.math.div_rn(acc, tl.broadcast_to(nrm[:, None], acc.shape)), -1.0), 1.0)
-        thr = tl.load(thr_ptr + kid, mask=km, other=float("inf"))
-        cls = tl.load(kcls_ptr + kid, mask=km, other=C)
-        cand = pm[:, None] & km[None, :] & (s > thr[None, :])
-        sm = tl.where(cand, s, float("-inf"))
-        cmax = tl.max(sm, 1)
-        top = cand & (sm == cmax[:, None])
-        cmin = tl.min(tl.where(top, cls[None, :], C), 1)
-        kb = tl.min(tl.where(top & (cls[None, :] == cmin[:, None]), kid[None, :], 1 << 62), 1)
-        better = (cmin < C) & ((cmax > best_s) | ((cmax == best_s) & (cmin < best_c)))
-        best_s = tl.where(better, cmax, best_s)
-        best_c = tl.where(better, cmin, best_c)
-        best_k = tl.where(better, kb, best_k)
+        best_s, best_c, best_k = _decide(acc, ss, pm, km, kid, thr_ptr, kcls_ptr, C, eps, best_s, best_c, best_k)
     tl.store(out_ptr + gp, best_c, mask=pm & (best_c < C))
     if RECORD:
         tl.store(rec_k_ptr + pix0 + offs, best_k, mask=pm)
         tl.store(rec_s_ptr + pix0 + offs, best_s, mask=pm)
 
 
-def _tiles(groups: torch.Tensor):
-    """Tiles of <= BLOCK_P consecutive entries of a sorted group-key vector.
+@triton.jit
+def _cell_index_kernel(out_ptr, n, in_size, scale, BLOCK: tl.constexpr):
+    # first source tap of each output row (or column), by the kernels' own _source_index, so
+    # that the cell tiles group exactly the pixels whose taps the cell kernel loads
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    i0, _, _, _ = _source_index(o, in_size, scale)
+    tl.store(out_ptr + o, i0, mask=o < n)
 
-    Returns (group of each tile, first entry of each tile, entries in each tile)."""
-    ug, counts = torch.unique_consecutive(groups, return_counts=True)
+
+@triton.jit
+def _assign_cells_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
+                         tile_pix0_ptr, tile_npix_ptr, tile_pl0_ptr, tile_npl_ptr,
+                         out_ptr, rec_k_ptr, rec_s_ptr,
+                         HW, W, fh, fw, D, C, scale_h, scale_w, eps,
+                         RECORD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+                         BLOCK_D: tl.constexpr):
+    # _assign_kernel for a tile whose pixels share one cell (the same four taps): the taps are
+    # loaded once per tile instead of once per pixel, and each pixel's feature is formed by the
+    # same _combine, so similarities and decisions are bit-equal to _assign_kernel's
+    t = tl.program_id(0)
+    pix0 = tl.load(tile_pix0_ptr + t)
+    npix = tl.load(tile_npix_ptr + t)
+    pl0 = tl.load(tile_pl0_ptr + t)
+    npl = tl.load(tile_npl_ptr + t)
+    offs = tl.arange(0, BLOCK_P)
+    pm = offs < npix
+    gp = tl.load(pix_ptr + pix0 + offs, mask=pm, other=0)
+    _r00, _r01, _r10, _r11, lh0, lh1, lw0, lw1 = _tap_rows(gp, HW, W, fh, fw, D, scale_h, scale_w)
+    r00, r01, r10, r11, _lh0, _lh1, _lw0, _lw1 = _tap_rows(tl.load(pix_ptr + pix0), HW, W, fh, fw, D, scale_h,
+                                                           scale_w)
+    best_s = tl.full((BLOCK_P,), float("-inf"), tl.float32)
+    best_c = tl.full((BLOCK_P,), C, tl.int64)
+    best_k = tl.full((BLOCK_P,), -1, tl.int64)
+    for k0 in range(0, npl, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        km = kk < npl
+        kid = tl.load(plist_ptr + pl0 + kk, mask=km, other=0)
+        acc = tl.zeros((BLOCK_P, BLOCK_K), tl.float32)
+        ss = tl.zeros((BLOCK_P,), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            dm = dd < D
+            u = _cell_taps(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, dm)
+            ss += tl.sum(u * u, 1)
+            pn = tl.load(protos_ptr + kid[:, None] * D + dd[None, :], mask=km[:, None] & dm[None, :], other=0.0)
+            acc += tl.sum(u[:, None, :] * pn[None, :, :], 2)
+        best_s, best_c, best_k = _decide(acc, ss, pm, km, kid, thr_ptr, kcls_ptr, C, eps, best_s, best_c, best_k)
+    tl.store(out_ptr + gp, best_c, mask=pm & (best_c < C))
+    if RECORD:
+        tl.store(rec_k_ptr + pix0 + offs, best_k, mask=pm)
+        tl.store(rec_s_ptr + pix0 + offs, best_s, mask=pm)
+
+
+def _tiles(keys: torch.Tensor, block: int):
+    """Tiles of <= ``block`` consecutive entries of a sorted key vector.
+
+    Returns (key of each tile, first entry of each tile, entries in each tile)."""
+    ug, counts = torch.unique_consecutive(keys, return_counts=True)
     starts = torch.cumsum(counts, 0) - counts
-    nt = (counts + BLOCK_P - 1) // BLOCK_P
-    tg = torch.repeat_interleave(torch.arange(ug.numel(), device=groups.device), nt)
-    within = torch.arange(tg.numel(), device=groups.device) - torch.repeat_interleave(torch.cumsum(nt, 0) - nt, nt)
-    pix0 = starts[tg] + within * BLOCK_P
-    npix = torch.clamp(counts[tg] - within * BLOCK_P, max=BLOCK_P)
+    nt = (counts + block - 1) // block
+    tg = torch.repeat_interleave(torch.arange(ug.numel(), device=keys.device), nt)
+    within = torch.arange(tg.numel(), device=keys.device) - torch.repeat_interleave(torch.cumsum(nt, 0) - nt, nt)
+    pix0 = starts[tg] + within * block
+    npix = torch.clamp(counts[tg] - within * block, max=block)
     return ug[tg], pix0.contiguous(), npix.contiguous()
 
 
-def _assign(feat_cl, protos, thr, kcls, plist, pix, groups, group_start, group_cnt, out, geom, record):
-    """Launch ``_assign_kernel`` over ``pix`` (global flat pixel ids sorted by their group)."""
+def _cell_of(pix: torch.Tensor, cells) -> torch.Tensor:
+    """Cell ``h0 * fw + w0`` (within the image) of global flat pixel ids (``cells``: see
+    :func:`_cell_rows`)."""
+    h0, w0, _, fw = cells
+    w = w0.numel()
+    p = pix % (h0.numel() * w)
+    return h0[torch.div(p, w, rounding_mode="floor")] * fw + w0[p % w]
+
+
+def _cell_rows(h, w, fh, fw, sh, sw, dev):
+    """``(h0 of each row, w0 of each column, fh, fw)`` from ``_cell_index_kernel``: the cell
+    of a pixel is its first tap, and all pixels of a cell share their four taps."""
+    out = []
+    for n, size, scale in ((h, fh, sh), (w, fw, sw)):
+        idx = torch.empty(n, dtype=torch.int64, device=dev)
+        _cell_index_kernel[(triton.cdiv(n, 256),)](idx, n, size, scale, BLOCK=256)
+        out.append(idx)
+    return out[0], out[1], fh, fw
+
+
+def _order(pix: torch.Tensor, groups: torch.Tensor, cells):
+    """``pix`` (with their ``groups``) sorted by group, and by cell within the group for the
+    cell design (flat order within: a stable sort), and the sorted tile keys
+    ``group * cells_per_image + cell`` (the groups themselves for the pixel design)."""
+    key = groups if cells is None else groups * (cells[2] * cells[3]) + _cell_of(pix, cells)
+    key, order = torch.sort(key, stable=True)
+    return pix[order], key
+
+
+def _assign(feat_cl, protos, thr, kcls, plist, pix, keys, group_start, group_cnt, out, geom, record, cells=None):
+    """Launch the assignment kernel over ``pix`` (global flat pixel ids) sorted by their tile
+    ``keys`` (from :func:`_order`); ``cells`` (see :func:`_cell_rows`) selects the cell design."""
     hw, w, fh, fw, d, c, sh, sw = geom
-    tg, pix0, npix = _tiles(groups)
+    if cells is None:
+        tg, pix0, npix = _tiles(keys, BLOCK_P)
+        block_p, kernel, warps = BLOCK_P, _assign_kernel, 4
+    else:
+        tg, pix0, npix = _tiles(keys, CELL_BLOCK_P)
+        tg = torch.div(tg, cells[2] * cells[3], rounding_mode="floor")
+        block_p, kernel, warps = CELL_BLOCK_P, _assign_cells_kernel, CELL_WARPS
     if tg.numel() == 0:
         return None, None
     pl0 = group_start[tg].contiguous()
     npl = group_cnt[tg].contiguous()
     max_npl = int(npl.max())
     block_k = min(16, max(2, triton.next_power_of_2(max_npl)))
+    # the pixel design's channel block in both designs: the same summation order, bit-equal sums
     block_d = assign_block_d(d, block_k)
     rec_k = torch.empty(pix.numel(), dtype=torch.int64, device=pix.device) if record else out
     rec_s = torch.empty(pix.numel(), dtype=torch.float32, device=pix.device) if record else thr
-    _assign_kernel[(tg.numel(),)](
+    kernel[(tg.numel(),)](
         feat_cl, protos, thr, kcls, plist, pix, pix0, npix, pl0, npl, out, rec_k, rec_s,
         hw, w, fh, fw, d, c, sh, sw, EPS,
-        RECORD=record, BLOCK_P=BLOCK_P, BLOCK_K=block_k, BLOCK_D=block_d)
+        RECORD=record, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
     return (rec_k, rec_s) if record else (None, None)
 
 
@@ -326,6 +462,7 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     feat_cl = features.float().permute(0, 2, 3, 1).contiguous()  # low resolution, channels-last
     sh, sw = _scale(fh, h), _scale(fw, w)
     geom = (hw, w, fh, fw, d, c, sh, sw)
+    cells = _cell_rows(h, w, fh, fw, sh, sw, dev) if cell_tiles(hw, fh, fw) else None
     protos = torch.empty((k_count, d), dtype=torch.float32, device=dev)
     proto_pix = (kb * hw + proto_index[kb, kr, kc]).contiguous()
     pk = 16
@@ -344,10 +481,10 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
 
     # localization: thresholds -inf, so every own prototype is a candidate
     loc = torch.nonzero(inside & lab_pix).squeeze(1)
-    loc = loc[torch.argsort(gpix[loc], stable=True)]
+    loc, loc_keys = _order(loc, gpix[loc], cells)
     neg_inf = torch.full((k_count,), float("-inf"), dtype=torch.float32, device=dev)
-    rec_k, rec_s = _assign(feat_cl, protos, neg_inf, kcls, identity, loc, gpix[loc], own_start, own_cnt, out,
-                           geom, record=True)
+    rec_k, rec_s = _assign(feat_cl, protos, neg_inf, kcls, identity, loc, loc_keys, own_start, own_cnt, out,
+                           geom, record=True, cells=cells)
     num_loc = torch.bincount(torch.div(loc, hw, rounding_mode="floor"), minlength=bsz)
 
     # exact lower medians (sort by value, then stably by prototype)
@@ -375,9 +512,9 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
         group_cnt = torch.zeros(bsz * r_count, dtype=torch.int64, device=dev).index_add_(0, pb * r_count + pu, cnt)
         group_start = torch.cumsum(group_cnt, 0) - group_cnt
         exp = torch.nonzero(inside & ~lab_pix & (group_cnt[gpix] > 0)).squeeze(1)
-        exp = exp[torch.argsort(gpix[exp], stable=True)]
-        _assign(feat_cl, protos, alpha, kcls, plist, exp, gpix[exp], group_start, group_cnt, out, geom,
-                record=False)
+        exp, exp_keys = _order(exp, gpix[exp], cells)
+        _assign(feat_cl, protos, alpha, kcls, plist, exp, exp_keys, group_start, group_cnt, out, geom,
+                record=False, cells=cells)
         got = exp[out[exp] != IGNORE_INDEX]
         num_exp = torch.bincount(torch.div(got, hw, rounding_mode="floor"), minlength=bsz)
     return out.view(bsz, h, w), thresholds, num_loc, num_exp, proto_index

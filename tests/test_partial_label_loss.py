@@ -292,9 +292,13 @@ def test_empty_shapes(backend, shape):
     assert ce.item() == 0 and mp.item() == 0 and (x.grad == 0).all()
 
 
-def test_default_triton_blocks(monkeypatch):
-    # The other tests shrink the Triton blocks; run the shipped block sizes once.
+@pytest.mark.parametrize("recompute", [False, True])
+def test_default_triton_blocks(monkeypatch, recompute):
+    # The other tests shrink the Triton blocks; run the shipped block sizes once, in both designs
+    # (the recompute backward runs half the pixels per program: recompute_block_sizes)
     monkeypatch.undo()
+    if recompute:
+        _recompute_design(monkeypatch)
     device = backend_device("triton")
     logits, regions, labels = make_case(2, 5, 17, 19, 12, seed=4, device=device)
     for normalize in NORMALIZE:

@@ -208,6 +208,98 @@ def test_region_dtypes_and_uint8_labels(backend, rdtype):
 
 
 # ------------------------------------------------------------------------------------------
+# Triton designs (kernels/_tuning.py DESIGNS): the cell design loads a cell's four taps once per
+# tile and forms every pixel's feature by the same formula as the pixel design, so the two must
+# agree bit for bit, near-ties included (palettes make many exact ties at every stride)
+# ------------------------------------------------------------------------------------------
+DESIGN_CASES = {
+    **CASES,
+    "palette_s2": dict(seed=60, feature_palette=3, logit_palette=3, stride=2, D=3, p_labeled=0.6),
+    "palette_s3_d2": dict(seed=61, H=17, W=19, feature_palette=2, logit_palette=3, stride=3, D=2),
+    # cells of up to 7 x 7 pixels: a cell spans several tiles of CELL_BLOCK_P pixels
+    "big_cells_s6": dict(seed=62, B=1, H=31, W=29, R=5, D=7, stride=6, smooth=True, p_labeled=0.6),
+    "prime_d_s4": dict(seed=63, B=2, H=23, W=13, R=7, D=13, stride=4, used=5),
+    "one_row": dict(seed=64, B=1, H=1, W=37, R=4, D=5, stride=3, negative=False, p_labeled=0.5),
+}
+
+
+def _designs_agree(monkeypatch, args, **kw):
+    import mulact.kernels._tuning as tuning
+    from mulact.kernels import DESIGNS
+    from mulact.kernels import prototype_pseudo_labels as kern
+
+    monkeypatch.setattr(kern, "CELL_MIN_PIXELS", 0)  # cell tiles at every stride, stride 1 included
+    got = {}
+    for name in DESIGNS["prototype_pseudo_labels"]:
+        monkeypatch.setitem(tuning.DESIGN, "prototype_pseudo_labels", name)
+        got[name] = run("triton", *args, **kw)
+    (o1, i1), (o2, i2) = got.values()
+    assert torch.equal(o1, o2)
+    for a, b in zip(i1, i2):
+        assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
+    return o1, i1
+
+
+# float32 (both Triton designs, and the C++ backend) and float64 (the reference) similarities order a near-tie of this
+# case differently at 2 pixels (module docstring: "same labels up to float32 rounding of the
+# similarities"): the designs must still agree bit for bit, the thresholds up to rounding
+FLOAT32_NEAR_TIES = {"palette_s3_d2"}
+
+
+@pytest.mark.parametrize("case", list(DESIGN_CASES))
+def test_triton_designs_bit_equal(monkeypatch, case):
+    args = make_case(**DESIGN_CASES[case])
+    got = _designs_agree(monkeypatch, args)
+    ref = prototype_pseudo_labels_reference(*args, temperature=1.0)
+    if case in FLOAT32_NEAR_TIES:
+        torch.testing.assert_close(got[1].thresholds, ref[1].thresholds, rtol=0, atol=1e-6, equal_nan=True)
+        assert int((got[0] != ref[0]).sum()) <= 2
+    else:
+        assert_same(ref, got)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_designs_bit_equal_low_precision(monkeypatch, dtype):
+    f, lg, reg, lab = make_case(seed=65, stride=4, D=9, H=21, W=18, smooth=True)
+    args = (f.to(dtype), lg.to(dtype), reg, lab)
+    for kw in (dict(temperature=1.0), dict(temperature=0.1, expand=False)):
+        got = _designs_agree(monkeypatch, args, **kw)
+        assert_same(prototype_pseudo_labels_reference(*args, **kw), got)
+
+
+def test_cell_tiles_only_for_coarse_features(monkeypatch):
+    import mulact.kernels._tuning as tuning
+    from mulact.kernels.prototype_pseudo_labels import CELL_MIN_PIXELS, cell_tiles
+
+    assert CELL_MIN_PIXELS == 4
+    assert cell_tiles(1024 * 2048, 256, 512) and cell_tiles(16 * 16, 8, 8)  # stride 4, stride 2
+    assert not cell_tiles(15 * 11, 8, 6) and not cell_tiles(13 * 17, 13, 17)  # odd stride 2, stride 1
+    monkeypatch.setitem(tuning.DESIGN, "prototype_pseudo_labels", "pixel_tiles")
+    assert not cell_tiles(1024 * 2048, 256, 512)
+
+
+def test_cells_are_the_pixels_sharing_their_taps():
+    # _cell_rows must give PyTorch's first bilinear tap (align_corners=False) of every row and
+    # column: the grouping of the cell design relies on it
+    from mulact.kernels.prototype_pseudo_labels import _cell_rows, _scale
+
+    for out, size in ((1024, 256), (769, 193), (7, 7), (1, 1), (13, 2), (31, 6)):
+        scale = _scale(size, out)
+        h0, w0, fh, fw = _cell_rows(out, out, size, size, scale, scale, torch.device(backend_device("triton")))
+        src = (torch.tensor(scale, dtype=torch.float32) * (torch.arange(out, dtype=torch.float32) + 0.5) - 0.5)
+        want = src.clamp_min(0).to(torch.int64).clamp_max(size - 1)
+        assert torch.equal(h0.cpu(), want) and torch.equal(w0.cpu(), want)
+        # the upsampled value of every pixel is a function of its cell and its own weights:
+        # one-hot low-resolution maps touch exactly the pixels whose cell taps them
+        for j in range(size):
+            hot = torch.zeros(1, 1, size, 1)
+            hot[0, 0, j, 0] = 1.0
+            touched = F.interpolate(hot, size=(out, 1), mode="bilinear", align_corners=False)[0, 0, :, 0] != 0
+            taps = (want == j) | (torch.clamp(want + 1, max=size - 1) == j)
+            assert touched.any() and not (touched & ~taps).any(), (out, size, j)
+
+
+# ------------------------------------------------------------------------------------------
 # vs the naive loop
 # ------------------------------------------------------------------------------------------
 NAIVE_CASES = [

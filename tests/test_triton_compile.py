@@ -61,6 +61,8 @@ def _partial_label_loss():
     for fp, ri, c, only in (("fp32", "i32", 19, False), ("fp16", "i64", 19, False), ("bf16", "i32", 2, False),
                             ("fp64", "i64", 19, False), ("fp32", "i64", 19, True), ("bf16", "i32", 19, True)):
         bc, bp = _loss_blocks(c, 1 << 20)
+        if not only:  # kernels/partial_label_loss.py::recompute_block_sizes: half the pixels
+            bp = max(16, bp // 2)
         acc = _acc(fp)
         cases.append((f"partial_label_loss_bwd-{fp}-{ri}-C{c}" + ("-ONLY_CHANGED" if only else ""),
                       "partial_label_loss.partial_label_loss_bwd_kernel",
@@ -242,6 +244,14 @@ def _prototype_pseudo_labels():
                            tile_npl_ptr="*i64", out_ptr="*i64", rec_k_ptr="*i64", rec_s_ptr="*fp32",
                            **geom, C="i32", scale_h="fp32", scale_w="fp32", eps="fp32"),
                       dict(RECORD=record, BLOCK_P=64, BLOCK_K=block_k, BLOCK_D=_assign_block_d(d, block_k))))
+        # the cell design (kernels/_tuning.py DESIGNS prototype_pseudo_labels cell_tiles, default):
+        # 16-pixel tiles, the pixel design's channel block
+        cases.append((f"prototype_assign_cells-RECORD{int(record)}-D{d}-K{block_k}",
+                      "prototype_pseudo_labels._assign_cells_kernel", cases[-1][2],
+                      dict(RECORD=record, BLOCK_P=16, BLOCK_K=block_k, BLOCK_D=_assign_block_d(d, block_k)),
+                      dict(num_warps=2)))
+    cases.append(("prototype_cell_index", "prototype_pseudo_labels._cell_index_kernel",
+                  dict(out_ptr="*i64", n="i32", in_size="i32", scale="fp32"), dict(BLOCK=256)))
     return cases
 
 
@@ -287,6 +297,9 @@ def _compile_all() -> None:
 
     assert pll.block_sizes(19, 1 << 20) == _loss_blocks(19, 1 << 20)
     assert pll.block_sizes(1, 1 << 20) == _loss_blocks(1, 1 << 20)
+    for c in (1, 2, 19):
+        bc, bp = _loss_blocks(c, 1 << 20)
+        assert pll.recompute_block_sizes(c, 1 << 20) == (bc, max(16, bp // 2)), c
     assert pll.COUNT_BLOCK == 256
     from mulact.kernels import _tuning
     from mulact.kernels import region_uncertainty_stats as stats
@@ -300,6 +313,7 @@ def _compile_all() -> None:
     _tuning.DESIGN["region_uncertainty_stats"] = default
     from mulact.kernels import prototype_pseudo_labels as proto
 
+    assert proto.CELL_BLOCK_P == 16 and proto.BLOCK_P == 64 and proto.CELL_WARPS == 2
     for bc in (2, 4, 32, 64, 256):
         assert proto.scan_block(bc) == _scan_block(bc), bc
         for d in (3, 64, 512):
@@ -346,11 +360,9 @@ def compiled(tmp_path_factory):
     return results, done
 
 
-# Cases that spill today (2026-12-03, benchmarks/results/kernel_metadata_sm90.md) in kernels whose
-# redesign is under way (issue 22): each entry goes when its kernel fits. The argmax's run
-# reduction at tile 8192 is a tuning candidate, not a default.
-KNOWN_SPILLS = {"partial_label_loss_bwd-fp32-i32-C19", "partial_label_loss_bwd-fp16-i64-C19",
-                "region_class_argmax-bf16-i64-PASS0-RUNS-tile8192"}
+# Cases that spill (benchmarks/results/kernel_metadata_sm90.md) and are no default launch: the
+# argmax's run reduction (MULACT_TRITON_ARGMAX_RUNS=1) at tile 8192 is a tuning candidate only.
+KNOWN_SPILLS = {"region_class_argmax-bf16-i64-PASS0-RUNS-tile8192"}
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])

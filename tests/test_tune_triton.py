@@ -59,14 +59,16 @@ def test_cpu_run_reaches_the_kernels(tune, tmp_path):
     # two launch settings and two designs; generous caps: the interpreter on a shared CPU is slow
     report = tune["main"](["--cpu", "--out", str(tmp_path), "--tiles", "4096", "1024", "--warps", "4",
                            "--argmax-runs", "0", "--reps", "1", "--budget", "1800", "--setting-timeout", "900",
-                           "--designs", "region_uncertainty_stats=padded", "region_reduce=two_pass"])
+                           "--designs", "region_uncertainty_stats=padded", "region_reduce=two_pass",
+                           "prototype_pseudo_labels=pixel_tiles"])
     runs = report["settings_run"]
-    assert len(runs) == 4 and all(r["status"] == "ok" for r in runs), [r["status"] for r in runs]
+    assert len(runs) == 5 and all(r["status"] == "ok" for r in runs), [r["status"] for r in runs]
     assert runs[0]["settings"] == tune["DEFAULT"]
-    assert [r["settings"].get("design") for r in runs[1:3]] == [{"region_uncertainty_stats": "padded"},
-                                                                 {"region_reduce": "two_pass"}]
+    assert [r["settings"].get("design") for r in runs[1:4]] == [{"region_uncertainty_stats": "padded"},
+                                                                 {"region_reduce": "two_pass"},
+                                                                 {"prototype_pseudo_labels": "pixel_tiles"}]
     ops = {"region_uncertainty_stats", "partial_label_loss", "prototypical_pixel_loss", "region_reduce_mean",
-           "region_reduce_max"}
+           "region_reduce_max", "prototype_pseudo_labels"}
     for r in runs:
         want = set(tune["rows_of"](r["settings"]) or ops)
         assert {row["op"] for row in r["rows"]} == want

@@ -168,7 +168,7 @@ def _backward_triton(logits, regions, labels, scale, temperature):
     batch, num_classes, height, width = logits.shape
     _check_int32_tiles(logits, labels)
     hw = height * width
-    block_c, block_p = kern.block_sizes(num_classes, hw)
+    block_c, block_p = kern.recompute_block_sizes(num_classes, hw)
     grad = torch.empty_like(logits)
     if grad.numel() == 0:
         return grad

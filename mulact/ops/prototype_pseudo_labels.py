@@ -42,7 +42,8 @@ Backends (all deterministic; same labels up to float32 rounding of the similarit
 - ``cpp``: ``csrc/prototype_pseudo_labels.cpp``, a few fused passes per image (prototype argmax
   and adjacency pairs in one pass over the region map; expansion with an exact pre-filter).
 - ``triton``: ``kernels/prototype_pseudo_labels.py`` (atomic argmax + adjacency scan, tiled
-  assignment, lower medians by ``torch.sort`` between launches).
+  assignment - by default one tile per region and bilinear cell, whose four taps are loaded
+  once - lower medians by ``torch.sort`` between launches).
 
 NaN/Inf are checked in the features (all of them) and in the logits of the pixels of labeled
 regions (the only logits read); region ids ``>= R`` raise. The C++ path keeps grow-only scratch
