@@ -259,5 +259,8 @@ def test_folder_dataset_page_shows_its_own_class_names_and_colours(tmp_path, bro
         swatches = [b.find_element(By.CSS_SELECTOR, ".swatch").value_of_css_property("background-color")
                     for b in buttons[:len(CLASSES)]]
         assert swatches == [f"rgba({r}, {g}, {b}, 1)" for _, (r, g, b) in CLASSES]
+        # "other" is hatched: no class colour (a grey sky) can look like it
+        other = buttons[-1].find_element(By.CSS_SELECTOR, ".swatch")
+        assert "repeating-linear-gradient" in other.value_of_css_property("background-image")
     finally:
         server.kill()

@@ -39,7 +39,8 @@ function say(text, ok) { $("message").textContent = text; $("message").className
 function buildButtons() {
   const n = INFO.class_names.length;
   const items = INFO.class_names.map((name, c) => ({c, name, color: INFO.colors[c]}));
-  items.push({c: n, name: "other / none of these", color: "#808080"});
+  // hatched, not a flat colour: no dataset's class colour can be mistaken for it (CamVid's sky is grey)
+  items.push({c: n, name: "other / none of these", color: "repeating-linear-gradient(45deg, #f2f2f2 0 2px, #3a3a3a 2px 4px)"});
   for (const [k, it] of items.entries()) {
     const b = document.createElement("button");
     b.type = "button";
