@@ -176,7 +176,9 @@ def write_report(sweep_dir: str, confidence: float = 0.95, echo=print, baseline:
     md = _markdown(spec, stats, paired, done, shared, confidence, table1)
     atomic_write(os.path.join(out, "report.md"), md.encode())
     if stats:
-        _plot(os.path.join(out, "miou_vs_clicks.png"), spec, stats, confidence)
+        refs = {r["seed"]: r["reference_miou"] for r in rows if not math.isnan(r["reference_miou"])}
+        _plot(os.path.join(out, "miou_vs_clicks.png"), spec, stats, confidence,
+              reference=summarize(list(refs.values())).mean if refs else None)
     echo(f"mulact-sweep: report written to {out} (report.md, rounds.csv, paired.csv, runs.csv"
          f"{', miou_vs_clicks.png' if stats else ''})")
     return out
@@ -259,7 +261,7 @@ def _markdown(spec, stats, paired, done, shared, confidence, table1=()) -> str:
     return "\n".join(L)
 
 
-def _plot(path, spec, stats, confidence) -> None:
+def _plot(path, spec, stats, confidence, reference=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -280,6 +282,10 @@ def _plot(path, spec, stats, confidence) -> None:
             ax.plot(x, y, "o-", color=color, label=f"{variant} (n={n})")
             if not all(math.isnan(v) for v in lo):
                 ax.fill_between(x, lo, hi, color=color, alpha=0.18, linewidth=0)
+    if reference is not None:  # the mean of the seeds' full-supervision references
+        for ax in axes:
+            ax.axhline(reference, color="0.3", ls="--", lw=1, label="full supervision (mean)")
+            ax.axhline(0.95 * reference, color="0.3", ls=":", lw=1, label="95 % of it")
     axes[0].set_xlabel("clicks (cumulative, mean over seeds)")
     axes[1].set_xlabel("% of full-annotation cost")
     axes[0].set_ylabel("mIoU (%)")
