@@ -464,13 +464,16 @@ def section_step(args, report: dict, save) -> None:
         base.update(check="ok (the reference)", loss_rel_err=0.0, grad_rel_err=0.0)
         rounding_floor(base)
         results = [base]
-        eager = [o for o in options if o != "compile"]
-        for o in eager:
-            res = attempt(o)
+        def run(variant):  # time, check against the baseline, record at once (a capped run may end here)
+            res = attempt(variant)
             if res is not None:
                 results.append(check_against(res, base))
                 section["variants"] = results
                 save()
+
+        for o in options:
+            if o != "compile":
+                run(o)
         won = winners(results, base)
         plan = []
         if len(won) >= 2:
@@ -480,11 +483,7 @@ def section_step(args, report: dict, save) -> None:
             if won:
                 plan.append("compile")
         for variant in plan:
-            res = attempt(variant)
-            if res is not None:
-                results.append(check_against(res, base))
-                section["variants"] = results
-                save()
+            run(variant)
         for r in results:
             r.pop("grad_file", None)
             r.pop("float32_grad_file", None)
