@@ -161,8 +161,9 @@ def prototype_rows(shape, ids):
         n_tiles = loc_t + exp_t
         protos = (loc_k + exp_t * k_exp) * per_proto
         taps = n_tiles * 4 * D * 4 if cells else (n_lab + n_exp) * 4 * D * 4
-        # the cell of each pixel (_cell_of: 8 element-wise steps) and its sort key (2 more)
-        cell_keys = (n_lab + n_exp) * 10 * 16 + n_tiles * 16 if cells else 0
+        # the tile key of each pixel: one _tile_key_kernel pass (pixel id and region id read, key
+        # written; it was 10 element-wise torch steps) and the tiles' group from their keys
+        cell_keys = (n_lab + n_exp) * (8 + ID + 8) + n_tiles * 16 if cells else 0
         assign = n_tiles * 4 * 8 + protos + taps + pixel_io + cell_keys
         moved = feat * 2 + scan + argmin + bookkeeping + assign + outputs
         rows[name] = (must, moved, "")

@@ -20,14 +20,15 @@ Pipeline (the torch steps between launches are index bookkeeping on small tensor
    Divisions and square roots use the IEEE-rounded forms (``div_rn``, ``sqrt_rn``) so that
    e.g. ``u / |u|`` is exactly +-1 for D=1, as on the CPU backends.
    Two designs (``kernels/_tuning.py`` DESIGNS, docs/design.md §6 "Byte model"):
-   ``cell_tiles`` (default, ``_assign_cells_kernel``) tiles the pixels of a region by bilinear
+   ``cell_tiles`` (default, ``_assign_kernel`` with ``CELLS``) tiles the pixels of a region by bilinear
    *cell* - the pixels with the same first tap ``(h0, w0)``, hence the same four taps, about
    stride^2 of them - and loads the cell's four tap vectors once per tile of ``CELL_BLOCK_P``
-   pixels; ``pixel_tiles`` (``_assign_kernel``) loads four taps of D channels per pixel. Both
+   pixels; ``pixel_tiles`` (``CELLS`` off) loads four taps of D channels per pixel. Both
    form each pixel's feature with the same ``_combine`` and sum channels in the same blocks, so
    their similarities, labels and thresholds are bit-equal (tests/test_prototype_pseudo_labels.py).
-   ``_cell_index_kernel`` gives the first tap of every row and column by the same
-   ``_source_index``, so the cells torch sorts by are exactly those the kernel loads. Features
+   ``_tile_key_kernel`` gives each pixel its tile key (image, region and, for the cell design,
+   the cell: its first tap by the same ``_source_index``) in one pass, so the cells torch sorts
+   by are exactly those the assignment kernel loads. Features
    at (about) the full resolution (fewer than ``CELL_MIN_PIXELS`` pixels per cell) keep the
    pixel tiles under either design (:func:`cell_tiles`).
 5. Lower medians: ``torch.sort`` of the localization similarities by value and then stably by
@@ -252,7 +253,11 @@ def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
                    tile_pix0_ptr, tile_npix_ptr, tile_pl0_ptr, tile_npl_ptr,
                    out_ptr, rec_k_ptr, rec_s_ptr,
                    HW, W, fh, fw, D, C, scale_h, scale_w, eps,
-                   RECORD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+                   RECORD: tl.constexpr, CELLS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+                   BLOCK_D: tl.constexpr):
+    # CELLS: every pixel of the tile lies in one cell (the same four taps), which are loaded
+    # once per tile instead of once per pixel; each pixel's feature is formed by the same
+    # _combine either way, so similarities and decisions are bit-equal between the designs
     t = tl.program_id(0)
     pix0 = tl.load(tile_pix0_ptr + t)
     npix = tl.load(tile_npix_ptr + t)
@@ -262,6 +267,9 @@ def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
     pm = offs < npix
     gp = tl.load(pix_ptr + pix0 + offs, mask=pm, other=0)
     r00, r01, r10, r11, lh0, lh1, lw0, lw1 = _tap_rows(gp, HW, W, fh, fw, D, scale_h, scale_w)
+    if CELLS:
+        c00, c01, c10, c11, _lh0, _lh1, _lw0, _lw1 = _tap_rows(tl.load(pix_ptr + pix0), HW, W, fh, fw, D, scale_h,
+                                                               scale_w)
     best_s = tl.full((BLOCK_P,), float("-inf"), tl.float32)
     best_c = tl.full((BLOCK_P,), C, tl.int64)
     best_k = tl.full((BLOCK_P,), -1, tl.int64)
@@ -274,7 +282,10 @@ def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
             dm = dd < D
-            u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, pm[:, None] & dm[None, :])
+            if CELLS:
+                u = _cell_taps(feat_ptr, c00, c01, c10, c11, lh0, lh1, lw0, lw1, dd, dm)
+            else:
+                u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, pm[:, None] & dm[None, :])
             ss += tl.sum(u * u, 1)
             pn = tl.load(protos_ptr + kid[:, None] * D + dd[None, :], mask=km[:, None] & dm[None, :], other=0.0)
             acc += tl.sum(u[:, None, :] * pn[None, :, :], 2)
@@ -286,56 +297,21 @@ def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
 
 
 @triton.jit
-def _cell_index_kernel(out_ptr, n, in_size, scale, BLOCK: tl.constexpr):
-    # first source tap of each output row (or column), by the kernels' own _source_index, so
-    # that the cell tiles group exactly the pixels whose taps the cell kernel loads
+def _tile_key_kernel(pix_ptr, reg_ptr, key_ptr, n, HW, W, R, fh, fw, scale_h, scale_w,
+                     CELLS: tl.constexpr, BLOCK: tl.constexpr):
+    # the tile key of each listed pixel in one pass: its group (image, region) and, for the
+    # cell design, its cell - the first tap by the kernels' own _source_index, so the cell
+    # tiles group exactly the pixels whose four taps _assign_kernel loads once per tile
     o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    i0, _, _, _ = _source_index(o, in_size, scale)
-    tl.store(out_ptr + o, i0, mask=o < n)
-
-
-@triton.jit
-def _assign_cells_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
-                         tile_pix0_ptr, tile_npix_ptr, tile_pl0_ptr, tile_npl_ptr,
-                         out_ptr, rec_k_ptr, rec_s_ptr,
-                         HW, W, fh, fw, D, C, scale_h, scale_w, eps,
-                         RECORD: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-                         BLOCK_D: tl.constexpr):
-    # _assign_kernel for a tile whose pixels share one cell (the same four taps): the taps are
-    # loaded once per tile instead of once per pixel, and each pixel's feature is formed by the
-    # same _combine, so similarities and decisions are bit-equal to _assign_kernel's
-    t = tl.program_id(0)
-    pix0 = tl.load(tile_pix0_ptr + t)
-    npix = tl.load(tile_npix_ptr + t)
-    pl0 = tl.load(tile_pl0_ptr + t)
-    npl = tl.load(tile_npl_ptr + t)
-    offs = tl.arange(0, BLOCK_P)
-    pm = offs < npix
-    gp = tl.load(pix_ptr + pix0 + offs, mask=pm, other=0)
-    _r00, _r01, _r10, _r11, lh0, lh1, lw0, lw1 = _tap_rows(gp, HW, W, fh, fw, D, scale_h, scale_w)
-    r00, r01, r10, r11, _lh0, _lh1, _lw0, _lw1 = _tap_rows(tl.load(pix_ptr + pix0), HW, W, fh, fw, D, scale_h,
-                                                           scale_w)
-    best_s = tl.full((BLOCK_P,), float("-inf"), tl.float32)
-    best_c = tl.full((BLOCK_P,), C, tl.int64)
-    best_k = tl.full((BLOCK_P,), -1, tl.int64)
-    for k0 in range(0, npl, BLOCK_K):
-        kk = k0 + tl.arange(0, BLOCK_K)
-        km = kk < npl
-        kid = tl.load(plist_ptr + pl0 + kk, mask=km, other=0)
-        acc = tl.zeros((BLOCK_P, BLOCK_K), tl.float32)
-        ss = tl.zeros((BLOCK_P,), tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + tl.arange(0, BLOCK_D)
-            dm = dd < D
-            u = _cell_taps(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, dm)
-            ss += tl.sum(u * u, 1)
-            pn = tl.load(protos_ptr + kid[:, None] * D + dd[None, :], mask=km[:, None] & dm[None, :], other=0.0)
-            acc += tl.sum(u[:, None, :] * pn[None, :, :], 2)
-        best_s, best_c, best_k = _decide(acc, ss, pm, km, kid, thr_ptr, kcls_ptr, C, eps, best_s, best_c, best_k)
-    tl.store(out_ptr + gp, best_c, mask=pm & (best_c < C))
-    if RECORD:
-        tl.store(rec_k_ptr + pix0 + offs, best_k, mask=pm)
-        tl.store(rec_s_ptr + pix0 + offs, best_s, mask=pm)
+    m = o < n
+    gp = tl.load(pix_ptr + o, mask=m, other=0)
+    key = (gp // HW) * R + tl.load(reg_ptr + gp, mask=m, other=0).to(tl.int64)
+    if CELLS:
+        p = gp % HW
+        h0, _h1, _a, _b = _source_index(p // W, fh, scale_h)
+        w0, _w1, _c, _d = _source_index(p % W, fw, scale_w)
+        key = key * (fh * fw) + h0 * fw + w0
+    tl.store(key_ptr + o, key, mask=m)
 
 
 def _tiles(keys: torch.Tensor, block: int):
@@ -352,46 +328,30 @@ def _tiles(keys: torch.Tensor, block: int):
     return ug[tg], pix0.contiguous(), npix.contiguous()
 
 
-def _cell_of(pix: torch.Tensor, cells) -> torch.Tensor:
-    """Cell ``h0 * fw + w0`` (within the image) of global flat pixel ids (``cells``: see
-    :func:`_cell_rows`)."""
-    h0, w0, _, fw = cells
-    w = w0.numel()
-    p = pix % (h0.numel() * w)
-    return h0[torch.div(p, w, rounding_mode="floor")] * fw + w0[p % w]
-
-
-def _cell_rows(h, w, fh, fw, sh, sw, dev):
-    """``(h0 of each row, w0 of each column, fh, fw)`` from ``_cell_index_kernel``: the cell
-    of a pixel is its first tap, and all pixels of a cell share their four taps."""
-    out = []
-    for n, size, scale in ((h, fh, sh), (w, fw, sw)):
-        idx = torch.empty(n, dtype=torch.int64, device=dev)
-        _cell_index_kernel[(triton.cdiv(n, 256),)](idx, n, size, scale, BLOCK=256)
-        out.append(idx)
-    return out[0], out[1], fh, fw
-
-
-def _order(pix: torch.Tensor, groups: torch.Tensor, cells):
-    """``pix`` (with their ``groups``) sorted by group, and by cell within the group for the
-    cell design (flat order within: a stable sort), and the sorted tile keys
-    ``group * cells_per_image + cell`` (the groups themselves for the pixel design)."""
-    key = groups if cells is None else groups * (cells[2] * cells[3]) + _cell_of(pix, cells)
+def _order(pix: torch.Tensor, reg: torch.Tensor, geom, cells: bool):
+    """``pix`` (global flat ids of pixels with a region id >= 0 in ``reg``) sorted by tile key,
+    and the sorted keys: ``group = image * R + region``, times the cells per image plus the
+    pixel's cell for the cell design (``cells``); flat order within a key (a stable sort)."""
+    hw, w, fh, fw, _d, _c, sh, sw, r_count = geom
+    key = torch.empty_like(pix)
+    if pix.numel():
+        _tile_key_kernel[(triton.cdiv(pix.numel(), 1024),)](pix, reg, key, pix.numel(), hw, w, r_count, fh, fw, sh, sw,
+                                                              CELLS=cells, BLOCK=1024)
     key, order = torch.sort(key, stable=True)
     return pix[order], key
 
 
-def _assign(feat_cl, protos, thr, kcls, plist, pix, keys, group_start, group_cnt, out, geom, record, cells=None):
+def _assign(feat_cl, protos, thr, kcls, plist, pix, keys, group_start, group_cnt, out, geom, record, cells):
     """Launch the assignment kernel over ``pix`` (global flat pixel ids) sorted by their tile
-    ``keys`` (from :func:`_order`); ``cells`` (see :func:`_cell_rows`) selects the cell design."""
-    hw, w, fh, fw, d, c, sh, sw = geom
-    if cells is None:
+    ``keys`` (from :func:`_order`); ``cells`` selects the cell design."""
+    hw, w, fh, fw, d, c, sh, sw, _r = geom
+    if not cells:
         tg, pix0, npix = _tiles(keys, BLOCK_P)
-        block_p, kernel, warps = BLOCK_P, _assign_kernel, 4
+        block_p, warps = BLOCK_P, 4
     else:
         tg, pix0, npix = _tiles(keys, CELL_BLOCK_P)
-        tg = torch.div(tg, cells[2] * cells[3], rounding_mode="floor")
-        block_p, kernel, warps = CELL_BLOCK_P, _assign_cells_kernel, CELL_WARPS
+        tg = torch.div(tg, fh * fw, rounding_mode="floor")
+        block_p, warps = CELL_BLOCK_P, CELL_WARPS
     if tg.numel() == 0:
         return None, None
     pl0 = group_start[tg].contiguous()
@@ -402,10 +362,10 @@ def _assign(feat_cl, protos, thr, kcls, plist, pix, keys, group_start, group_cnt
     block_d = assign_block_d(d, block_k)
     rec_k = torch.empty(pix.numel(), dtype=torch.int64, device=pix.device) if record else out
     rec_s = torch.empty(pix.numel(), dtype=torch.float32, device=pix.device) if record else thr
-    kernel[(tg.numel(),)](
+    _assign_kernel[(tg.numel(),)](
         feat_cl, protos, thr, kcls, plist, pix, pix0, npix, pl0, npl, out, rec_k, rec_s,
         hw, w, fh, fw, d, c, sh, sw, EPS,
-        RECORD=record, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+        RECORD=record, CELLS=cells, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
     return (rec_k, rec_s) if record else (None, None)
 
 
@@ -461,8 +421,8 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
 
     feat_cl = features.float().permute(0, 2, 3, 1).contiguous()  # low resolution, channels-last
     sh, sw = _scale(fh, h), _scale(fw, w)
-    geom = (hw, w, fh, fw, d, c, sh, sw)
-    cells = _cell_rows(h, w, fh, fw, sh, sw, dev) if cell_tiles(hw, fh, fw) else None
+    geom = (hw, w, fh, fw, d, c, sh, sw, r_count)
+    cells = cell_tiles(hw, fh, fw)
     protos = torch.empty((k_count, d), dtype=torch.float32, device=dev)
     proto_pix = (kb * hw + proto_index[kb, kr, kc]).contiguous()
     pk = 16
@@ -481,7 +441,7 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
 
     # localization: thresholds -inf, so every own prototype is a candidate
     loc = torch.nonzero(inside & lab_pix).squeeze(1)
-    loc, loc_keys = _order(loc, gpix[loc], cells)
+    loc, loc_keys = _order(loc, reg, geom, cells)
     neg_inf = torch.full((k_count,), float("-inf"), dtype=torch.float32, device=dev)
     rec_k, rec_s = _assign(feat_cl, protos, neg_inf, kcls, identity, loc, loc_keys, own_start, own_cnt, out,
                            geom, record=True, cells=cells)
@@ -512,7 +472,7 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
         group_cnt = torch.zeros(bsz * r_count, dtype=torch.int64, device=dev).index_add_(0, pb * r_count + pu, cnt)
         group_start = torch.cumsum(group_cnt, 0) - group_cnt
         exp = torch.nonzero(inside & ~lab_pix & (group_cnt[gpix] > 0)).squeeze(1)
-        exp, exp_keys = _order(exp, gpix[exp], cells)
+        exp, exp_keys = _order(exp, reg, geom, cells)
         _assign(feat_cl, protos, alpha, kcls, plist, exp, exp_keys, group_start, group_cnt, out, geom,
                 record=False, cells=cells)
         got = exp[out[exp] != IGNORE_INDEX]

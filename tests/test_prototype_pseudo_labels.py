@@ -279,24 +279,43 @@ def test_cell_tiles_only_for_coarse_features(monkeypatch):
 
 
 def test_cells_are_the_pixels_sharing_their_taps():
-    # _cell_rows must give PyTorch's first bilinear tap (align_corners=False) of every row and
-    # column: the grouping of the cell design relies on it
-    from mulact.kernels.prototype_pseudo_labels import _cell_rows, _scale
+    # _tile_key_kernel must key every pixel by its region and PyTorch's first bilinear tap
+    # (align_corners=False) of its row and column: the grouping of the cell design relies on it
+    from mulact.kernels.prototype_pseudo_labels import _order, _scale
 
-    for out, size in ((1024, 256), (769, 193), (7, 7), (1, 1), (13, 2), (31, 6)):
-        scale = _scale(size, out)
-        h0, w0, fh, fw = _cell_rows(out, out, size, size, scale, scale, torch.device(backend_device("triton")))
-        src = (torch.tensor(scale, dtype=torch.float32) * (torch.arange(out, dtype=torch.float32) + 0.5) - 0.5)
-        want = src.clamp_min(0).to(torch.int64).clamp_max(size - 1)
-        assert torch.equal(h0.cpu(), want) and torch.equal(w0.cpu(), want)
+    dev = torch.device(backend_device("triton"))
+    for (oh, ow), (fh, fw) in (((1024, 6), (256, 2)), ((769, 3), (193, 3)), ((7, 7), (7, 7)), ((1, 1), (1, 1)),
+                               ((13, 31), (2, 6)), ((3, 13), (1, 2))):
+        sh, sw = _scale(fh, oh), _scale(fw, ow)
+        want = []
+        for out, size, scale in ((oh, fh, sh), (ow, fw, sw)):
+            src = torch.tensor(scale, dtype=torch.float32) * (torch.arange(out, dtype=torch.float32) + 0.5) - 0.5
+            want.append(src.clamp_min(0).to(torch.int64).clamp_max(size - 1))
+        # two images, regions 0 / 2 in stripes, R = 3; every pixel but each third one, in flat
+        # order (as torch.nonzero lists them)
+        reg = (torch.arange(oh)[:, None] % 2 * 2).expand(oh, ow).repeat(2, 1, 1).to(torch.int32)
+        pix = torch.arange(2 * oh * ow)
+        pix = pix[(pix % 3 != 1) | (pix == 1)]
+        geom = (oh * ow, ow, fh, fw, 5, 4, sh, sw, 3)
+        got_pix, keys = _order(pix.to(dev), reg.to(dev), geom, cells=True)
+        got_pix, keys = got_pix.cpu(), keys.cpu()
+        b, p = got_pix // (oh * ow), got_pix % (oh * ow)
+        cell = want[0][p // ow] * fw + want[1][p % ow]
+        assert torch.equal(keys, (b * 3 + reg.reshape(-1)[got_pix].long()) * (fh * fw) + cell), (oh, ow)
+        assert torch.equal(torch.sort(keys).values, keys)
+        same = keys[1:] == keys[:-1]
+        assert bool((got_pix[1:][same] > got_pix[:-1][same]).all())  # flat order within a tile key
+        _, gkeys = _order(pix.to(dev), reg.to(dev), geom, cells=False)
+        assert torch.equal(gkeys.cpu(), torch.div(keys, fh * fw, rounding_mode="floor"))
         # the upsampled value of every pixel is a function of its cell and its own weights:
         # one-hot low-resolution maps touch exactly the pixels whose cell taps them
-        for j in range(size):
-            hot = torch.zeros(1, 1, size, 1)
-            hot[0, 0, j, 0] = 1.0
-            touched = F.interpolate(hot, size=(out, 1), mode="bilinear", align_corners=False)[0, 0, :, 0] != 0
-            taps = (want == j) | (torch.clamp(want + 1, max=size - 1) == j)
-            assert touched.any() and not (touched & ~taps).any(), (out, size, j)
+        for out, size, first in ((oh, fh, want[0]), (ow, fw, want[1])):
+            for j in range(size):
+                hot = torch.zeros(1, 1, size, 1)
+                hot[0, 0, j, 0] = 1.0
+                touched = F.interpolate(hot, size=(out, 1), mode="bilinear", align_corners=False)[0, 0, :, 0] != 0
+                taps = (first == j) | (torch.clamp(first + 1, max=size - 1) == j)
+                assert touched.any() and not (touched & ~taps).any(), (out, size, j)
 
 
 # ------------------------------------------------------------------------------------------

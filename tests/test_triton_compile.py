@@ -238,20 +238,24 @@ def _prototype_pseudo_labels():
                            scale_h="fp32", scale_w="fp32", eps="fp32"),
                       dict(BLOCK_K=16, BLOCK_D=max(2, min(256, _npow2(d))))))
     for record, d, block_k in ((True, 64, 16), (False, 64, 2), (False, 512, 16), (True, 3, 4)):
+        sig = dict(feat_ptr="*fp32", protos_ptr="*fp32", thr_ptr="*fp32", kcls_ptr="*i64", plist_ptr="*i64",
+                   pix_ptr="*i64", tile_pix0_ptr="*i64", tile_npix_ptr="*i64", tile_pl0_ptr="*i64",
+                   tile_npl_ptr="*i64", out_ptr="*i64", rec_k_ptr="*i64", rec_s_ptr="*fp32",
+                   **geom, C="i32", scale_h="fp32", scale_w="fp32", eps="fp32")
+        block_d = _assign_block_d(d, block_k)
         cases.append((f"prototype_assign-RECORD{int(record)}-D{d}-K{block_k}", "prototype_pseudo_labels._assign_kernel",
-                      dict(feat_ptr="*fp32", protos_ptr="*fp32", thr_ptr="*fp32", kcls_ptr="*i64", plist_ptr="*i64",
-                           pix_ptr="*i64", tile_pix0_ptr="*i64", tile_npix_ptr="*i64", tile_pl0_ptr="*i64",
-                           tile_npl_ptr="*i64", out_ptr="*i64", rec_k_ptr="*i64", rec_s_ptr="*fp32",
-                           **geom, C="i32", scale_h="fp32", scale_w="fp32", eps="fp32"),
-                      dict(RECORD=record, BLOCK_P=64, BLOCK_K=block_k, BLOCK_D=_assign_block_d(d, block_k))))
+                      sig, dict(RECORD=record, CELLS=False, BLOCK_P=64, BLOCK_K=block_k, BLOCK_D=block_d)))
         # the cell design (kernels/_tuning.py DESIGNS prototype_pseudo_labels cell_tiles, default):
         # 16-pixel tiles, the pixel design's channel block
         cases.append((f"prototype_assign_cells-RECORD{int(record)}-D{d}-K{block_k}",
-                      "prototype_pseudo_labels._assign_cells_kernel", cases[-1][2],
-                      dict(RECORD=record, BLOCK_P=16, BLOCK_K=block_k, BLOCK_D=_assign_block_d(d, block_k)),
+                      "prototype_pseudo_labels._assign_kernel", sig,
+                      dict(RECORD=record, CELLS=True, BLOCK_P=16, BLOCK_K=block_k, BLOCK_D=block_d),
                       dict(num_warps=2)))
-    cases.append(("prototype_cell_index", "prototype_pseudo_labels._cell_index_kernel",
-                  dict(out_ptr="*i64", n="i32", in_size="i32", scale="fp32"), dict(BLOCK=256)))
+    for ri in ("i32", "i64"):
+        cases.append((f"prototype_tile_key-{ri}", "prototype_pseudo_labels._tile_key_kernel",
+                      dict(pix_ptr="*i64", reg_ptr=f"*{ri}", key_ptr="*i64", n="i32", HW="i32", W="i32", R="i32",
+                           fh="i32", fw="i32", scale_h="fp32", scale_w="fp32"),
+                      dict(CELLS=True, BLOCK=1024)))
     return cases
 
 
