@@ -124,15 +124,18 @@ def prototype_rows(shape, ids):
     k_exp = 8  # prototypes of an expanded pixel's labeled neighbours (assumed)
     cls_region = labels.sum(-1)  # own prototypes of a labeled region
     # Each assignment tile loads its 4 scalars and its prototype list (index, D floats, threshold,
-    # class); each pixel its index and its label (+ the recorded prototype and similarity when
-    # localized). The pixel design reads 4 taps of D floats per pixel, the cell design per tile.
+    # class), each of its sub-tiles its start and count; each pixel its index and its label (+ the
+    # recorded prototype and similarity when localized). The pixel design reads 4 taps of D floats
+    # per pixel, the cell design per sub-tile (one cell).
     per_proto = 8 + D * 4 + 4 + 8
     pixel_io = (n_lab + n_exp) * 16 + n_lab * 12
 
-    def tiles(block, cells):
-        """(localization tiles, their prototypes, expansion tiles) for tiles of <= ``block``
-        pixels of one region (and one bilinear cell when ``cells``)."""
-        loc_t = loc_k = unl_t = 0
+    def tiles(block, cells, per_tile):
+        """(localization sub-tiles, tiles and the prototypes they load, expansion sub-tiles and
+        tiles) for sub-tiles of <= ``block`` pixels of one region (and one bilinear cell when
+        ``cells``), ``per_tile`` sub-tiles of one region per tile."""
+        loc = [0, 0, 0]
+        unl = [0, 0]
         for b in range(B):
             ok = ids[b] >= 0
             key = ids[b].clone()
@@ -140,13 +143,20 @@ def prototype_rows(shape, ids):
                 key = key * (fh * fw) + cell
             for on, is_loc in ((ok & lab_px[b], True), (ok & ~lab_px[b], False)):
                 k, cnt = torch.unique(key[on], return_counts=True)
-                nt = (cnt + block - 1) // block
+                nsub = (cnt + block - 1) // block
+                region = k // (fh * fw) if cells else k
+                reg_u, inv = torch.unique(region, return_inverse=True)
+                sub_per_region = torch.zeros(reg_u.numel(), dtype=torch.int64).index_add_(0, inv, nsub)
+                nt = (sub_per_region + per_tile - 1) // per_tile
                 if is_loc:
-                    loc_t += int(nt.sum())
-                    loc_k += int((nt * cls_region[b, k // (fh * fw) if cells else k]).sum())
+                    loc[0] += int(nsub.sum())
+                    loc[1] += int(nt.sum())
+                    loc[2] += int((nt * cls_region[b, reg_u]).sum())
                 else:
-                    unl_t += int(nt.sum())
-        return loc_t, loc_k, unl_t // 2  # about half the unlabeled pixels touch a labeled region
+                    unl[0] += int(nsub.sum())
+                    unl[1] += int(nt.sum())
+        # about half the unlabeled pixels touch a labeled region
+        return loc[0], loc[1], loc[2], unl[0] // 2, unl[1] // 2
 
     def first_tap(out, size):  # PyTorch's first bilinear source index (align_corners=False)
         scale = torch.tensor(size, dtype=torch.float32) / torch.tensor(out, dtype=torch.float32)
@@ -155,17 +165,32 @@ def prototype_rows(shape, ids):
 
     cell = (first_tap(H, fh)[:, None] * fw + first_tap(W, fw)[None, :]).reshape(-1)
     rows = {}
-    for name, block, cells in (("before: pixel tiles, 64 px (pixel_tiles)", 64, False),
-                               ("after: cell tiles, 16 px (cell_tiles)", 16, True)):
-        loc_t, loc_k, exp_t = tiles(block, cells)
-        n_tiles = loc_t + exp_t
+    # (name, pixels per (sub-)tile, cell design, cells per tile, the code of 2026-12-03 evening:
+    # tile keys from one kernel, NaN/Inf check fused into the features' copy)
+    for name, block, cells, per_tile, current in (
+            ("before: pixel tiles, 64 px (pixel_tiles)", 64, False, 1, False),
+            ("cell tiles, 1 cell x 16 px per tile (superseded 2026-12-03)", 16, True, 1, False),
+            ("cell tiles, 1 cell x 16 px per tile, current keys and copy (cell_tiles_1)", 16, True, 1, True),
+            ("after: cell tiles, 4 cells x 16 px per tile (cell_tiles)", 16, True, 4, True)):
+        loc_s, loc_t, loc_k, exp_s, exp_t = tiles(block, cells, per_tile)
+        n_sub, n_tiles = loc_s + exp_s, loc_t + exp_t
         protos = (loc_k + exp_t * k_exp) * per_proto
-        taps = n_tiles * 4 * D * 4 if cells else (n_lab + n_exp) * 4 * D * 4
-        # the tile key of each pixel: one _tile_key_kernel pass (pixel id and region id read, key
-        # written; it was 10 element-wise torch steps) and the tiles' group from their keys
-        cell_keys = (n_lab + n_exp) * (8 + ID + 8) + n_tiles * 16 if cells else 0
-        assign = n_tiles * 4 * 8 + protos + taps + pixel_io + cell_keys
-        moved = feat * 2 + scan + argmin + bookkeeping + assign + outputs
+        taps = n_sub * 4 * D * 4 if cells else (n_lab + n_exp) * 4 * D * 4
+        # the tile key of each pixel (after: one _tile_key_kernel pass, pixel id and region id
+        # read, key written; superseded: 10 element-wise torch steps) and the tiles' groups
+        if not cells:
+            keys = 0
+        elif not current:
+            keys = (n_lab + n_exp) * 10 * 16 + n_sub * 16
+        else:
+            keys = (n_lab + n_exp) * (8 + ID + 8) + n_sub * 16 * 2
+        assign = n_tiles * 4 * 8 + n_sub * 2 * 8 + protos + taps + pixel_io + keys
+        # the features' float32 channels-last copy (read + write); before the after design the
+        # NaN/Inf check was a torch pass of its own (isfinite: read + a bool per value written,
+        # all(): the bools read; not counted in this table before 2026-12-03), now it is fused
+        # into the copy kernel (_channels_last_kernel)
+        check = 0 if current else feat + feat // 4 * 2
+        moved = feat * 2 + check + scan + argmin + bookkeeping + assign + outputs
         rows[name] = (must, moved, "")
     # A design the model points at (not built): similarities and tap Gram entries at low resolution
     # (u.p = sum_i w_i f_i.p and |u|^2 = sum_ij w_i w_j f_i.f_j are linear in the taps), so a full-

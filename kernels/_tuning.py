@@ -87,11 +87,15 @@ DESIGNS = {
         "recompute": {"grad_in_forward": False},  # the 2026-11-30 design: the backward re-reads the logits
     },
     "prototype_pseudo_labels": {
-        # assignment tiles of one (region, bilinear cell): the cell's four taps are loaded once
-        # per tile of <= 16 pixels instead of once per pixel; same arithmetic, same labels (features
-        # at about the full resolution keep the pixel tiles: prototype_pseudo_labels.cell_tiles)
-        "cell_tiles": {"cell_tiles": True},
-        "pixel_tiles": {"cell_tiles": False},  # the 2026-11-30 design: four taps of D channels per pixel
+        # assignment tiles of up to 4 bilinear cells of one region: each cell's four taps are
+        # loaded once per sub-tile of <= 16 pixels instead of once per pixel, the region's
+        # prototype rows once per tile; same arithmetic, same labels (features at about the full
+        # resolution keep the pixel tiles: prototype_pseudo_labels.cell_tiles). sm_90: 148-255
+        # registers at 4 warps, no spills; one cell per tile (2 warps) holds 64-155 but loads the
+        # prototype rows 4x as often (docs/design.md, "Byte model")
+        "cell_tiles": {"cell_tiles": True, "cells_per_tile": 4},
+        "cell_tiles_1": {"cell_tiles": True, "cells_per_tile": 1},
+        "pixel_tiles": {"cell_tiles": False, "cells_per_tile": 1},  # the 2026-11-30 design: four taps per pixel
     },
     "prototypical_pixel_loss": {
         # cross-entropy and sparse gradient rows from one kernel per region after the argmax

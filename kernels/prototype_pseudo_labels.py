@@ -49,13 +49,15 @@ EPS = 1e-12
 BLOCK_N = 256  # most pixels per program of the scan kernels
 SCAN_ELEMS = 2048  # (pixels x classes) per scan program: 64 pixels at C = 20 (256 spilled on sm_90)
 BLOCK_P = 64  # pixels per tile of the assignment kernel
-CELL_BLOCK_P = 16  # pixels per tile of the cell design: a cell holds about stride^2 pixels (16 at stride 4)
+CELL_BLOCK_P = 16  # pixels per sub-tile of the cell design: a cell holds about stride^2 pixels (16 at stride 4)
 # Fewest pixels per cell (on average, H * W / (h * w)) for which the cell design runs: a tile
 # loads 4 taps of D floats and its K prototypes of D floats for the cell's pixels, the pixel
 # design 4 taps per pixel and K prototypes per 64 pixels; at K = 8 (an expanded pixel's
 # neighbours) the cell tiles move fewer bytes from about 3 pixels per cell on (stride 2: 4).
 CELL_MIN_PIXELS = 4
-CELL_WARPS = 2  # sm_90: 48-159 registers, no spills (4 warps spilled 8 bytes; benchmarks/results/kernel_metadata_sm90.md)
+# warps of the cell design's programs: 4 at 4 cells per tile (64 pixels), 2 at 1 cell (16 pixels);
+# sm_90 registers in benchmarks/results/kernel_metadata_sm90.md (no spills)
+CELL_WARPS = {4: 4, 1: 2}
 TILE_ELEMS = 4096  # BLOCK_P * BLOCK_K * BLOCK_D budget of the (pixels, prototypes, channels) product
 TAP_ELEMS = 512  # BLOCK_P * BLOCK_D budget of each of the four bilinear taps (more spilled on sm_90)
 
@@ -200,13 +202,40 @@ def _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, msk):
 
 
 @triton.jit
-def _cell_taps(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, dm):
-    # the four taps of one cell, loaded once for the tile and broadcast over its pixels
-    f00 = tl.load(feat_ptr + r00 + dd, mask=dm, other=0.0)[None, :]
-    f01 = tl.load(feat_ptr + r01 + dd, mask=dm, other=0.0)[None, :]
-    f10 = tl.load(feat_ptr + r10 + dd, mask=dm, other=0.0)[None, :]
-    f11 = tl.load(feat_ptr + r11 + dd, mask=dm, other=0.0)[None, :]
-    return _combine(f00, f01, f10, f11, lh0, lh1, lw0, lw1)
+def _cell_tap(feat_ptr, rows, cm, dd, dm, NSUB: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr):
+    # one tap of each sub-tile's cell, loaded once and repeated for the sub-tile's SUB pixels
+    f = tl.load(feat_ptr + rows[:, None] + dd[None, :], mask=cm[:, None] & dm[None, :], other=0.0)
+    return tl.reshape(tl.broadcast_to(f[:, None, :], (NSUB, SUB, BLOCK_D)), (NSUB * SUB, BLOCK_D))
+
+
+@triton.jit
+def _cell_taps(feat_ptr, r00, r01, r10, r11, cm, lh0, lh1, lw0, lw1, dd, dm,
+               NSUB: tl.constexpr, SUB: tl.constexpr, BLOCK_D: tl.constexpr):
+    # the four taps of each sub-tile's cell, loaded once per sub-tile, combined per pixel
+    return _combine(_cell_tap(feat_ptr, r00, cm, dd, dm, NSUB, SUB, BLOCK_D),
+                    _cell_tap(feat_ptr, r01, cm, dd, dm, NSUB, SUB, BLOCK_D),
+                    _cell_tap(feat_ptr, r10, cm, dd, dm, NSUB, SUB, BLOCK_D),
+                    _cell_tap(feat_ptr, r11, cm, dd, dm, NSUB, SUB, BLOCK_D), lh0, lh1, lw0, lw1)
+
+
+@triton.jit
+def _channels_last_kernel(feat_ptr, out_ptr, status_ptr, D, fw, FHW, sb, sd, sy, sx,
+                          BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+    # the float32 channels-last copy the assignment reads, and the NaN/Inf check of the
+    # features (status[0] = 2, as the C++ kernel), in one read of the features in any layout
+    b = tl.program_id(1).to(tl.int64)
+    pos = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = pos < FHW
+    src = b * sb + (pos // fw) * sy + (pos % fw) * sx
+    bad = 0
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        m2 = (dd < D)[:, None] & pm[None, :]
+        x = tl.load(feat_ptr + src[None, :] + dd[:, None].to(tl.int64) * sd, mask=m2, other=0.0)
+        bad += tl.sum(tl.sum(tl.where(m2 & ((x != x) | (tl.abs(x) == float("inf"))), 1, 0), 1), 0)
+        tl.store(out_ptr + (b * FHW + pos)[None, :] * D + dd[:, None], x.to(tl.float32), mask=m2)
+    if bad > 0:
+        tl.atomic_max(status_ptr, 2)
 
 
 @triton.jit
@@ -250,40 +279,47 @@ def _decide(acc, ss, pm, km, kid, thr_ptr, kcls_ptr, C, eps, best_s, best_c, bes
 
 @triton.jit
 def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
-                   tile_pix0_ptr, tile_npix_ptr, tile_pl0_ptr, tile_npl_ptr,
+                   sub_pix0_ptr, sub_npix_ptr, tile_sub0_ptr, tile_nsub_ptr, tile_pl0_ptr, tile_npl_ptr,
                    out_ptr, rec_k_ptr, rec_s_ptr,
                    HW, W, fh, fw, D, C, scale_h, scale_w, eps,
-                   RECORD: tl.constexpr, CELLS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-                   BLOCK_D: tl.constexpr):
-    # CELLS: every pixel of the tile lies in one cell (the same four taps), which are loaded
-    # once per tile instead of once per pixel; each pixel's feature is formed by the same
-    # _combine either way, so similarities and decisions are bit-equal between the designs
+                   RECORD: tl.constexpr, CELLS: tl.constexpr, NSUB: tl.constexpr, SUB: tl.constexpr,
+                   BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    # A tile is up to NSUB sub-tiles of up to SUB listed pixels each, all of one group (one
+    # region's prototype list, loaded once per tile). CELLS: each sub-tile lies in one cell
+    # (the same four taps), whose taps are loaded once per sub-tile instead of once per pixel;
+    # each pixel's feature is formed by the same _combine either way, so similarities and
+    # decisions are bit-equal between the designs.
     t = tl.program_id(0)
-    pix0 = tl.load(tile_pix0_ptr + t)
-    npix = tl.load(tile_npix_ptr + t)
+    s0 = tl.load(tile_sub0_ptr + t)
+    nsub = tl.load(tile_nsub_ptr + t)
     pl0 = tl.load(tile_pl0_ptr + t)
     npl = tl.load(tile_npl_ptr + t)
-    offs = tl.arange(0, BLOCK_P)
-    pm = offs < npix
-    gp = tl.load(pix_ptr + pix0 + offs, mask=pm, other=0)
+    jj = tl.arange(0, NSUB)
+    cm = jj < nsub
+    first = tl.load(sub_pix0_ptr + s0 + jj, mask=cm, other=0)  # each sub-tile's start in the pixel list
+    count = tl.load(sub_npix_ptr + s0 + jj, mask=cm, other=0)
+    ii = tl.arange(0, SUB)
+    slot = tl.reshape(first[:, None] + ii[None, :], (NSUB * SUB,))
+    pm = tl.reshape(ii[None, :] < count[:, None], (NSUB * SUB,))
+    gp = tl.load(pix_ptr + slot, mask=pm, other=0)
     r00, r01, r10, r11, lh0, lh1, lw0, lw1 = _tap_rows(gp, HW, W, fh, fw, D, scale_h, scale_w)
     if CELLS:
-        c00, c01, c10, c11, _lh0, _lh1, _lw0, _lw1 = _tap_rows(tl.load(pix_ptr + pix0), HW, W, fh, fw, D, scale_h,
-                                                               scale_w)
-    best_s = tl.full((BLOCK_P,), float("-inf"), tl.float32)
-    best_c = tl.full((BLOCK_P,), C, tl.int64)
-    best_k = tl.full((BLOCK_P,), -1, tl.int64)
+        cp = tl.load(pix_ptr + first, mask=cm, other=0)
+        c00, c01, c10, c11, _lh0, _lh1, _lw0, _lw1 = _tap_rows(cp, HW, W, fh, fw, D, scale_h, scale_w)
+    best_s = tl.full((NSUB * SUB,), float("-inf"), tl.float32)
+    best_c = tl.full((NSUB * SUB,), C, tl.int64)
+    best_k = tl.full((NSUB * SUB,), -1, tl.int64)
     for k0 in range(0, npl, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         km = kk < npl
         kid = tl.load(plist_ptr + pl0 + kk, mask=km, other=0)
-        acc = tl.zeros((BLOCK_P, BLOCK_K), tl.float32)
-        ss = tl.zeros((BLOCK_P,), tl.float32)
+        acc = tl.zeros((NSUB * SUB, BLOCK_K), tl.float32)
+        ss = tl.zeros((NSUB * SUB,), tl.float32)
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
             dm = dd < D
             if CELLS:
-                u = _cell_taps(feat_ptr, c00, c01, c10, c11, lh0, lh1, lw0, lw1, dd, dm)
+                u = _cell_taps(feat_ptr, c00, c01, c10, c11, cm, lh0, lh1, lw0, lw1, dd, dm, NSUB, SUB, BLOCK_D)
             else:
                 u = _upsampled(feat_ptr, r00, r01, r10, r11, lh0, lh1, lw0, lw1, dd, pm[:, None] & dm[None, :])
             ss += tl.sum(u * u, 1)
@@ -292,8 +328,8 @@ def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
         best_s, best_c, best_k = _decide(acc, ss, pm, km, kid, thr_ptr, kcls_ptr, C, eps, best_s, best_c, best_k)
     tl.store(out_ptr + gp, best_c, mask=pm & (best_c < C))
     if RECORD:
-        tl.store(rec_k_ptr + pix0 + offs, best_k, mask=pm)
-        tl.store(rec_s_ptr + pix0 + offs, best_s, mask=pm)
+        tl.store(rec_k_ptr + slot, best_k, mask=pm)
+        tl.store(rec_s_ptr + slot, best_s, mask=pm)
 
 
 @triton.jit
@@ -343,29 +379,35 @@ def _order(pix: torch.Tensor, reg: torch.Tensor, geom, cells: bool):
 
 def _assign(feat_cl, protos, thr, kcls, plist, pix, keys, group_start, group_cnt, out, geom, record, cells):
     """Launch the assignment kernel over ``pix`` (global flat pixel ids) sorted by their tile
-    ``keys`` (from :func:`_order`); ``cells`` selects the cell design."""
+    ``keys`` (from :func:`_order`); ``cells`` selects the cell design: sub-tiles of up to
+    ``CELL_BLOCK_P`` pixels of one cell, up to the design's ``cells_per_tile`` of them (of one
+    region) per tile; the pixel design runs one sub-tile of up to ``BLOCK_P`` pixels per tile."""
     hw, w, fh, fw, d, c, sh, sw, _r = geom
     if not cells:
-        tg, pix0, npix = _tiles(keys, BLOCK_P)
-        block_p, warps = BLOCK_P, 4
+        tg, sub_pix0, sub_npix = _tiles(keys, BLOCK_P)
+        tile_sub0 = torch.arange(tg.numel(), device=pix.device)
+        tile_nsub = torch.ones_like(tile_sub0)
+        nsub, sub, warps = 1, BLOCK_P, 4
     else:
-        tg, pix0, npix = _tiles(keys, CELL_BLOCK_P)
-        tg = torch.div(tg, fh * fw, rounding_mode="floor")
-        block_p, warps = CELL_BLOCK_P, CELL_WARPS
+        nsub = design(OP)["cells_per_tile"]
+        sub_key, sub_pix0, sub_npix = _tiles(keys, CELL_BLOCK_P)
+        tg, tile_sub0, tile_nsub = _tiles(torch.div(sub_key, fh * fw, rounding_mode="floor"), nsub)
+        sub, warps = CELL_BLOCK_P, CELL_WARPS[nsub]
     if tg.numel() == 0:
         return None, None
     pl0 = group_start[tg].contiguous()
     npl = group_cnt[tg].contiguous()
     max_npl = int(npl.max())
     block_k = min(16, max(2, triton.next_power_of_2(max_npl)))
-    # the pixel design's channel block in both designs: the same summation order, bit-equal sums
+    # the same channel block in both designs (tiles of BLOCK_P pixels): the same summation
+    # order, bit-equal sums
     block_d = assign_block_d(d, block_k)
     rec_k = torch.empty(pix.numel(), dtype=torch.int64, device=pix.device) if record else out
     rec_s = torch.empty(pix.numel(), dtype=torch.float32, device=pix.device) if record else thr
     _assign_kernel[(tg.numel(),)](
-        feat_cl, protos, thr, kcls, plist, pix, pix0, npix, pl0, npl, out, rec_k, rec_s,
+        feat_cl, protos, thr, kcls, plist, pix, sub_pix0, sub_npix, tile_sub0, tile_nsub, pl0, npl, out, rec_k, rec_s,
         hw, w, fh, fw, d, c, sh, sw, EPS,
-        RECORD=record, CELLS=cells, BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
+        RECORD=record, CELLS=cells, NSUB=nsub, SUB=sub, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps)
     return (rec_k, rec_s) if record else (None, None)
 
 
@@ -379,7 +421,8 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     """Triton forward; arguments already validated. Returns ``(labels, thresholds,
     num_localized, num_expanded, prototype_index)``. ``status`` is the two-int status buffer;
     ``check_status(status)`` is called once the scan has filled it, before anything indexes
-    with the region ids (the caller raises there on a bad id or a NaN)."""
+    with the region ids (the caller raises there on a bad id or a NaN in the logits), and again
+    once the features are copied (``status[0] == 2``: NaN/Inf in the features)."""
     dev = logits.device
     bsz, c, h, w = logits.shape
     r_count = region_labels.shape[1]
@@ -405,6 +448,15 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     _scan_kernel[grid](reg, labeled_u8, lidx, labels_u8, lg, best, adj, status, n, h, w, r_count, c, big_l,
                        float(temperature), DO_ADJ=expand, BLOCK=block_n, BLOCK_C=block_c)
     check_status(status)
+    # low-resolution features, float32 channels-last (the assignment's taps are rows of D
+    # contiguous floats), checked for NaN/Inf once the ids and logits passed, as in C++
+    feat_cl = torch.empty((bsz, fh, fw, d), dtype=torch.float32, device=dev)
+    if feat_cl.numel():
+        fb = 32
+        _channels_last_kernel[(triton.cdiv(fh * fw, fb), bsz)](
+            features, feat_cl, status, d, fw, fh * fw, *features.stride(),
+            BLOCK_P=fb, BLOCK_D=max(2, min(64, triton.next_power_of_2(d))))
+    check_status(status)
     idx = torch.full((bsz * r_count * c,), hw, dtype=torch.int64, device=dev)
     _argmin_kernel[grid](reg, labeled_u8, labels_u8, lg, best, idx, n, h, w, r_count, c, float(temperature),
                          BLOCK=block_n, BLOCK_C=block_c)
@@ -419,7 +471,6 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     if k_count == 0:
         return out.view(bsz, h, w), thresholds, num_loc, num_exp, proto_index
 
-    feat_cl = features.float().permute(0, 2, 3, 1).contiguous()  # low resolution, channels-last
     sh, sw = _scale(fh, h), _scale(fw, w)
     geom = (hw, w, fh, fw, d, c, sh, sw, r_count)
     cells = cell_tiles(hw, fh, fw)

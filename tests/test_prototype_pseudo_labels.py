@@ -233,10 +233,12 @@ def _designs_agree(monkeypatch, args, **kw):
     for name in DESIGNS["prototype_pseudo_labels"]:
         monkeypatch.setitem(tuning.DESIGN, "prototype_pseudo_labels", name)
         got[name] = run("triton", *args, **kw)
-    (o1, i1), (o2, i2) = got.values()
-    assert torch.equal(o1, o2)
-    for a, b in zip(i1, i2):
-        assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
+    (o1, i1), *others = got.values()
+    assert len(others) >= 2
+    for o2, i2 in others:
+        assert torch.equal(o1, o2)
+        for a, b in zip(i1, i2):
+            assert torch.equal(a.nan_to_num(-7.0), b.nan_to_num(-7.0))
     return o1, i1
 
 
@@ -256,6 +258,30 @@ def test_triton_designs_bit_equal(monkeypatch, case):
         assert int((got[0] != ref[0]).sum()) <= 2
     else:
         assert_same(ref, got)
+
+
+def test_cell_tiles_span_several_cells(monkeypatch):
+    # the design cases must exercise tiles of several cells (their prototypes loaded once for
+    # all) as well as partial tiles, or the bit-equality above would not cover them
+    from mulact.kernels import prototype_pseudo_labels as kern
+
+    from mulact.kernels import DESIGNS
+
+    per_tile = DESIGNS["prototype_pseudo_labels"]["cell_tiles"]["cells_per_tile"]
+    assert per_tile > 1
+    seen = []
+    tiles = kern._tiles
+
+    def spy(keys, block):
+        got = tiles(keys, block)
+        if block == per_tile:
+            seen.append(got[2])
+        return got
+
+    monkeypatch.setattr(kern, "_tiles", spy)
+    _designs_agree(monkeypatch, make_case(**DESIGN_CASES["prime_d_s4"]))
+    counts = torch.cat(seen).cpu()
+    assert int(counts.max()) == per_tile and int(counts.min()) < per_tile
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -442,6 +468,12 @@ def test_bad_inputs_raise(backend):
     one_nan[1, 2, 3, 1] = float("nan")  # a single value, in the second image
     with pytest.raises(ValueError, match="features"):
         call(features=one_nan)
+    inf_last = f.clone()
+    inf_last[-1, -1, -1, -1] = -float("inf")  # the last value of the last channel
+    with pytest.raises(ValueError, match="features"):
+        call(features=inf_last.to(memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match="features"):  # checked even when no region is labeled
+        call(features=one_nan, region_labels=torch.zeros_like(lab))
     with pytest.raises(ValueError, match="logits"):
         call(logits=lg[:, :, :5])
     with pytest.raises(ValueError, match="region_labels"):
@@ -465,6 +497,19 @@ def test_bad_inputs_raise(backend):
     off = lg.clone()
     off[:, 1][~labeled_pix] = float("nan")
     assert torch.equal(call(logits=off).cpu(), call().cpu())
+
+
+def test_feature_layouts(backend):
+    # the features are read in any memory layout and dtype (the Triton path copies them to
+    # float32 channels-last with its own kernel): the same labels as from contiguous float32
+    dev = backend_device(backend)
+    f, lg, reg, lab = (t.to(dev) for t in make_case(seed=41, stride=2, D=5))
+    want = prototype_pseudo_labels(f, lg, reg, lab, temperature=1.0, backend=backend, return_info=True)
+    wide = torch.randn(f.shape[0], f.shape[1] * 2, f.shape[2], f.shape[3] + 3, device=dev)
+    wide[:, ::2, :, 1:-2] = f
+    for layout in (f.to(memory_format=torch.channels_last), wide[:, ::2, :, 1:-2], f.double().to(memory_format=torch.channels_last)):
+        assert_same(want, prototype_pseudo_labels(layout, lg, reg, lab, temperature=1.0, backend=backend,
+                                                  return_info=True))
 
 
 def test_confident_pixels_stay_apart(backend):

@@ -239,18 +239,28 @@ def _prototype_pseudo_labels():
                       dict(BLOCK_K=16, BLOCK_D=max(2, min(256, _npow2(d))))))
     for record, d, block_k in ((True, 64, 16), (False, 64, 2), (False, 512, 16), (True, 3, 4)):
         sig = dict(feat_ptr="*fp32", protos_ptr="*fp32", thr_ptr="*fp32", kcls_ptr="*i64", plist_ptr="*i64",
-                   pix_ptr="*i64", tile_pix0_ptr="*i64", tile_npix_ptr="*i64", tile_pl0_ptr="*i64",
-                   tile_npl_ptr="*i64", out_ptr="*i64", rec_k_ptr="*i64", rec_s_ptr="*fp32",
+                   pix_ptr="*i64", sub_pix0_ptr="*i64", sub_npix_ptr="*i64", tile_sub0_ptr="*i64",
+                   tile_nsub_ptr="*i64", tile_pl0_ptr="*i64", tile_npl_ptr="*i64", out_ptr="*i64", rec_k_ptr="*i64", rec_s_ptr="*fp32",
                    **geom, C="i32", scale_h="fp32", scale_w="fp32", eps="fp32")
         block_d = _assign_block_d(d, block_k)
         cases.append((f"prototype_assign-RECORD{int(record)}-D{d}-K{block_k}", "prototype_pseudo_labels._assign_kernel",
-                      sig, dict(RECORD=record, CELLS=False, BLOCK_P=64, BLOCK_K=block_k, BLOCK_D=block_d)))
+                      sig, dict(RECORD=record, CELLS=False, NSUB=1, SUB=64, BLOCK_K=block_k, BLOCK_D=block_d)))
         # the cell design (kernels/_tuning.py DESIGNS prototype_pseudo_labels cell_tiles, default):
-        # 16-pixel tiles, the pixel design's channel block
+        # 4 sub-tiles (cells) of 16 pixels per tile, 4 warps, the pixel design's channel block
         cases.append((f"prototype_assign_cells-RECORD{int(record)}-D{d}-K{block_k}",
                       "prototype_pseudo_labels._assign_kernel", sig,
-                      dict(RECORD=record, CELLS=True, BLOCK_P=16, BLOCK_K=block_k, BLOCK_D=block_d),
+                      dict(RECORD=record, CELLS=True, NSUB=4, SUB=16, BLOCK_K=block_k, BLOCK_D=block_d),
+                      dict(num_warps=4)))
+        # the cell_tiles_1 design: one cell of 16 pixels per tile, 2 warps
+        cases.append((f"prototype_assign_cells_1-RECORD{int(record)}-D{d}-K{block_k}",
+                      "prototype_pseudo_labels._assign_kernel", sig,
+                      dict(RECORD=record, CELLS=True, NSUB=1, SUB=16, BLOCK_K=block_k, BLOCK_D=block_d),
                       dict(num_warps=2)))
+    for fp in ("fp32", "bf16", "fp64"):
+        cases.append((f"prototype_channels_last-{fp}", "prototype_pseudo_labels._channels_last_kernel",
+                      dict(feat_ptr=f"*{fp}", out_ptr="*fp32", status_ptr="*i32", D="i32", fw="i32", FHW="i32",
+                           sb="i64", sd="i64", sy="i64", sx="i64"),
+                      dict(BLOCK_P=32, BLOCK_D=64)))
     for ri in ("i32", "i64"):
         cases.append((f"prototype_tile_key-{ri}", "prototype_pseudo_labels._tile_key_kernel",
                       dict(pix_ptr="*i64", reg_ptr=f"*{ri}", key_ptr="*i64", n="i32", HW="i32", W="i32", R="i32",
@@ -317,7 +327,9 @@ def _compile_all() -> None:
     _tuning.DESIGN["region_uncertainty_stats"] = default
     from mulact.kernels import prototype_pseudo_labels as proto
 
-    assert proto.CELL_BLOCK_P == 16 and proto.BLOCK_P == 64 and proto.CELL_WARPS == 2
+    assert (proto.CELL_BLOCK_P, proto.BLOCK_P, proto.CELL_WARPS) == (16, 64, {4: 4, 1: 2})
+    assert [v["cells_per_tile"] for k, v in _tuning.DESIGNS["prototype_pseudo_labels"].items()
+            if v["cell_tiles"]] == [4, 1]
     for bc in (2, 4, 32, 64, 256):
         assert proto.scan_block(bc) == _scan_block(bc), bc
         for d in (3, 64, 512):

@@ -62,7 +62,6 @@ from ._backend import LaunchTable, resolve_backend
 from ._labels import device_guard
 from ._validate import (
     check_classes,
-    check_finite,
     check_float,
     check_logits,
     check_region_count,
@@ -321,12 +320,17 @@ def _forward_cpp(features, logits, regions, region_labels, expand, temperature):
 def _forward_triton(features, logits, regions, region_labels, expand, temperature):
     from mulact.kernels.prototype_pseudo_labels import prototype_pseudo_labels_triton
 
-    check_finite(OP, "features", features)
     r_count = region_labels.shape[1]
+
+    def check_status(status):
+        # the features' NaN/Inf scan is fused into the kernels' channels-last copy (status 2)
+        if int(status[0]) == 2:
+            raise ValueError(f"{OP}: `features` contains NaN or Inf")
+        raise_on_status(OP, status, r_count, regions=regions)
+
     with device_guard(logits):
         return prototype_pseudo_labels_triton(features, logits, regions, region_labels, expand, temperature,
-                                              new_status(logits.device),
-                                              lambda status: raise_on_status(OP, status, r_count, regions=regions))
+                                              new_status(logits.device), check_status)
 
 
 _LAUNCH = LaunchTable(OP, cpp=_forward_cpp, triton=_forward_triton)
@@ -401,8 +405,8 @@ def prototype_pseudo_labels(features, logits, regions, region_labels, expand=Tru
     """
     need_tensor(OP, "logits", logits)
     which = resolve_backend(OP, logits.device, backend)
-    # the NaN/Inf scan of the features is the backend's: the reference's and the Triton
-    # launcher's own pass, the C++ kernel's conversion pass
+    # the NaN/Inf scan of the features is the backend's: the reference's own pass, the Triton
+    # kernels' channels-last copy, the C++ kernel's conversion pass
     temperature = _validate(features, logits, regions, region_labels, expand, temperature, check_features=False)
     if regions.numel() == 0:
         bsz, c, h, w = logits.shape
