@@ -120,7 +120,12 @@ def prototype_rows(shape, ids):
     must = B * N * ID + n_lab * C * E + feat + B * R * C + outputs
     scan = B * N * (ID + 1) + B * N * 4 * (ID + 1) + n_lab * C * (E + 1) + n_cls * 8
     argmin = B * N * (ID + 1) + n_lab * C * (E + 1) + n_cls * 4
-    bookkeeping = B * N * (4 + 8) + B * N * 8 * 5 + B * N * (8 + 1) + (n_lab + n_exp) * (8 + 8 * 4 * 2)
+    # full-resolution index bookkeeping between launches: before 2026-12-03 evening, torch steps
+    # over every pixel (ids to int64, the (image, region) group of each pixel, inside / labeled
+    # masks) and the two nonzero lists; now one _select_kernel pass (ids read, a byte per pixel
+    # written) and, per list, flag == k and its nonzero; the sort by tile key in both
+    old_bookkeeping = B * N * (4 + 8) + B * N * 8 * 5 + B * N * (8 + 1) + (n_lab + n_exp) * (8 + 8 * 4 * 2)
+    bookkeeping = B * N * (ID + 1) + 2 * B * N * 3 + (n_lab + n_exp) * (8 + 8 * 4 * 2)
     k_exp = 8  # prototypes of an expanded pixel's labeled neighbours (assumed)
     cls_region = labels.sum(-1)  # own prototypes of a labeled region
     # Each assignment tile loads its 4 scalars and its prototype list (index, D floats, threshold,
@@ -166,7 +171,8 @@ def prototype_rows(shape, ids):
     cell = (first_tap(H, fh)[:, None] * fw + first_tap(W, fw)[None, :]).reshape(-1)
     rows = {}
     # (name, pixels per (sub-)tile, cell design, cells per tile, the code of 2026-12-03 evening:
-    # tile keys from one kernel, NaN/Inf check fused into the features' copy)
+    # tile keys from one kernel, NaN/Inf check fused into the features' copy, pixel selection in
+    # one kernel)
     for name, block, cells, per_tile, current in (
             ("before: pixel tiles, 64 px (pixel_tiles)", 64, False, 1, False),
             ("cell tiles, 1 cell x 16 px per tile (superseded 2026-12-03)", 16, True, 1, False),
@@ -190,7 +196,7 @@ def prototype_rows(shape, ids):
         # all(): the bools read; not counted in this table before 2026-12-03), now it is fused
         # into the copy kernel (_channels_last_kernel)
         check = 0 if current else feat + feat // 4 * 2
-        moved = feat * 2 + check + scan + argmin + bookkeeping + assign + outputs
+        moved = feat * 2 + check + scan + argmin + (bookkeeping if current else old_bookkeeping) + assign + outputs
         rows[name] = (must, moved, "")
     # A design the model points at (not built): similarities and tap Gram entries at low resolution
     # (u.p = sum_i w_i f_i.p and |u|^2 = sum_ij w_i w_j f_i.f_j are linear in the taps), so a full-

@@ -333,6 +333,20 @@ def _assign_kernel(feat_ptr, protos_ptr, thr_ptr, kcls_ptr, plist_ptr, pix_ptr,
 
 
 @triton.jit
+def _select_kernel(reg_ptr, labeled_ptr, expandable_ptr, flag_ptr, N, HW, R, BLOCK: tl.constexpr):
+    # 1: the pixel's region is labeled (localization); 2: it is unlabeled with a labeled
+    # neighbour (expansion); 0: neither, or no region
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = o < N
+    r = tl.load(reg_ptr + o, mask=m, other=-1).to(tl.int64)
+    ok = m & (r >= 0)
+    g = (o // HW) * R + tl.where(ok, r, 0)
+    lab = tl.load(labeled_ptr + g, mask=ok, other=0) != 0
+    grow = tl.load(expandable_ptr + g, mask=ok & ~lab, other=0) != 0
+    tl.store(flag_ptr + o, tl.where(lab, 1, tl.where(grow, 2, 0)).to(tl.uint8), mask=m)
+
+
+@triton.jit
 def _tile_key_kernel(pix_ptr, reg_ptr, key_ptr, n, HW, W, R, fh, fw, scale_h, scale_w,
                      CELLS: tl.constexpr, BLOCK: tl.constexpr):
     # the tile key of each listed pixel in one pass: its group (image, region) and, for the
@@ -485,13 +499,28 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     own_start = torch.cumsum(own_cnt, 0) - own_cnt
     identity = torch.arange(k_count, device=dev)
 
-    reg_flat = reg.reshape(-1).long()
-    gpix = torch.div(torch.arange(n, device=dev), hw, rounding_mode="floor") * r_count + reg_flat.clamp_min(0)
-    inside = reg_flat >= 0
-    lab_pix = labeled.reshape(-1)[gpix]
+    if expand:
+        # the prototype list of each unlabeled region: those of its labeled neighbours
+        pb, pu, pl = torch.nonzero(adj.view(bsz, r_count, big_l)).unbind(1)  # sorted by (image, unlabeled)
+        lab_region = torch.full((bsz, big_l), -1, dtype=torch.int64, device=dev)
+        lb, lr = torch.nonzero(labeled).unbind(1)
+        lab_region[lb, lidx[lb, lr]] = lr
+        nb = pb * r_count + lab_region[pb, pl]
+        cnt = own_cnt[nb]
+        rep = torch.repeat_interleave(torch.arange(nb.numel(), device=dev), cnt)
+        within = torch.arange(rep.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
+        plist = (own_start[nb][rep] + within).contiguous()
+        group_cnt = torch.zeros(bsz * r_count, dtype=torch.int64, device=dev).index_add_(0, pb * r_count + pu, cnt)
+        group_start = torch.cumsum(group_cnt, 0) - group_cnt
+        expandable = (group_cnt > 0).to(torch.uint8)
+    else:
+        expandable = torch.zeros(bsz * r_count, dtype=torch.uint8, device=dev)
+    # which pixels are localized (1) and which are candidates for expansion (2), in one pass
+    flag = torch.empty(n, dtype=torch.uint8, device=dev)
+    _select_kernel[(triton.cdiv(n, 1024),)](reg, labeled_u8, expandable, flag, n, hw, r_count, BLOCK=1024)
 
     # localization: thresholds -inf, so every own prototype is a candidate
-    loc = torch.nonzero(inside & lab_pix).squeeze(1)
+    loc = torch.nonzero(flag == 1).squeeze(1)
     loc, loc_keys = _order(loc, reg, geom, cells)
     neg_inf = torch.full((k_count,), float("-inf"), dtype=torch.float32, device=dev)
     rec_k, rec_s = _assign(feat_cl, protos, neg_inf, kcls, identity, loc, loc_keys, own_start, own_cnt, out,
@@ -511,18 +540,7 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     thresholds[kb, kr, kc] = alpha
 
     if expand:
-        pb, pu, pl = torch.nonzero(adj.view(bsz, r_count, big_l)).unbind(1)  # sorted by (image, unlabeled)
-        lab_region = torch.full((bsz, big_l), -1, dtype=torch.int64, device=dev)
-        lb, lr = torch.nonzero(labeled).unbind(1)
-        lab_region[lb, lidx[lb, lr]] = lr
-        nb = pb * r_count + lab_region[pb, pl]
-        cnt = own_cnt[nb]
-        rep = torch.repeat_interleave(torch.arange(nb.numel(), device=dev), cnt)
-        within = torch.arange(rep.numel(), device=dev) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
-        plist = (own_start[nb][rep] + within).contiguous()
-        group_cnt = torch.zeros(bsz * r_count, dtype=torch.int64, device=dev).index_add_(0, pb * r_count + pu, cnt)
-        group_start = torch.cumsum(group_cnt, 0) - group_cnt
-        exp = torch.nonzero(inside & ~lab_pix & (group_cnt[gpix] > 0)).squeeze(1)
+        exp = torch.nonzero(flag == 2).squeeze(1)
         exp, exp_keys = _order(exp, reg, geom, cells)
         _assign(feat_cl, protos, alpha, kcls, plist, exp, exp_keys, group_start, group_cnt, out, geom,
                 record=False, cells=cells)

@@ -262,6 +262,10 @@ def _prototype_pseudo_labels():
                            sb="i64", sd="i64", sy="i64", sx="i64"),
                       dict(BLOCK_P=32, BLOCK_D=64)))
     for ri in ("i32", "i64"):
+        cases.append((f"prototype_select-{ri}", "prototype_pseudo_labels._select_kernel",
+                      dict(reg_ptr=f"*{ri}", labeled_ptr="*u8", expandable_ptr="*u8", flag_ptr="*u8", N="i32",
+                           HW="i32", R="i32"),
+                      dict(BLOCK=1024)))
         cases.append((f"prototype_tile_key-{ri}", "prototype_pseudo_labels._tile_key_kernel",
                       dict(pix_ptr="*i64", reg_ptr=f"*{ri}", key_ptr="*i64", n="i32", HW="i32", W="i32", R="i32",
                            fh="i32", fw="i32", scale_h="fp32", scale_w="fp32"),
