@@ -10,27 +10,32 @@ Pipeline (the torch steps between launches are index bookkeeping on small tensor
 2. ``_argmin_kernel`` - recomputes the log-probabilities of the same pixels and
    ``atomic_min``-s the flat index of those equal to the maximum: ties -> smallest index.
    Both atomics are order independent, so the prototype choice is deterministic.
-3. ``_proto_kernel`` - the normalised upsampled feature at each prototypical pixel.
-4. ``_assign_kernel`` - one program per tile of up to ``BLOCK_P`` pixels of one region,
-   against that region's prototype list: its own prototypes for localization (thresholds
-   ``-inf``), the prototypes of all its labeled neighbours for expansion (thresholds
-   ``alpha``). Features are interpolated on the fly from a channels-last copy of the
-   *low-resolution* features; the ``(B, D, H, W)`` upsampled tensor is never built. Each pixel is
-   written by exactly one program, so no atomics are needed and the result is deterministic.
-   Divisions and square roots use the IEEE-rounded forms (``div_rn``, ``sqrt_rn``) so that
-   e.g. ``u / |u|`` is exactly +-1 for D=1, as on the CPU backends.
-   Two designs (``kernels/_tuning.py`` DESIGNS, docs/design.md §6 "Byte model"):
-   ``cell_tiles`` (default, ``_assign_kernel`` with ``CELLS``) tiles the pixels of a region by bilinear
-   *cell* - the pixels with the same first tap ``(h0, w0)``, hence the same four taps, about
-   stride^2 of them - and loads the cell's four tap vectors once per tile of ``CELL_BLOCK_P``
-   pixels; ``pixel_tiles`` (``CELLS`` off) loads four taps of D channels per pixel. Both
-   form each pixel's feature with the same ``_combine`` and sum channels in the same blocks, so
-   their similarities, labels and thresholds are bit-equal (tests/test_prototype_pseudo_labels.py).
-   ``_tile_key_kernel`` gives each pixel its tile key (image, region and, for the cell design,
-   the cell: its first tap by the same ``_source_index``) in one pass, so the cells torch sorts
-   by are exactly those the assignment kernel loads. Features
-   at (about) the full resolution (fewer than ``CELL_MIN_PIXELS`` pixels per cell) keep the
-   pixel tiles under either design (:func:`cell_tiles`).
+3. ``_channels_last_kernel`` - the low-resolution features (any layout and float dtype) as a
+   float32 channels-last copy, checked for NaN/Inf in the same read (``status[0] = 2``).
+   ``_proto_kernel`` - the normalised upsampled feature at each prototypical pixel.
+4. ``_select_kernel`` - one byte per pixel: localized (its region is labeled) or a candidate for
+   expansion (its unlabeled region has a labeled neighbour); ``_tile_key_kernel`` - each listed
+   pixel's tile key (image, region and, for the cell design, its cell: the first bilinear tap,
+   by the same ``_source_index`` the assignment uses), sorted stably by torch.
+   ``_assign_kernel`` - one program per tile of one region, against that region's prototype
+   list: its own prototypes for localization (thresholds ``-inf``), the prototypes of all its
+   labeled neighbours for expansion (thresholds ``alpha``). Features are interpolated on the
+   fly from the channels-last copy; the ``(B, D, H, W)`` upsampled tensor is never built. Each
+   pixel is written by exactly one program, so no atomics are needed and the result is
+   deterministic. Divisions and square roots use the IEEE-rounded forms (``div_rn``,
+   ``sqrt_rn``) so that e.g. ``u / |u|`` is exactly +-1 for D=1, as on the CPU backends.
+   Designs (``kernels/_tuning.py`` DESIGNS, docs/design.md §6 "Byte model"): ``cell_tiles``
+   (default, ``CELLS``) makes a tile of up to 4 sub-tiles of one region, each of up to
+   ``CELL_BLOCK_P`` pixels of one bilinear *cell* - the pixels with the same first tap
+   ``(h0, w0)``, hence the same four taps, about stride^2 of them - and loads each cell's four
+   tap vectors once per sub-tile and the region's prototype rows once per tile;
+   ``cell_tiles_1`` has one cell per tile (fewer registers, more prototype loads);
+   ``pixel_tiles`` (``CELLS`` off) loads four taps of D channels per pixel, 64 pixels per tile.
+   All form each pixel's feature with the same ``_combine`` and sum channels in the same
+   blocks, so their similarities, labels and thresholds are bit-equal
+   (tests/test_prototype_pseudo_labels.py). Features at (about) the full resolution (fewer than
+   ``CELL_MIN_PIXELS`` pixels per cell) keep the pixel tiles under every design
+   (:func:`cell_tiles`).
 5. Lower medians: ``torch.sort`` of the localization similarities by value and then stably by
    prototype, one gather per prototype (documented torch step between launches).
 """
