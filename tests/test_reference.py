@@ -2,6 +2,7 @@
 figure: the clicks to reach 95 % of it, in a run's metrics and in a sweep's report."""
 import json
 import math
+import os
 
 import pytest
 import yaml
@@ -59,10 +60,22 @@ def test_reference_is_shared_by_configurations_that_differ_only_in_the_rounds(tm
     assert reference_dir(cfg(iterations=121)) != reference_dir(a)
     assert reference_dir(cfg(lr=1e-3)) != reference_dir(a)
     assert reference_dir(cfg(device="cpu", num_workers=2)) == reference_dir(a)  # runtime options
+
     ref = reference_config(a)
     assert (ref.labeling, ref.rounds, ref.stage2, ref.reference, ref.run_dir) == (
         "full", 1, False, "off", reference_dir(a))
     assert ref.to_dict() == reference_config(b).to_dict()
+
+
+def test_reference_cache_is_keyed_by_training_revision(tmp_path, monkeypatch):
+    # a reference trained by code that trained differently must not be reused
+    import mulact.al.reference as reference
+
+    monkeypatch.setenv("MULACT_CACHE", str(tmp_path))
+    cfg = resolve_config("demo", None, {"run_dir": str(tmp_path / "r")})
+    a = reference_dir(cfg)
+    monkeypatch.setattr(reference, "TRAINING_REVISION", reference.TRAINING_REVISION + 1)
+    assert reference_dir(cfg) != a and os.path.dirname(reference_dir(cfg)) == os.path.dirname(a)
 
 
 def _args(run, *extra):

@@ -12,7 +12,9 @@ so "% of the reference" measures what the labels cost, not what training could d
 reference's inputs — the variants of a sweep, for one seed — trains it once. Which options
 are its inputs: every option except :data:`NOT_REFERENCE_INPUTS` (read only by the rounds)
 and the runtime options a rerun may change; the seed is an input, so each seed has its own
-reference (its initial weights and batch stream are those of the seed's round 1).
+reference (its initial weights and batch stream are those of the seed's round 1). The cache
+key also holds :data:`TRAINING_REVISION`, so a reference trained by older code that trained
+differently is not reused.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import time
 from mulact.config import TrainConfig
 from mulact.runstore import LockedError, RunDir
 
-__all__ = ["NOT_REFERENCE_INPUTS", "clicks_to_fraction", "reference_config", "reference_dir", "reference_key",
+__all__ = ["NOT_REFERENCE_INPUTS", "TRAINING_REVISION", "clicks_to_fraction", "reference_config", "reference_dir", "reference_key",
            "reference_of", "read_reference"]
 
 # Options that only the AL rounds read; the reference's configuration holds their defaults.
@@ -37,6 +39,12 @@ NOT_REFERENCE_INPUTS = frozenset({
     "loss", "lambda_ce", "lambda_mp", "lambda_pp", "stage2", "stage2_iterations", "lr_stage2", "expand", "pseudo",
     "reference", "checkpoint_interval",
 })
+
+
+# What a reference run computes from its options: bump it with any change to mulact that alters
+# the model a configuration trains (model, losses, schedule, augmentation, data pipeline), so
+# that ``--reference auto`` trains a new reference instead of reusing one from older code.
+TRAINING_REVISION = 1
 
 
 def _runtime_options() -> set:
@@ -55,7 +63,8 @@ def reference_dir(cfg: TrainConfig) -> str:
     """Where ``--reference auto`` keeps the reference of ``cfg``: one directory per set of inputs."""
     from mulact.data.cache import cache_dir
 
-    key = json.dumps(reference_key(cfg.to_dict()), sort_keys=True, default=str)
+    key = json.dumps({"training_revision": TRAINING_REVISION, **reference_key(cfg.to_dict())}, sort_keys=True,
+                     default=str)
     h = hashlib.sha256(key.encode()).hexdigest()[:12]
     return str(cache_dir() / "references" / f"{cfg.dataset}-seed{cfg.seed}-{h}")
 
