@@ -172,7 +172,7 @@ def prototype_rows(shape, ids):
     rows = {}
     # (name, pixels per (sub-)tile, cell design, cells per tile, the code of 2026-12-03 evening:
     # tile keys from one kernel, NaN/Inf check fused into the features' copy, pixel selection in
-    # one kernel)
+    # one kernel, packed argmax keys)
     for name, block, cells, per_tile, current in (
             ("before: pixel tiles, 64 px (pixel_tiles)", 64, False, 1, False),
             ("cell tiles, 1 cell x 16 px per tile (superseded 2026-12-03)", 16, True, 1, False),
@@ -196,7 +196,10 @@ def prototype_rows(shape, ids):
         # all(): the bools read; not counted in this table before 2026-12-03), now it is fused
         # into the copy kernel (_channels_last_kernel)
         check = 0 if current else feat + feat // 4 * 2
-        moved = feat * 2 + check + scan + argmin + (bookkeeping if current else old_bookkeeping) + assign + outputs
+        # current: one scan with packed (value, index) int64 keys (16-byte atomics) and their
+        # decoding over (B, R, C) instead of float maxima (8-byte atomics) and the argmin pass
+        argmax = (scan + n_cls * 8 + B * R * C * (8 + 8)) if current else (scan + argmin)
+        moved = feat * 2 + check + argmax + (bookkeeping if current else old_bookkeeping) + assign + outputs
         rows[name] = (must, moved, "")
     # A design the model points at (not built): similarities and tap Gram entries at low resolution
     # (u.p = sum_i w_i f_i.p and |u|^2 = sum_ij w_i w_j f_i.f_j are linear in the taps), so a full-
@@ -204,7 +207,7 @@ def prototype_rows(shape, ids):
     # Not bit-equal to the reference's float32 similarities (another summation order).
     lowres = feat + B * fh * fw * (k_exp + 4) * 4 * 2
     assign = (n_lab + n_exp) * 4 * (k_exp + 4) * 4 + pixel_io
-    target = feat * 2 + scan + argmin + bookkeeping + lowres + assign + outputs
+    target = feat * 2 + scan + n_cls * 8 + B * R * C * 16 + bookkeeping + lowres + assign + outputs
     rows[f"not built: low-res similarities (~{k_exp} prototypes/px)"] = (must, target, "")
     return rows
 

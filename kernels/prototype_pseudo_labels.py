@@ -7,9 +7,12 @@ Pipeline (the torch steps between launches are index bookkeeping on small tensor
    ``L`` = most labeled regions in one image) and ``atomic_max`` of
    ``log_softmax(logits / tau)_c`` per (region, labeled class). Only the logits of pixels of
    labeled regions are loaded (and checked for NaN/Inf).
-2. ``_argmin_kernel`` - recomputes the log-probabilities of the same pixels and
-   ``atomic_min``-s the flat index of those equal to the maximum: ties -> smallest index.
-   Both atomics are order independent, so the prototype choice is deterministic.
+   The maximum is taken over packed int64 keys (the value's ordered bits, then the inverted
+   flat index), so that one ``atomic_max`` also picks the smallest index among equal maxima.
+2. Images above ``PACKED_MAX_PIXELS`` only: the scan takes float maxima and ``_argmin_kernel``
+   recomputes the log-probabilities of the same pixels and ``atomic_min``-s the flat index of
+   those equal to the maximum: ties -> smallest index. Both designs' atomics are order
+   independent, so the prototype choice is deterministic.
 3. ``_channels_last_kernel`` - the low-resolution features (any layout and float dtype) as a
    float32 channels-last copy, checked for NaN/Inf in the same read (``status[0] = 2``).
    ``_proto_kernel`` - the normalised upsampled feature at each prototypical pixel.
@@ -63,6 +66,9 @@ CELL_MIN_PIXELS = 4
 # warps of the cell design's programs: 4 at 4 cells per tile (64 pixels), 2 at 1 cell (16 pixels);
 # sm_90 registers in benchmarks/results/kernel_metadata_sm90.md (no spills)
 CELL_WARPS = {4: 4, 1: 2}
+# Most pixels per image for the packed argmax keys (the inverted index takes the low 32 bits);
+# larger images take the two-pass argmax (tests lower it to cover that path)
+PACKED_MAX_PIXELS = 2147483647
 TILE_ELEMS = 4096  # BLOCK_P * BLOCK_K * BLOCK_D budget of the (pixels, prototypes, channels) product
 TAP_ELEMS = 512  # BLOCK_P * BLOCK_D budget of each of the four bilinear taps (more spilled on sm_90)
 
@@ -130,7 +136,8 @@ def _adjacent(reg_ptr, labeled_ptr, lidx_ptr, adj_ptr, offs, b, y, x, r, ok, lab
 
 @triton.jit
 def _scan_kernel(reg_ptr, labeled_ptr, lidx_ptr, labels_ptr, logits_ptr, best_ptr, adj_ptr, status_ptr,
-                 N, H, W, R, C, L, tau, DO_ADJ: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+                 N, H, W, R, C, L, tau, DO_ADJ: tl.constexpr, PACKED: tl.constexpr, BLOCK: tl.constexpr,
+                 BLOCK_C: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     HW = H * W
@@ -153,7 +160,15 @@ def _scan_kernel(reg_ptr, labeled_ptr, lidx_ptr, labels_ptr, logits_ptr, best_pt
     report_nonfinite_count(tl.sum(tl.where(rows & ~finite, 1, 0), 0), status_ptr)
     slot = (b * R + r)[:, None] * C + cc[None, :]
     bits = tl.load(labels_ptr + slot, mask=m2, other=0) != 0
-    tl.atomic_max(best_ptr + slot, lsm, mask=m2 & bits & finite[:, None])
+    if PACKED:
+        # value and inverted pixel index in one int64 (as region_class_argmax): one atomic_max
+        # finds the maximum and, among equal maxima, the smallest index (+ 0.0: -0.0 == 0.0)
+        vb = (lsm + 0.0).to(tl.int32, bitcast=True)
+        ordered = vb ^ ((vb >> 31) & 0x7FFFFFFF)
+        key = (ordered.to(tl.int64) << 32) | (2147483647 - p[:, None])
+        tl.atomic_max(best_ptr + slot, key, mask=m2 & bits & finite[:, None])
+    else:
+        tl.atomic_max(best_ptr + slot, lsm, mask=m2 & bits & finite[:, None])
 
 
 @triton.jit
@@ -460,12 +475,18 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
     big_l = max(1, int(n_lab.max())) if bsz else 1
     adj = torch.zeros(bsz * r_count * big_l if expand else 1, dtype=torch.uint8, device=dev)
     lg = logits.contiguous()
-    best = torch.full((bsz * r_count * c,), float("-inf"), dtype=torch.float32, device=dev)
+    # images below 2^31 pixels: packed (value, index) keys, the argmax in the scan's one pass;
+    # larger ones: the scan's maxima, then _argmin_kernel's smallest index among them
+    packed = hw <= PACKED_MAX_PIXELS
+    if packed:
+        best = torch.full((bsz * r_count * c,), -(1 << 63), dtype=torch.int64, device=dev)
+    else:
+        best = torch.full((bsz * r_count * c,), float("-inf"), dtype=torch.float32, device=dev)
     block_c = max(2, triton.next_power_of_2(c))
     block_n = scan_block(block_c)
     grid = (triton.cdiv(n, block_n),)
     _scan_kernel[grid](reg, labeled_u8, lidx, labels_u8, lg, best, adj, status, n, h, w, r_count, c, big_l,
-                       float(temperature), DO_ADJ=expand, BLOCK=block_n, BLOCK_C=block_c)
+                       float(temperature), DO_ADJ=expand, PACKED=packed, BLOCK=block_n, BLOCK_C=block_c)
     check_status(status)
     # low-resolution features, float32 channels-last (the assignment's taps are rows of D
     # contiguous floats), checked for NaN/Inf once the ids and logits passed, as in C++
@@ -476,9 +497,12 @@ def prototype_pseudo_labels_triton(features, logits, regions, region_labels, exp
             features, feat_cl, status, d, fw, fh * fw, *features.stride(),
             BLOCK_P=fb, BLOCK_D=max(2, min(64, triton.next_power_of_2(d))))
     check_status(status)
-    idx = torch.full((bsz * r_count * c,), hw, dtype=torch.int64, device=dev)
-    _argmin_kernel[grid](reg, labeled_u8, labels_u8, lg, best, idx, n, h, w, r_count, c, float(temperature),
-                         BLOCK=block_n, BLOCK_C=block_c)
+    if packed:
+        idx = torch.where(best != -(1 << 63), 2147483647 - (best & 0xFFFFFFFF), hw)
+    else:
+        idx = torch.full((bsz * r_count * c,), hw, dtype=torch.int64, device=dev)
+        _argmin_kernel[grid](reg, labeled_u8, labels_u8, lg, best, idx, n, h, w, r_count, c, float(temperature),
+                             BLOCK=block_n, BLOCK_C=block_c)
     proto_index = torch.where(labels_b.reshape(-1) & (idx < hw), idx, -1).view(bsz, r_count, c)
 
     out = torch.full((n,), IGNORE_INDEX, dtype=torch.int64, device=dev)

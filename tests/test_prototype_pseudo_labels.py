@@ -284,6 +284,18 @@ def test_cell_tiles_span_several_cells(monkeypatch):
     assert int(counts.max()) == per_tile and int(counts.min()) < per_tile
 
 
+@pytest.mark.parametrize("case", ["palette_s2", "prime_d_s4", "one_row"])
+def test_triton_two_pass_argmax_for_huge_images(monkeypatch, case):
+    # images above PACKED_MAX_PIXELS take the scan's float maxima + _argmin_kernel instead of
+    # the packed keys: the same prototypes (ties -> smallest index), so the same everything
+    from mulact.kernels import prototype_pseudo_labels as kern
+
+    args = make_case(**DESIGN_CASES[case])
+    packed = run("triton", *args, temperature=1.0)
+    monkeypatch.setattr(kern, "PACKED_MAX_PIXELS", 0)
+    assert_same(packed, run("triton", *args, temperature=1.0))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_designs_bit_equal_low_precision(monkeypatch, dtype):
     f, lg, reg, lab = make_case(seed=65, stride=4, D=9, H=21, W=18, smooth=True)

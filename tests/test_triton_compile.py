@@ -221,11 +221,15 @@ def _prototype_pseudo_labels():
     for fp, ri, do_adj, c in (("fp32", "i32", True, 19), ("fp16", "i64", False, 19), ("bf16", "i32", True, 2),
                               ("fp64", "i64", True, 1)):
         bc = max(2, _npow2(c))
-        cases.append((f"prototype_scan-{fp}-{ri}-DO_ADJ{int(do_adj)}-C{c}", "prototype_pseudo_labels._scan_kernel",
-                      dict(reg_ptr=f"*{ri}", labeled_ptr="*u8", lidx_ptr="*i64", labels_ptr="*u8",
-                           logits_ptr=f"*{fp}", best_ptr="*fp32", adj_ptr="*u8", status_ptr="*i32",
-                           N="i32", H="i32", W="i32", R="i32", C="i32", L="i32", tau="fp32"),
-                      dict(DO_ADJ=do_adj, BLOCK=_scan_block(bc), BLOCK_C=bc)))
+        # packed (value, index) keys below PACKED_MAX_PIXELS pixels per image, float maxima above
+        for packed in (True, False):
+            cases.append((f"prototype_scan-{fp}-{ri}-DO_ADJ{int(do_adj)}-C{c}" + ("" if packed else "-two_pass"),
+                          "prototype_pseudo_labels._scan_kernel",
+                          dict(reg_ptr=f"*{ri}", labeled_ptr="*u8", lidx_ptr="*i64", labels_ptr="*u8",
+                               logits_ptr=f"*{fp}", best_ptr="*i64" if packed else "*fp32", adj_ptr="*u8",
+                               status_ptr="*i32", N="i32", H="i32", W="i32", R="i32", C="i32", L="i32",
+                               tau="fp32"),
+                          dict(DO_ADJ=do_adj, PACKED=packed, BLOCK=_scan_block(bc), BLOCK_C=bc)))
         cases.append((f"prototype_argmin-{fp}-{ri}-C{c}", "prototype_pseudo_labels._argmin_kernel",
                       dict(reg_ptr=f"*{ri}", labeled_ptr="*u8", labels_ptr="*u8", logits_ptr=f"*{fp}",
                            best_ptr="*fp32", idx_ptr="*i64", N="i32", H="i32", W="i32", R="i32", C="i32",
