@@ -188,7 +188,7 @@ PRESETS: dict[str, dict] = {
     # The CPU evidence regime for a small folder dataset (README, "The claims, measured"): the
     # demo's model and schedule with 480 iterations of 8 crops of 96 px per round, 2000 clicks
     # per round, stage 1 only, 8-px regions (the paper's 32 px on images of ~90x120, e.g. CamVid
-    # at quarter size). Measured on CamVid (3 seeds): full supervision 38.7 mIoU, round 1 26-29.
+    # at quarter size). Measured on CamVid (5 seeds): full supervision 38.1 mIoU, round 1 26-28.
     "cpu-small": dict(
         name="cpu-small", encoder="resnet18", encoder_weights=None,
         decoder_channels=64, rounds=4, budget=2000, acquisition="pixbal", labeling="multi",
